@@ -1,0 +1,7 @@
+// Umbrella header of the fourierft library: FourierFT (Gao et al., ICML 2024) for LibTorch with
+// the semantics of Hugging Face PEFT's FourierFT tuner. Everything lives in namespace `fourierft`.
+#pragma once
+
+#include <fourierft/ops.h>
+#include <fourierft/layer.h>
+#include <fourierft/version.h>

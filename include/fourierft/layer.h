@@ -1,0 +1,174 @@
+// FourierFTLinear: a torch::nn::Linear carrying any number of named FourierFT adapters with the
+// layer semantics of PEFT's `peft.tuners.fourierft.FourierFTLinear`.
+//
+//   auto base = torch::nn::Linear(768, 768);
+//   fourierft::FourierFTLinear layer(base);
+//   layer->update_layer("default", fourierft::AdapterOptions().n_frequency(1000).scaling(150.));
+//   auto y = layer(x);              // base(x) + x @ delta_W^T
+//   layer->merge();                 // W0 += delta_W; forward is now the plain base layer
+//
+// State dict names match PEFT: `base_layer.weight`, `base_layer.bias`,
+// `fourierft_spectrum.<adapter>`.
+#pragma once
+
+#include <torch/nn/cloneable.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+#include <torch/types.h>
+
+#include <cstdint>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+namespace fourierft {
+
+/// How the unmerged forward computes `x @ delta_W^T`. Both give the same result (to rounding).
+enum class ForwardPath {
+  /// Pick per call by a cost model (tokens, shape, n_frequency, whether delta_W is cached).
+  Auto,
+  /// Matrix-free FFT route: never allocates anything of size out x in.
+  Spectral,
+  /// Materialise delta_W once per call (cached while the spectrum is frozen) and do one GEMM.
+  Dense,
+};
+
+std::ostream& operator<<(std::ostream& os, ForwardPath path);
+
+/// Hyper-parameters of one adapter, as in PEFT's `FourierFTLayer.update_layer`.
+struct AdapterOptions {
+  /// Number of learnable spectral coefficients; 0 < n_frequency <= out_features * in_features.
+  TORCH_ARG(int64_t, n_frequency) = 1000;
+  /// alpha in delta_W = Re(ifft2(F)) * alpha.
+  TORCH_ARG(double, scaling) = 150.0;
+  /// Seed of the CPU generator that draws the entry matrix (PEFT's default 777).
+  TORCH_ARG(int64_t, random_loc_seed) = 777;
+  /// false (PEFT's default): spectrum ~ randn(n); true: zeros, so the adapter starts as identity.
+  TORCH_ARG(bool, init_weights) = false;
+  /// Freeze the new adapter's spectrum even when it is active.
+  TORCH_ARG(bool, inference_mode) = false;
+};
+
+/// Options of the layer itself.
+struct FourierFTLinearOptions {
+  /// The base stores its weight as (in, out), like GPT-2's Conv1D. A torch::nn::Linear never
+  /// does, so the flag is reset to false with a warning there, as PEFT does for nn.Linear.
+  TORCH_ARG(bool, fan_in_fan_out) = false;
+  TORCH_ARG(ForwardPath, forward_path) = ForwardPath::Auto;
+};
+
+/// A parameter dict that survives `clone()` (LibTorch's ParameterDict does not: its reset() is
+/// empty, so cloning a non-empty one fails). Holds one spectrum per adapter name.
+class SpectrumDictImpl : public torch::nn::Cloneable<SpectrumDictImpl> {
+ public:
+  SpectrumDictImpl() = default;
+  SpectrumDictImpl(const SpectrumDictImpl& other);
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+
+  torch::Tensor& insert(const std::string& name, torch::Tensor value, bool requires_grad);
+  void erase(const std::string& name);
+  bool contains(const std::string& name) const;
+  torch::Tensor& at(const std::string& name);
+  const torch::Tensor& at(const std::string& name) const;
+  std::vector<std::string> keys() const;
+
+ private:
+  struct Slot {
+    std::string name;
+    std::vector<int64_t> shape;
+    torch::TensorOptions options;
+    bool requires_grad;
+  };
+  std::vector<Slot> layout_;  // filled by the copy constructor, consumed by reset()
+};
+TORCH_MODULE(SpectrumDict);
+
+/// One adapter's fixed (non-trainable) state.
+struct AdapterState {
+  int64_t n_frequency = 0;
+  double scaling = 0.0;
+  int64_t random_loc_seed = 0;
+  torch::Tensor indices;  // int64 [2, n_frequency], on the spectrum's device
+  // delta_W cache for the dense path while the spectrum does not change (frozen / inference).
+  torch::Tensor cached_delta;
+  const void* cached_impl = nullptr;
+  int64_t cached_version = -1;
+};
+
+class FourierFTLinearImpl : public torch::nn::Cloneable<FourierFTLinearImpl> {
+ public:
+  /// Wraps `base` (weights shared, not copied). Adapters are added with update_layer().
+  explicit FourierFTLinearImpl(torch::nn::Linear base, FourierFTLinearOptions options = {});
+  /// Creates a fresh torch::nn::Linear base layer from `base_options`.
+  explicit FourierFTLinearImpl(const torch::nn::LinearOptions& base_options,
+                               FourierFTLinearOptions options = {});
+
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+
+  /// base(x) + sum over active adapters of x @ delta_W^T (PEFT's FourierFTLinear.forward).
+  torch::Tensor forward(const torch::Tensor& x);
+
+  /// Adds (or re-initialises) adapter `name`. Errors if n_frequency is out of range. The first
+  /// adapter of a layer becomes active; later ones stay inactive (and frozen) until set_adapter.
+  void update_layer(const std::string& name, const AdapterOptions& options = {});
+  /// Makes `names` the active adapters: their spectra require grad, all others are frozen.
+  void set_adapter(const std::vector<std::string>& names);
+  void set_adapter(const std::string& name) { set_adapter(std::vector<std::string>{name}); }
+  const std::vector<std::string>& active_adapters() const { return active_adapters_; }
+  /// Every adapter this layer holds, in insertion order.
+  std::vector<std::string> adapter_names() const;
+  bool has_adapter(const std::string& name) const;
+  /// Removes adapter `name` (its spectrum and state). Deleting an active adapter activates the
+  /// remaining active ones, or else the first remaining adapter (with a warning), as PEFT does.
+  /// Errors if `name` is unknown or currently merged.
+  void delete_adapter(const std::string& name);
+
+  /// W0 += delta_W for `adapter_names` (default: the active adapters not merged yet). With
+  /// `safe_merge`, the sum is computed on a copy and checked for NaN/Inf first; on failure the
+  /// weights are untouched and an error names the adapter.
+  void merge(bool safe_merge = false, const std::optional<std::vector<std::string>>& adapter_names = std::nullopt);
+  /// Subtracts every merged adapter again (last merged first).
+  void unmerge();
+  bool merged() const { return !merged_adapters_.empty(); }
+  const std::vector<std::string>& merged_adapters() const { return merged_adapters_; }
+
+  /// enable_adapters(false): forward returns the base output (a merged layer is unmerged at the
+  /// next forward, as in PEFT) and every spectrum is frozen; enable_adapters(true) undoes it.
+  void enable_adapters(bool enabled);
+  bool disable_adapters() const { return disabled_; }
+
+  /// delta_W of `name` in the weight's layout (transposed when fan_in_fan_out).
+  torch::Tensor get_delta_weight(const std::string& name) const;
+  /// x @ delta_W^T for one adapter through the configured forward path.
+  torch::Tensor adapter_forward(const std::string& name, const torch::Tensor& x);
+  /// The path `adapter_forward` takes for an input with `tokens` rows (Auto resolved).
+  ForwardPath resolve_path(const std::string& name, int64_t tokens) const;
+
+  const AdapterState& adapter_state(const std::string& name) const;
+  int64_t in_features() const { return in_features_; }
+  int64_t out_features() const { return out_features_; }
+  const FourierFTLinearOptions& options() const { return options_; }
+  FourierFTLinearOptions& options() { return options_; }
+
+  torch::nn::Linear base_layer{nullptr};
+  SpectrumDict fourierft_spectrum{nullptr};
+
+ private:
+  void init_base(torch::nn::Linear base);
+  const AdapterState& checked_state(const std::string& name, const char* what) const;
+  torch::Tensor dense_delta(const std::string& name, AdapterState& state);
+
+  FourierFTLinearOptions options_;
+  int64_t in_features_ = 0;
+  int64_t out_features_ = 0;
+  torch::OrderedDict<std::string, AdapterState> adapters_{"FourierFT adapter"};
+  std::vector<std::string> active_adapters_;
+  std::vector<std::string> merged_adapters_;
+  bool disabled_ = false;
+};
+TORCH_MODULE(FourierFTLinear);
+
+}  // namespace fourierft

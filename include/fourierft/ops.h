@@ -1,0 +1,42 @@
+// FourierFT kernels: the math of the method, in one place.
+//
+// Notation (Gao et al., ICML 2024; PEFT's FourierFT tuner):
+//   base weight W0 is d1 x d2 = out_features x in_features,
+//   c  = the n learnable spectral coefficients (PEFT: `fourierft_spectrum`),
+//   E  = the 2 x n entry matrix (row 0: frequency along out, row 1: along in),
+//   alpha = `scaling`.
+//   delta_W = Re(ifft2(F)) * alpha,  F = zeros(d1, d2), F[E0, E1] = c.
+//
+// Every function here goes through the PyTorch dispatcher (ops registered as
+// `torch.ops.fourierft.*` by the compiled library), so C++ callers, Python
+// callers, autograd and torch.compile all run the same kernels.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace fourierft {
+
+/// The entry matrix E exactly as PEFT builds it: the first `n_frequency` values of
+/// `torch.randperm(out_features * in_features)` drawn from a CPU generator seeded with
+/// `random_loc_seed`, split into `[p // in_features, p % in_features]`. int64, shape [2, n].
+at::Tensor entry_indices(int64_t out_features, int64_t in_features, int64_t n_frequency,
+                         int64_t random_loc_seed);
+
+/// Dense delta_W = Re(ifft2(F)) * scaling, shape [out_features, in_features], equal to PEFT's
+/// `FourierFTLayer.get_delta_weight`. Computed through the real inverse FFT of the Hermitian part of
+/// F (half the transform work of a complex ifft2), in float32 (float64 for a float64 spectrum), and
+/// returned in the spectrum's dtype. Differentiable with respect to `spectrum`.
+at::Tensor delta_weight(const at::Tensor& spectrum, const at::Tensor& indices, int64_t out_features,
+                        int64_t in_features, double scaling);
+
+/// `x @ delta_W^T` without materialising delta_W (nothing of size out x in is ever allocated):
+/// y = Re(ifft(Z)) * scaling / in_features with Z[E0_k] += c_k * conj(fft(x))[E1_k].
+/// `x` has any leading shape and last dimension `in_features`; the result has last dimension
+/// `out_features` and x's dtype. float16/bfloat16 inputs are computed in float32.
+/// Differentiable with respect to `x` and `spectrum`.
+at::Tensor spectral_linear(const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices,
+                           int64_t out_features, int64_t in_features, double scaling);
+
+}  // namespace fourierft

@@ -1,0 +1,363 @@
+#include <fourierft/layer.h>
+#include <fourierft/ops.h>
+
+#include <torch/nn/functional/linear.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+
+namespace fourierft {
+
+std::ostream& operator<<(std::ostream& os, ForwardPath path) {
+  switch (path) {
+    case ForwardPath::Auto: return os << "auto";
+    case ForwardPath::Spectral: return os << "spectral";
+    case ForwardPath::Dense: return os << "dense";
+  }
+  return os << "unknown";
+}
+
+// ---------------------------------------------------------------------------------------------
+// SpectrumDict
+
+SpectrumDictImpl::SpectrumDictImpl(const SpectrumDictImpl& other) : Cloneable(other) {
+  for (const auto& item : other.named_parameters(/*recurse=*/false)) {
+    const auto& t = item.value();
+    layout_.push_back({item.key(), t.sizes().vec(), t.options(), t.requires_grad()});
+  }
+}
+
+void SpectrumDictImpl::reset() {
+  for (const auto& slot : layout_) {
+    register_parameter(slot.name, torch::empty(slot.shape, slot.options), slot.requires_grad);
+  }
+}
+
+void SpectrumDictImpl::pretty_print(std::ostream& stream) const {
+  stream << "fourierft::SpectrumDict(";
+  bool first = true;
+  for (const auto& item : named_parameters(false)) {
+    stream << (first ? "" : ", ") << item.key() << ": [" << item.value().size(0) << "] "
+           << item.value().scalar_type();
+    first = false;
+  }
+  stream << ")";
+}
+
+torch::Tensor& SpectrumDictImpl::insert(const std::string& name, torch::Tensor value,
+                                        bool requires_grad) {
+  TORCH_CHECK(!name.empty() && name.find('.') == std::string::npos,
+              "fourierft: adapter name must be non-empty and contain no '.', got '", name, "'");
+  if (parameters_.contains(name)) parameters_.erase(name);
+  return register_parameter(name, std::move(value), requires_grad);
+}
+
+void SpectrumDictImpl::erase(const std::string& name) { parameters_.erase(name); }
+bool SpectrumDictImpl::contains(const std::string& name) const { return parameters_.contains(name); }
+torch::Tensor& SpectrumDictImpl::at(const std::string& name) { return parameters_[name]; }
+const torch::Tensor& SpectrumDictImpl::at(const std::string& name) const {
+  return parameters_[name];
+}
+std::vector<std::string> SpectrumDictImpl::keys() const { return parameters_.keys(); }
+
+// ---------------------------------------------------------------------------------------------
+// FourierFTLinear
+
+FourierFTLinearImpl::FourierFTLinearImpl(torch::nn::Linear base, FourierFTLinearOptions options)
+    : options_(options) {
+  init_base(std::move(base));
+}
+
+FourierFTLinearImpl::FourierFTLinearImpl(const torch::nn::LinearOptions& base_options,
+                                         FourierFTLinearOptions options)
+    : options_(options) {
+  init_base(torch::nn::Linear(base_options));
+}
+
+void FourierFTLinearImpl::init_base(torch::nn::Linear base) {
+  TORCH_CHECK(base, "fourierft::FourierFTLinear: the base layer is an empty holder (nullptr)");
+  base_layer = register_module("base_layer", std::move(base));
+  out_features_ = base_layer->weight.size(0);
+  in_features_ = base_layer->weight.size(1);
+  if (options_.fan_in_fan_out()) {
+    TORCH_WARN("fan_in_fan_out is set to True but the target module is `torch::nn::Linear`. "
+               "Setting fan_in_fan_out to False.");
+    options_.fan_in_fan_out(false);
+  }
+  fourierft_spectrum = register_module("fourierft_spectrum", SpectrumDict());
+}
+
+void FourierFTLinearImpl::reset() {
+  // Reached only through clone(): Cloneable copies the values into these fresh submodules.
+  base_layer = register_module("base_layer", torch::nn::Linear(base_layer->options));
+  fourierft_spectrum = register_module("fourierft_spectrum", SpectrumDict());
+}
+
+void FourierFTLinearImpl::pretty_print(std::ostream& stream) const {
+  stream << "fourierft::FourierFTLinear(in_features=" << in_features_
+         << ", out_features=" << out_features_ << ", adapters=[";
+  bool first = true;
+  for (const auto& item : adapters_) {
+    stream << (first ? "" : ", ") << item.key() << "(n_frequency=" << item.value().n_frequency
+           << ", scaling=" << item.value().scaling << ")";
+    first = false;
+  }
+  stream << "], active=[";
+  for (size_t i = 0; i < active_adapters_.size(); ++i) {
+    stream << (i ? ", " : "") << active_adapters_[i];
+  }
+  stream << "], forward_path=" << options_.forward_path() << ")";
+}
+
+std::vector<std::string> FourierFTLinearImpl::adapter_names() const { return adapters_.keys(); }
+
+bool FourierFTLinearImpl::has_adapter(const std::string& name) const {
+  return adapters_.contains(name);
+}
+
+const AdapterState& FourierFTLinearImpl::checked_state(const std::string& name,
+                                                       const char* what) const {
+  const AdapterState* state = adapters_.find(name);
+  if (state == nullptr) {
+    std::ostringstream known;
+    for (const auto& key : adapters_.keys()) known << " '" << key << "'";
+    TORCH_CHECK(false, "fourierft::FourierFTLinear(", out_features_, "x", in_features_, ").", what,
+                ": unknown adapter '", name, "'; this layer has:",
+                adapters_.is_empty() ? std::string(" no adapters") : known.str());
+  }
+  return *state;
+}
+
+const AdapterState& FourierFTLinearImpl::adapter_state(const std::string& name) const {
+  return checked_state(name, "adapter_state");
+}
+
+void FourierFTLinearImpl::update_layer(const std::string& name, const AdapterOptions& options) {
+  const int64_t n = options.n_frequency();
+  const int64_t size = in_features_ * out_features_;
+  TORCH_CHECK(n > 0, "fourierft::FourierFTLinear(", out_features_, "x", in_features_,
+              "), adapter '", name,
+              "': `n_frequency` should be a positive integer value but the value passed is ", n);
+  TORCH_CHECK(n <= size, "fourierft::FourierFTLinear(", out_features_, "x", in_features_,
+              "), adapter '", name,
+              "': `n_frequency` should be less than or equal to the product of the input and "
+              "output dimensions but the value passed is ",
+              n, " and the product is ", size);
+  TORCH_CHECK(std::isfinite(options.scaling()), "fourierft::FourierFTLinear: adapter '", name,
+              "': scaling must be finite, got ", options.scaling());
+  TORCH_CHECK(std::find(merged_adapters_.begin(), merged_adapters_.end(), name) ==
+                  merged_adapters_.end(),
+              "fourierft::FourierFTLinear: adapter '", name,
+              "' is merged into the base weights; unmerge() before re-initialising it");
+  const auto& weight = base_layer->weight;
+  AdapterState state;
+  state.n_frequency = n;
+  state.scaling = options.scaling();
+  state.random_loc_seed = options.random_loc_seed();
+  state.indices = entry_indices(out_features_, in_features_, n, options.random_loc_seed())
+                      .to(weight.device());
+  // PEFT draws randn(n) in float32, then moves the spectrum to the base weight's device and dtype.
+  torch::Tensor spectrum;
+  {
+    torch::NoGradGuard no_grad;
+    spectrum = options.init_weights() ? torch::zeros({n}) : torch::randn({n});
+    if (weight.is_floating_point()) {
+      spectrum = spectrum.to(weight.device(), weight.scalar_type());
+    } else {
+      spectrum = spectrum.to(weight.device());
+    }
+  }
+  if (adapters_.is_empty() && active_adapters_.empty()) active_adapters_ = {name};
+  fourierft_spectrum->insert(name, spectrum, true);
+  if (adapters_.contains(name)) adapters_.erase(name);
+  adapters_.insert(name, std::move(state));
+  // Re-apply the active set so that a new inactive adapter starts frozen (PEFT's set_adapter).
+  const auto active = active_adapters_;
+  set_adapter(active);
+  if (options.inference_mode()) fourierft_spectrum->at(name).requires_grad_(false);
+}
+
+void FourierFTLinearImpl::set_adapter(const std::vector<std::string>& names) {
+  for (const auto& key : fourierft_spectrum->keys()) {
+    const bool active = std::find(names.begin(), names.end(), key) != names.end();
+    fourierft_spectrum->at(key).requires_grad_(active && !disabled_);
+  }
+  active_adapters_ = names;
+}
+
+void FourierFTLinearImpl::delete_adapter(const std::string& name) {
+  checked_state(name, "delete_adapter");
+  TORCH_CHECK(std::find(merged_adapters_.begin(), merged_adapters_.end(), name) ==
+                  merged_adapters_.end(),
+              "fourierft::FourierFTLinear(", out_features_, "x", in_features_, ").delete_adapter: "
+              "adapter '", name, "' is merged into the base weights; unmerge() it first, or the "
+              "base weights would keep its delta_W");
+  adapters_.erase(name);
+  fourierft_spectrum->erase(name);
+  auto it = std::find(active_adapters_.begin(), active_adapters_.end(), name);
+  if (it == active_adapters_.end()) return;
+  auto remaining_active = active_adapters_;
+  remaining_active.erase(remaining_active.begin() + (it - active_adapters_.begin()));
+  if (!remaining_active.empty()) {
+    set_adapter(remaining_active);
+  } else if (adapters_.is_empty()) {
+    set_adapter(std::vector<std::string>{});
+  } else {
+    const std::string next = adapters_.keys().front();
+    TORCH_WARN("Adapter ", name, " was active which is now deleted. Setting active adapter to ",
+               next, ".");
+    set_adapter(next);
+  }
+}
+
+void FourierFTLinearImpl::enable_adapters(bool enabled) {
+  if (enabled) {
+    disabled_ = false;
+    const auto active = active_adapters_;
+    set_adapter(active);
+  } else {
+    for (const auto& key : fourierft_spectrum->keys()) {
+      fourierft_spectrum->at(key).requires_grad_(false);
+    }
+    disabled_ = true;
+  }
+}
+
+torch::Tensor FourierFTLinearImpl::get_delta_weight(const std::string& name) const {
+  const auto& state = checked_state(name, "get_delta_weight");
+  const auto& spectrum = fourierft_spectrum->at(name);
+  auto delta = delta_weight(spectrum, state.indices.to(spectrum.device()), out_features_,
+                            in_features_, state.scaling);
+  return options_.fan_in_fan_out() ? delta.t() : delta;
+}
+
+void FourierFTLinearImpl::merge(bool safe_merge,
+                                const std::optional<std::vector<std::string>>& adapter_names) {
+  std::vector<std::string> names = adapter_names.value_or(active_adapters_);
+  if (merged()) {
+    std::vector<std::string> fresh;
+    for (const auto& n : names) {
+      if (std::find(merged_adapters_.begin(), merged_adapters_.end(), n) == merged_adapters_.end()) {
+        fresh.push_back(n);
+      }
+    }
+    std::ostringstream already;
+    for (size_t i = 0; i < merged_adapters_.size(); ++i) already << (i ? "," : "") << merged_adapters_[i];
+    if (fresh.empty()) {
+      TORCH_WARN("All adapters are already merged, nothing to do.");
+    } else {
+      std::ostringstream more;
+      for (size_t i = 0; i < fresh.size(); ++i) more << (i ? "," : "") << fresh[i];
+      TORCH_WARN("Already following adapters were merged ", already.str(),
+                 ". You are now additionally merging ", more.str(), ".");
+    }
+    names = fresh;
+  }
+  // Adapters absent from this layer are skipped, as PEFT does (a model's adapter need not
+  // target every layer). All deltas are computed before the weights change, so an error (or a
+  // non-finite result under safe_merge) leaves the weights exactly as they were.
+  std::vector<std::string> present;
+  for (const auto& n : names) {
+    if (adapters_.contains(n)) present.push_back(n);
+  }
+  if (present.empty()) return;
+  torch::NoGradGuard no_grad;
+  auto& weight = base_layer->weight;
+  auto total = torch::zeros_like(weight);
+  for (const auto& n : present) total.add_(get_delta_weight(n).to(weight.scalar_type()));
+  if (safe_merge) {
+    auto merged_weight = weight.clone().add_(total);
+    if (!torch::isfinite(merged_weight).all().item<bool>()) {
+      std::ostringstream list;
+      for (size_t i = 0; i < present.size(); ++i) list << (i ? "," : "") << present[i];
+      TORCH_CHECK_VALUE(false, "NaNs detected in the merged weights. The adapter ", list.str(),
+                        " seems to be broken (fourierft::FourierFTLinear(", out_features_, "x",
+                        in_features_, "); the base weights were left unchanged)");
+    }
+    weight.copy_(merged_weight);
+  } else {
+    weight.add_(total);
+  }
+  merged_adapters_.insert(merged_adapters_.end(), present.begin(), present.end());
+}
+
+void FourierFTLinearImpl::unmerge() {
+  if (!merged()) {
+    TORCH_WARN("Already unmerged. Nothing to do.");
+    return;
+  }
+  torch::NoGradGuard no_grad;
+  auto& weight = base_layer->weight;
+  while (!merged_adapters_.empty()) {
+    const std::string name = merged_adapters_.back();
+    if (adapters_.contains(name)) weight.sub_(get_delta_weight(name).to(weight.scalar_type()));
+    merged_adapters_.pop_back();
+  }
+}
+
+ForwardPath FourierFTLinearImpl::resolve_path(const std::string& name, int64_t tokens) const {
+  if (options_.forward_path() != ForwardPath::Auto) return options_.forward_path();
+  const auto& state = checked_state(name, "resolve_path");
+  const auto& spectrum = fourierft_spectrum->at(name);
+  // Rough per-call cost in arbitrary units, calibrated on CPU (docs/benchmarks.md): real FFTs of
+  // both widths plus the O(n) gather/scatter per token, against one GEMM per token plus, unless
+  // delta_W is cached, one inverse FFT of the full d1 x d2 spectrum.
+  const double d1 = static_cast<double>(out_features_);
+  const double d2 = static_cast<double>(in_features_);
+  const double t = static_cast<double>(std::max<int64_t>(tokens, 1));
+  const double spectral =
+      t * (2.5 * (d1 * std::log2(d1 + 1) + d2 * std::log2(d2 + 1)) + 4.0 * state.n_frequency);
+  const bool cached = state.cached_delta.defined() &&
+                      state.cached_impl == spectrum.unsafeGetTensorImpl() &&
+                      state.cached_version == static_cast<int64_t>(spectrum._version());
+  double dense = t * d1 * d2 * 0.5;
+  if (!cached) dense += 2.5 * d1 * d2 * std::log2(d1 * d2 + 1);
+  return dense < spectral ? ForwardPath::Dense : ForwardPath::Spectral;
+}
+
+torch::Tensor FourierFTLinearImpl::dense_delta(const std::string& name, AdapterState& state) {
+  const auto& spectrum = fourierft_spectrum->at(name);
+  const bool frozen = !(torch::GradMode::is_enabled() && spectrum.requires_grad());
+  if (!frozen) return get_delta_weight(name);
+  const auto version = static_cast<int64_t>(spectrum._version());
+  if (!(state.cached_delta.defined() && state.cached_impl == spectrum.unsafeGetTensorImpl() &&
+        state.cached_version == version)) {
+    torch::NoGradGuard no_grad;
+    state.cached_delta = get_delta_weight(name);
+    state.cached_impl = spectrum.unsafeGetTensorImpl();
+    state.cached_version = version;
+  }
+  return state.cached_delta;
+}
+
+torch::Tensor FourierFTLinearImpl::adapter_forward(const std::string& name, const torch::Tensor& x) {
+  checked_state(name, "adapter_forward");
+  AdapterState& state = adapters_[name];
+  const auto& spectrum = fourierft_spectrum->at(name);
+  if (state.indices.device() != spectrum.device()) state.indices = state.indices.to(spectrum.device());
+  const int64_t tokens = x.numel() / std::max<int64_t>(x.size(-1), 1);
+  if (resolve_path(name, tokens) == ForwardPath::Spectral) {
+    return spectral_linear(x, spectrum, state.indices, out_features_, in_features_, state.scaling);
+  }
+  auto delta = dense_delta(name, state);
+  if (options_.fan_in_fan_out()) delta = delta.t();
+  return torch::nn::functional::linear(x.to(delta.scalar_type()), delta).to(x.scalar_type());
+}
+
+torch::Tensor FourierFTLinearImpl::forward(const torch::Tensor& x) {
+  if (disabled_) {
+    if (merged()) unmerge();
+    return base_layer(x);
+  }
+  if (merged()) return base_layer(x);
+  auto result = base_layer(x);
+  for (const auto& name : active_adapters_) {
+    if (!adapters_.contains(name)) continue;
+    result = result + adapter_forward(name, x).to(result.scalar_type());
+  }
+  return result;
+}
+
+}  // namespace fourierft

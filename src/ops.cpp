@@ -1,0 +1,594 @@
+// FourierFT kernels and their registration as `torch.ops.fourierft.*`.
+//
+// The spectral path (DESIGN.md section 2). For real x of length m and the n entries (u_k, v_k):
+//   forward : Z[u_k] += c_k * conj(fft(x))[v_k],      y      = Re(ifft(Z)) * alpha / d2
+//   grad_c  : grad_c_k = alpha / (d1 d2) * sum_b Re(conj(fft(x_b))[v_k] * conj(fft(g_b))[u_k])
+//   grad_x  : W[v_k] += c_k * conj(fft(g))[u_k],       grad_x = Re(ifft(W)) * alpha / d1
+// Forward and grad_x are the same primitive ("spectral apply") with the roles of u and v swapped.
+// Only real FFTs are used: conj(fft(x))[v] is read from rfft(x) (bins above m/2 mirror conjugated
+// lower ones), and Re(ifft(Z)) = irfft(H) where H is the Hermitian part of Z, which the scatter
+// builds directly in the half spectrum. The gathers and scatters are fused loops here because as
+// separate tensor ops they cost more than the FFTs saved.
+#include <fourierft/ops.h>
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/complex.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace fourierft {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Argument checks shared by every op. Messages name the op and the offending values.
+
+void check_dims(const char* op, int64_t out_features, int64_t in_features) {
+  TORCH_CHECK(out_features > 0 && in_features > 0, "fourierft.", op,
+              ": out_features and in_features must be positive, got out_features=", out_features,
+              ", in_features=", in_features);
+}
+
+void check_spectrum_and_indices(const char* op, const at::Tensor& spectrum,
+                                const at::Tensor& indices, int64_t out_features,
+                                int64_t in_features) {
+  check_dims(op, out_features, in_features);
+  TORCH_CHECK(spectrum.dim() == 1, "fourierft.", op,
+              ": spectrum must be 1-D with n_frequency entries, got shape ", spectrum.sizes());
+  TORCH_CHECK(at::isFloatingType(spectrum.scalar_type()), "fourierft.", op,
+              ": spectrum must be a floating point tensor, got dtype ", spectrum.scalar_type());
+  const int64_t n = spectrum.size(0);
+  TORCH_CHECK(n >= 1 && n <= out_features * in_features, "fourierft.", op,
+              ": n_frequency must be in [1, out_features * in_features] = [1, ",
+              out_features * in_features, "], got n_frequency=", n, " (out_features=", out_features,
+              ", in_features=", in_features, ")");
+  TORCH_CHECK(indices.scalar_type() == at::kLong, "fourierft.", op,
+              ": indices must be int64 (as returned by entry_indices), got dtype ",
+              indices.scalar_type());
+  TORCH_CHECK(indices.dim() == 2 && indices.size(0) == 2 && indices.size(1) == n, "fourierft.",
+              op, ": indices must have shape [2, n_frequency] = [2, ", n, "], got shape ",
+              indices.sizes());
+  TORCH_CHECK(indices.device() == spectrum.device(), "fourierft.", op,
+              ": indices and spectrum must be on the same device, got indices on ",
+              indices.device(), " and spectrum on ", spectrum.device());
+  if (indices.device().is_cpu()) {
+    const auto idx = indices.contiguous();
+    const int64_t* row = idx.data_ptr<int64_t>();
+    const auto [u_min, u_max] = std::minmax_element(row, row + n);
+    const auto [v_min, v_max] = std::minmax_element(row + n, row + 2 * n);
+    TORCH_CHECK(*u_min >= 0 && *u_max < out_features, "fourierft.", op,
+                ": indices[0] (output frequencies) must lie in [0, out_features) = [0, ",
+                out_features, "), got values in [", *u_min, ", ", *u_max, "]");
+    TORCH_CHECK(*v_min >= 0 && *v_max < in_features, "fourierft.", op,
+                ": indices[1] (input frequencies) must lie in [0, in_features) = [0, ", in_features,
+                "), got values in [", *v_min, ", ", *v_max, "]");
+  }
+}
+
+void check_input(const char* op, const at::Tensor& x, const at::Tensor& spectrum,
+                 int64_t in_features) {
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == in_features, "fourierft.", op,
+              ": input must have last dimension in_features=", in_features, ", got shape ",
+              x.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "fourierft.", op,
+              ": input must be floating point (float32, float64, float16 or bfloat16), got dtype ",
+              x.scalar_type());
+  TORCH_CHECK(x.device() == spectrum.device(), "fourierft.", op,
+              ": input and spectrum must be on the same device, got input on ", x.device(),
+              " and spectrum on ", spectrum.device());
+}
+
+void check_cpu(const char* op, const at::Tensor& t) {
+  TORCH_CHECK(t.device().is_cpu(), "fourierft.", op,
+              ": only CPU tensors are supported by this build, got a tensor on ", t.device());
+}
+
+// float32 for half/bfloat16/float32, float64 when either operand is float64.
+at::ScalarType compute_dtype(at::ScalarType a, at::ScalarType b) {
+  return (a == at::kDouble || b == at::kDouble) ? at::kDouble : at::kFloat;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Spectral apply: out[r] = Re(ifft_p(Z_r)) (times a factor applied by the caller) with
+// Z_r[dst_k] += c_k * conj(fft_m(in_r))[src_k], given in_spec = rfft(in) (shape [rows, m/2+1]).
+// Output is written as the Hermitian half spectrum H (shape [rows, p/2+1]) *doubled*:
+// H2[j] = Z[j] + conj(Z[-j]), so irfft(H2) = 2 Re(ifft(Z)); callers fold the 1/2 into the factor.
+
+struct SpectralPlan {
+  // conj(fft(x))[src] = src_conj ? conj(R[src_bin]) : R[src_bin]; written as a sign on the
+  // imaginary part: value = (R.re, src_sign * R.im).
+  std::vector<int64_t> src_bin;
+  std::vector<double> src_sign;
+  // Scatter targets in the half spectrum: z goes to dst_a (if >= 0), conj(z) to dst_b (if >= 0).
+  std::vector<int64_t> dst_a;
+  std::vector<int64_t> dst_b;
+};
+
+// Position of bin `k` of a length-`len` real signal's full spectrum inside rfft's half spectrum.
+inline void half_spectrum_read(int64_t k, int64_t len, int64_t& bin, double& conj_sign) {
+  if (k <= len / 2) {
+    bin = k;
+    conj_sign = -1.0;  // conj(fft)[k] = conj(R[k])
+  } else {
+    bin = len - k;
+    conj_sign = 1.0;  // conj(fft)[k] = fft[len-k] = R[len-k]
+  }
+}
+
+SpectralPlan make_plan(const int64_t* src, int64_t src_len, const int64_t* dst, int64_t dst_len,
+                       int64_t n) {
+  SpectralPlan plan;
+  plan.src_bin.resize(n);
+  plan.src_sign.resize(n);
+  plan.dst_a.resize(n);
+  plan.dst_b.resize(n);
+  for (int64_t k = 0; k < n; ++k) {
+    half_spectrum_read(src[k], src_len, plan.src_bin[k], plan.src_sign[k]);
+    const int64_t j = dst[k];
+    const int64_t mirror = (dst_len - j) % dst_len;
+    plan.dst_a[k] = j <= dst_len / 2 ? j : -1;
+    plan.dst_b[k] = mirror <= dst_len / 2 ? mirror : -1;
+  }
+  return plan;
+}
+
+template <typename real_t>
+void spectral_scatter(const c10::complex<real_t>* in_spec, int64_t in_stride, const real_t* coeff,
+                      const SpectralPlan& plan, c10::complex<real_t>* out_spec, int64_t out_stride,
+                      int64_t rows) {
+  const int64_t n = static_cast<int64_t>(plan.src_bin.size());
+  const int64_t* src_bin = plan.src_bin.data();
+  const double* src_sign = plan.src_sign.data();
+  const int64_t* dst_a = plan.dst_a.data();
+  const int64_t* dst_b = plan.dst_b.data();
+  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const c10::complex<real_t>* in_row = in_spec + r * in_stride;
+      c10::complex<real_t>* out_row = out_spec + r * out_stride;
+      for (int64_t k = 0; k < n; ++k) {
+        const c10::complex<real_t> s = in_row[src_bin[k]];
+        const real_t zr = coeff[k] * s.real();
+        const real_t zi = coeff[k] * static_cast<real_t>(src_sign[k]) * s.imag();
+        if (dst_a[k] >= 0) {
+          out_row[dst_a[k]] += c10::complex<real_t>(zr, zi);
+        }
+        if (dst_b[k] >= 0) {
+          out_row[dst_b[k]] += c10::complex<real_t>(zr, -zi);
+        }
+      }
+    }
+  });
+}
+
+// grad_c_k = sum_r Re(conj(fft(x_r))[v_k] * conj(fft(g_r))[u_k]), accumulated in double.
+template <typename real_t>
+std::vector<double> spectral_correlate(const c10::complex<real_t>* x_spec, int64_t x_stride,
+                                       int64_t in_features, const c10::complex<real_t>* g_spec,
+                                       int64_t g_stride, int64_t out_features, const int64_t* u,
+                                       const int64_t* v, int64_t n, int64_t rows) {
+  std::vector<int64_t> xb(n), gb(n);
+  std::vector<double> xs(n), gs(n);
+  for (int64_t k = 0; k < n; ++k) {
+    half_spectrum_read(v[k], in_features, xb[k], xs[k]);
+    half_spectrum_read(u[k], out_features, gb[k], gs[k]);
+  }
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+  std::vector<std::vector<double>> partial(chunks, std::vector<double>(n, 0.0));
+  at::parallel_for(0, chunks, 1, [&](int64_t cbegin, int64_t cend) {
+    for (int64_t c = cbegin; c < cend; ++c) {
+      const int64_t rbegin = rows * c / chunks;
+      const int64_t rend = rows * (c + 1) / chunks;
+      double* acc = partial[c].data();
+      for (int64_t r = rbegin; r < rend; ++r) {
+        const c10::complex<real_t>* xr = x_spec + r * x_stride;
+        const c10::complex<real_t>* gr = g_spec + r * g_stride;
+        for (int64_t k = 0; k < n; ++k) {
+          const c10::complex<real_t> a = xr[xb[k]];
+          const c10::complex<real_t> b = gr[gb[k]];
+          // Re((a.re + i xs a.im)(b.re + i gs b.im)) = a.re b.re - xs gs a.im b.im
+          acc[k] += static_cast<double>(a.real()) * b.real() -
+                    xs[k] * gs[k] * static_cast<double>(a.imag()) * b.imag();
+        }
+      }
+    }
+  });
+  std::vector<double> total(n, 0.0);
+  for (const auto& p : partial) {
+    for (int64_t k = 0; k < n; ++k) total[k] += p[k];
+  }
+  return total;
+}
+
+// Spectral apply on a 2-D real input [rows, m] given its rfft; returns [rows, p] real.
+at::Tensor spectral_apply(const at::Tensor& in_spec, const at::Tensor& coeff, const int64_t* src,
+                          int64_t src_len, const int64_t* dst, int64_t dst_len, double factor) {
+  const int64_t rows = in_spec.size(0);
+  const int64_t n = coeff.size(0);
+  const SpectralPlan plan = make_plan(src, src_len, dst, dst_len, n);
+  auto out_spec = at::zeros({rows, dst_len / 2 + 1}, in_spec.options());
+  AT_DISPATCH_FLOATING_TYPES(coeff.scalar_type(), "fourierft_spectral_apply", [&] {
+    spectral_scatter<scalar_t>(in_spec.const_data_ptr<c10::complex<scalar_t>>(), in_spec.stride(0),
+                               coeff.const_data_ptr<scalar_t>(), plan,
+                               out_spec.data_ptr<c10::complex<scalar_t>>(), out_spec.stride(0),
+                               rows);
+  });
+  auto out = at::fft_irfft(out_spec, dst_len, -1);
+  out.mul_(0.5 * factor);  // the scatter built 2 * (Hermitian part)
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU kernels.
+
+at::Tensor entry_indices_impl(int64_t out_features, int64_t in_features, int64_t n_frequency,
+                              int64_t random_loc_seed) {
+  check_dims("entry_indices", out_features, in_features);
+  TORCH_CHECK(n_frequency >= 1 && n_frequency <= out_features * in_features,
+              "fourierft.entry_indices: n_frequency must be in [1, out_features * in_features] = [1, ",
+              out_features * in_features, "], got n_frequency=", n_frequency,
+              " (out_features=", out_features, ", in_features=", in_features, ")");
+  // torch.Generator().manual_seed(s) maps a negative s to 2**64 + s, as this cast does.
+  auto generator = at::make_generator<at::CPUGeneratorImpl>(static_cast<uint64_t>(random_loc_seed));
+  auto perm = at::randperm(out_features * in_features, generator, at::TensorOptions(at::kLong))
+                  .slice(0, 0, n_frequency);
+  return at::stack({at::floor_divide(perm, in_features), at::remainder(perm, in_features)}, 0);
+}
+
+at::Tensor delta_weight_cpu(const at::Tensor& spectrum, const at::Tensor& indices,
+                            int64_t out_features, int64_t in_features, double scaling) {
+  check_spectrum_and_indices("delta_weight", spectrum, indices, out_features, in_features);
+  check_cpu("delta_weight", spectrum);
+  const int64_t n = spectrum.size(0);
+  const auto work = compute_dtype(spectrum.scalar_type(), spectrum.scalar_type());
+  const auto coeff = spectrum.to(work).contiguous();
+  const auto idx = indices.contiguous();
+  const int64_t* u = idx.const_data_ptr<int64_t>();
+  const int64_t* v = u + n;
+  const int64_t half = in_features / 2 + 1;
+  // Doubled Hermitian part of the real sparse F: c at (u, v) and c at (-u, -v), each kept where its
+  // column lies in the half spectrum. irfft2 of it is 2 Re(ifft2(F)).
+  auto spec = at::zeros({out_features, half}, coeff.options().dtype(c10::toComplexType(work)));
+  AT_DISPATCH_FLOATING_TYPES(work, "fourierft_delta_weight", [&] {
+    auto* h = spec.data_ptr<c10::complex<scalar_t>>();
+    const scalar_t* c = coeff.const_data_ptr<scalar_t>();
+    for (int64_t k = 0; k < n; ++k) {
+      if (v[k] < half) h[u[k] * half + v[k]] += c[k];
+      const int64_t mu = (out_features - u[k]) % out_features;
+      const int64_t mv = (in_features - v[k]) % in_features;
+      if (mv < half) h[mu * half + mv] += c[k];
+    }
+  });
+  auto dw = at::fft_irfft2(spec, std::vector<int64_t>{out_features, in_features}, {0, 1});
+  dw.mul_(0.5 * scaling);
+  return dw.to(spectrum.scalar_type());
+}
+
+// grad_c_k = scaling / (d1 d2) * Re(fft2(G)[u_k, v_k]), read from rfft2(G).
+at::Tensor delta_weight_backward_cpu(const at::Tensor& grad, const at::Tensor& spectrum,
+                                     const at::Tensor& indices, int64_t out_features,
+                                     int64_t in_features, double scaling) {
+  check_spectrum_and_indices("_delta_weight_backward", spectrum, indices, out_features,
+                             in_features);
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == out_features && grad.size(1) == in_features,
+              "fourierft._delta_weight_backward: grad must have shape [", out_features, ", ",
+              in_features, "], got ", grad.sizes());
+  check_cpu("_delta_weight_backward", grad);
+  const int64_t n = spectrum.size(0);
+  const auto work = compute_dtype(grad.scalar_type(), spectrum.scalar_type());
+  const auto g_spec = at::fft_rfft2(grad.to(work), c10::nullopt, {0, 1}).contiguous();
+  const auto idx = indices.contiguous();
+  const int64_t* u = idx.const_data_ptr<int64_t>();
+  const int64_t* v = u + n;
+  const int64_t half = in_features / 2 + 1;
+  auto out = at::empty({n}, spectrum.options().dtype(work));
+  const double norm = scaling / (static_cast<double>(out_features) * in_features);
+  AT_DISPATCH_FLOATING_TYPES(work, "fourierft_delta_weight_backward", [&] {
+    const auto* r = g_spec.const_data_ptr<c10::complex<scalar_t>>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    for (int64_t k = 0; k < n; ++k) {
+      int64_t row = u[k], col = v[k];
+      if (col >= half) {  // Re(fft2(G)[u, v]) = Re(fft2(G)[-u, -v]) for real G
+        row = (out_features - row) % out_features;
+        col = in_features - col;
+      }
+      o[k] = static_cast<scalar_t>(norm * r[row * half + col].real());
+    }
+  });
+  return out.to(spectrum.scalar_type());
+}
+
+// Returns (y, x_spec): x_spec = rfft(x) in the compute dtype, saved for the spectrum gradient.
+std::tuple<at::Tensor, at::Tensor> spectral_linear_forward_cpu(const at::Tensor& x,
+                                                               const at::Tensor& spectrum,
+                                                               const at::Tensor& indices,
+                                                               int64_t out_features,
+                                                               int64_t in_features,
+                                                               double scaling) {
+  check_spectrum_and_indices("spectral_linear", spectrum, indices, out_features, in_features);
+  check_input("spectral_linear", x, spectrum, in_features);
+  check_cpu("spectral_linear", x);
+  const int64_t n = spectrum.size(0);
+  const auto work = compute_dtype(x.scalar_type(), spectrum.scalar_type());
+  const auto x2d = x.reshape({-1, in_features}).to(work);
+  const auto coeff = spectrum.to(work).contiguous();
+  const auto idx = indices.contiguous();
+  const int64_t* u = idx.const_data_ptr<int64_t>();
+  const int64_t* v = u + n;
+  auto x_spec = at::fft_rfft(x2d, c10::nullopt, -1).contiguous();
+  auto y = spectral_apply(x_spec, coeff, v, in_features, u, out_features,
+                          scaling / static_cast<double>(in_features));
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = out_features;
+  return {y.to(x.scalar_type()).view(out_shape), x_spec};
+}
+
+std::tuple<at::Tensor, at::Tensor> spectral_linear_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x_spec, const at::Tensor& spectrum,
+    const at::Tensor& indices, int64_t out_features, int64_t in_features, double scaling,
+    at::ScalarType x_dtype, bool need_grad_x, bool need_grad_spectrum) {
+  check_spectrum_and_indices("_spectral_linear_backward", spectrum, indices, out_features,
+                             in_features);
+  TORCH_CHECK(grad_out.size(-1) == out_features,
+              "fourierft._spectral_linear_backward: grad_out must have last dimension out_features=",
+              out_features, ", got shape ", grad_out.sizes());
+  check_cpu("_spectral_linear_backward", grad_out);
+  const int64_t n = spectrum.size(0);
+  const auto work = c10::toRealValueType(x_spec.scalar_type());
+  const auto g2d = grad_out.reshape({-1, out_features}).to(work);
+  const int64_t rows = g2d.size(0);
+  TORCH_CHECK(!need_grad_spectrum ||
+                  (x_spec.dim() == 2 && x_spec.size(0) == rows && x_spec.size(1) == in_features / 2 + 1),
+              "fourierft._spectral_linear_backward: saved input spectrum has shape ",
+              x_spec.sizes(), ", expected [", rows, ", ", in_features / 2 + 1, "]");
+  const auto coeff = spectrum.to(work).contiguous();
+  const auto idx = indices.contiguous();
+  const int64_t* u = idx.const_data_ptr<int64_t>();
+  const int64_t* v = u + n;
+  const auto g_spec = at::fft_rfft(g2d, c10::nullopt, -1).contiguous();
+
+  at::Tensor grad_x = at::empty({0}, grad_out.options().dtype(x_dtype));
+  at::Tensor grad_spectrum = at::empty({0}, spectrum.options());
+  if (need_grad_x) {
+    std::vector<int64_t> shape(grad_out.sizes().begin(), grad_out.sizes().end());
+    shape.back() = in_features;
+    grad_x = spectral_apply(g_spec, coeff, u, out_features, v, in_features,
+                            scaling / static_cast<double>(out_features))
+                 .to(x_dtype)
+                 .view(shape);
+  }
+  if (need_grad_spectrum) {
+    AT_DISPATCH_FLOATING_TYPES(work, "fourierft_spectral_grad", [&] {
+      const auto acc = spectral_correlate<scalar_t>(
+          x_spec.const_data_ptr<c10::complex<scalar_t>>(), x_spec.stride(0), in_features,
+          g_spec.const_data_ptr<c10::complex<scalar_t>>(), g_spec.stride(0), out_features, u, v, n,
+          rows);
+      const double norm = scaling / (static_cast<double>(out_features) * in_features);
+      grad_spectrum = at::empty({n}, spectrum.options().dtype(at::kDouble));
+      double* o = grad_spectrum.data_ptr<double>();
+      for (int64_t k = 0; k < n; ++k) o[k] = acc[k] * norm;
+      grad_spectrum = grad_spectrum.to(spectrum.scalar_type());
+    });
+  }
+  return {grad_x, grad_spectrum};
+}
+
+at::Tensor spectral_linear_cpu(const at::Tensor& x, const at::Tensor& spectrum,
+                               const at::Tensor& indices, int64_t out_features,
+                               int64_t in_features, double scaling) {
+  return std::get<0>(
+      spectral_linear_forward_cpu(x, spectrum, indices, out_features, in_features, scaling));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Meta kernels (shapes and dtypes only) for FakeTensor, torch.compile and opcheck.
+
+at::Tensor delta_weight_meta(const at::Tensor& spectrum, const at::Tensor& indices,
+                             int64_t out_features, int64_t in_features, double) {
+  check_dims("delta_weight", out_features, in_features);
+  return at::empty({out_features, in_features}, spectrum.options());
+}
+
+at::Tensor delta_weight_backward_meta(const at::Tensor&, const at::Tensor& spectrum,
+                                      const at::Tensor&, int64_t, int64_t, double) {
+  return at::empty_like(spectrum);
+}
+
+std::tuple<at::Tensor, at::Tensor> spectral_linear_forward_meta(const at::Tensor& x,
+                                                                const at::Tensor& spectrum,
+                                                                const at::Tensor&,
+                                                                int64_t out_features,
+                                                                int64_t in_features, double) {
+  check_input("spectral_linear", x, spectrum, in_features);
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = out_features;
+  const auto work = compute_dtype(x.scalar_type(), spectrum.scalar_type());
+  const int64_t rows = x.numel() / in_features;
+  return {at::empty(out_shape, x.options()),
+          at::empty({rows, in_features / 2 + 1}, x.options().dtype(c10::toComplexType(work)))};
+}
+
+std::tuple<at::Tensor, at::Tensor> spectral_linear_backward_meta(
+    const at::Tensor& grad_out, const at::Tensor&, const at::Tensor& spectrum, const at::Tensor&,
+    int64_t, int64_t in_features, double, at::ScalarType x_dtype, bool need_grad_x,
+    bool need_grad_spectrum) {
+  std::vector<int64_t> shape(grad_out.sizes().begin(), grad_out.sizes().end());
+  shape.back() = in_features;
+  return {need_grad_x ? at::empty(shape, grad_out.options().dtype(x_dtype))
+                      : at::empty({0}, grad_out.options().dtype(x_dtype)),
+          need_grad_spectrum ? at::empty_like(spectrum) : at::empty({0}, spectrum.options())};
+}
+
+at::Tensor spectral_linear_meta(const at::Tensor& x, const at::Tensor& spectrum,
+                                const at::Tensor& indices, int64_t out_features,
+                                int64_t in_features, double scaling) {
+  return std::get<0>(
+      spectral_linear_forward_meta(x, spectrum, indices, out_features, in_features, scaling));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Autograd: C++ autograd functions registered at the Autograd key; the kernels they call go
+// through the dispatcher so that tracing (torch.compile) sees the backward ops too.
+
+const c10::TypedOperatorHandle<decltype(spectral_linear_forward_cpu)>& forward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fourierft::_spectral_linear_forward", "")
+                             .typed<decltype(spectral_linear_forward_cpu)>();
+  return op;
+}
+const c10::TypedOperatorHandle<decltype(spectral_linear_backward_cpu)>& backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fourierft::_spectral_linear_backward", "")
+                             .typed<decltype(spectral_linear_backward_cpu)>();
+  return op;
+}
+const c10::TypedOperatorHandle<decltype(delta_weight_cpu)>& delta_weight_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fourierft::delta_weight", "")
+                             .typed<decltype(delta_weight_cpu)>();
+  return op;
+}
+const c10::TypedOperatorHandle<decltype(delta_weight_backward_cpu)>& delta_weight_backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fourierft::_delta_weight_backward", "")
+                             .typed<decltype(delta_weight_backward_cpu)>();
+  return op;
+}
+const c10::TypedOperatorHandle<decltype(spectral_linear_cpu)>& spectral_linear_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fourierft::spectral_linear", "")
+                             .typed<decltype(spectral_linear_cpu)>();
+  return op;
+}
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+class SpectralLinearFunction : public torch::autograd::Function<SpectralLinearFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& spectrum,
+                            const at::Tensor& indices, int64_t out_features, int64_t in_features,
+                            double scaling) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [y, x_spec] = forward_op().call(x, spectrum, indices, out_features, in_features, scaling);
+    // x_spec is what the spectrum gradient needs; the input gradient needs only the spectrum.
+    ctx->save_for_backward({spectrum.requires_grad() ? x_spec : at::Tensor(), spectrum, indices});
+    ctx->saved_data["out_features"] = out_features;
+    ctx->saved_data["in_features"] = in_features;
+    ctx->saved_data["scaling"] = scaling;
+    ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const bool need_x = ctx->needs_input_grad(0);
+    const bool need_spectrum = ctx->needs_input_grad(1);
+    const int64_t in_features = ctx->saved_data["in_features"].toInt();
+    at::Tensor x_spec = saved[0];
+    if (!x_spec.defined()) {  // spectrum frozen: grad_x alone, which never reads the input spectrum
+      x_spec = at::empty({0}, grad_outputs[0].options().dtype(c10::toComplexType(compute_dtype(
+                                  static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt()),
+                                  saved[1].scalar_type()))));
+    }
+    auto [grad_x, grad_spectrum] = backward_op().call(
+        grad_outputs[0].contiguous(), x_spec, saved[1], saved[2],
+        ctx->saved_data["out_features"].toInt(), in_features, ctx->saved_data["scaling"].toDouble(),
+        static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt()), need_x,
+        need_spectrum && saved[0].defined());
+    return {need_x ? grad_x : at::Tensor(), need_spectrum ? grad_spectrum : at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+class DeltaWeightFunction : public torch::autograd::Function<DeltaWeightFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& spectrum,
+                            const at::Tensor& indices, int64_t out_features, int64_t in_features,
+                            double scaling) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({spectrum, indices});
+    ctx->saved_data["out_features"] = out_features;
+    ctx->saved_data["in_features"] = in_features;
+    ctx->saved_data["scaling"] = scaling;
+    return delta_weight_op().call(spectrum, indices, out_features, in_features, scaling);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    auto grad = delta_weight_backward_op().call(
+        grad_outputs[0].contiguous(), saved[0], saved[1], ctx->saved_data["out_features"].toInt(),
+        ctx->saved_data["in_features"].toInt(), ctx->saved_data["scaling"].toDouble());
+    return {grad, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor spectral_linear_autograd(const at::Tensor& x, const at::Tensor& spectrum,
+                                    const at::Tensor& indices, int64_t out_features,
+                                    int64_t in_features, double scaling) {
+  return SpectralLinearFunction::apply(x, spectrum, indices, out_features, in_features, scaling);
+}
+
+at::Tensor delta_weight_autograd(const at::Tensor& spectrum, const at::Tensor& indices,
+                                 int64_t out_features, int64_t in_features, double scaling) {
+  return DeltaWeightFunction::apply(spectrum, indices, out_features, in_features, scaling);
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Public C++ entry points: always through the dispatcher.
+
+at::Tensor entry_indices(int64_t out_features, int64_t in_features, int64_t n_frequency,
+                         int64_t random_loc_seed) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fourierft::entry_indices", "")
+                             .typed<decltype(entry_indices_impl)>();
+  return op.call(out_features, in_features, n_frequency, random_loc_seed);
+}
+
+at::Tensor delta_weight(const at::Tensor& spectrum, const at::Tensor& indices, int64_t out_features,
+                        int64_t in_features, double scaling) {
+  return delta_weight_op().call(spectrum, indices, out_features, in_features, scaling);
+}
+
+at::Tensor spectral_linear(const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices,
+                           int64_t out_features, int64_t in_features, double scaling) {
+  return spectral_linear_op().call(x, spectrum, indices, out_features, in_features, scaling);
+}
+
+}  // namespace fourierft
+
+TORCH_LIBRARY(fourierft, m) {
+  m.def("entry_indices(int out_features, int in_features, int n_frequency, int random_loc_seed) -> Tensor",
+        TORCH_FN(fourierft::entry_indices_impl));
+  m.def("delta_weight(Tensor spectrum, Tensor indices, int out_features, int in_features, float scaling) -> Tensor");
+  m.def("_delta_weight_backward(Tensor grad, Tensor spectrum, Tensor indices, int out_features, int in_features, float scaling) -> Tensor");
+  m.def("spectral_linear(Tensor x, Tensor spectrum, Tensor indices, int out_features, int in_features, float scaling) -> Tensor");
+  m.def("_spectral_linear_forward(Tensor x, Tensor spectrum, Tensor indices, int out_features, int in_features, float scaling) -> (Tensor, Tensor)");
+  m.def("_spectral_linear_backward(Tensor grad_out, Tensor x_spec, Tensor spectrum, Tensor indices, int out_features, int in_features, float scaling, ScalarType x_dtype, bool need_grad_x, bool need_grad_spectrum) -> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(fourierft, CPU, m) {
+  m.impl("delta_weight", TORCH_FN(fourierft::delta_weight_cpu));
+  m.impl("_delta_weight_backward", TORCH_FN(fourierft::delta_weight_backward_cpu));
+  m.impl("spectral_linear", TORCH_FN(fourierft::spectral_linear_cpu));
+  m.impl("_spectral_linear_forward", TORCH_FN(fourierft::spectral_linear_forward_cpu));
+  m.impl("_spectral_linear_backward", TORCH_FN(fourierft::spectral_linear_backward_cpu));
+}
+
+TORCH_LIBRARY_IMPL(fourierft, Meta, m) {
+  m.impl("delta_weight", TORCH_FN(fourierft::delta_weight_meta));
+  m.impl("_delta_weight_backward", TORCH_FN(fourierft::delta_weight_backward_meta));
+  m.impl("spectral_linear", TORCH_FN(fourierft::spectral_linear_meta));
+  m.impl("_spectral_linear_forward", TORCH_FN(fourierft::spectral_linear_forward_meta));
+  m.impl("_spectral_linear_backward", TORCH_FN(fourierft::spectral_linear_backward_meta));
+}
+
+TORCH_LIBRARY_IMPL(fourierft, Autograd, m) {
+  m.impl("delta_weight", TORCH_FN(fourierft::delta_weight_autograd));
+  m.impl("spectral_linear", TORCH_FN(fourierft::spectral_linear_autograd));
+}
