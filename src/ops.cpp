@@ -397,28 +397,34 @@ at::Tensor delta_weight_backward_meta(const at::Tensor&, const at::Tensor& spect
   return at::empty_like(spectrum);
 }
 
+// Symbolic sizes throughout, so that torch.compile with dynamic shapes can trace these.
 std::tuple<at::Tensor, at::Tensor> spectral_linear_forward_meta(const at::Tensor& x,
                                                                 const at::Tensor& spectrum,
                                                                 const at::Tensor&,
                                                                 int64_t out_features,
                                                                 int64_t in_features, double) {
-  check_input("spectral_linear", x, spectrum, in_features);
-  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  TORCH_CHECK(x.dim() >= 1 && x.sym_size(-1) == in_features, "fourierft.spectral_linear: input "
+              "must have last dimension in_features=", in_features, ", got shape ", x.sym_sizes());
+  TORCH_CHECK(x.device() == spectrum.device(), "fourierft.spectral_linear: input and spectrum "
+              "must be on the same device, got input on ", x.device(), " and spectrum on ",
+              spectrum.device());
+  auto out_shape = x.sym_sizes().vec();
   out_shape.back() = out_features;
   const auto work = compute_dtype(x.scalar_type(), spectrum.scalar_type());
-  const int64_t rows = x.numel() / in_features;
-  return {at::empty(out_shape, x.options()),
-          at::empty({rows, in_features / 2 + 1}, x.options().dtype(c10::toComplexType(work)))};
+  const c10::SymInt rows = x.sym_numel() / in_features;
+  return {at::empty_symint(out_shape, x.options()),
+          at::empty_symint({rows, c10::SymInt(in_features / 2 + 1)},
+                           x.options().dtype(c10::toComplexType(work)))};
 }
 
 std::tuple<at::Tensor, at::Tensor> spectral_linear_backward_meta(
     const at::Tensor& grad_out, const at::Tensor&, const at::Tensor& spectrum, const at::Tensor&,
     int64_t, int64_t in_features, double, at::ScalarType x_dtype, bool need_grad_x,
     bool need_grad_spectrum) {
-  std::vector<int64_t> shape(grad_out.sizes().begin(), grad_out.sizes().end());
+  auto shape = grad_out.sym_sizes().vec();
   shape.back() = in_features;
-  return {need_grad_x ? at::empty(shape, grad_out.options().dtype(x_dtype))
-                      : at::empty({0}, grad_out.options().dtype(x_dtype)),
+  const auto x_options = grad_out.options().dtype(x_dtype);
+  return {need_grad_x ? at::empty_symint(shape, x_options) : at::empty({0}, x_options),
           need_grad_spectrum ? at::empty_like(spectrum) : at::empty({0}, spectrum.options())};
 }
 

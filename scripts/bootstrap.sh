@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs everything fourierft needs on a fresh Debian machine and builds it. Idempotent: on a
+# ready machine it checks and returns in seconds.
+#   - Debian packages: compiler, CMake, Ninja, GoogleTest, nlohmann-json (apt-get update first)
+#   - .venv with the pinned Python dependencies of requirements.txt (torch==2.13.0 CPU wheel, ...)
+#   - the CMake build in build/ (LibTorch taken from the torch wheel in .venv)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+log() { printf '[bootstrap] %s\n' "$*" >&2; }
+
+# --- Debian packages -------------------------------------------------------------------------
+apt_packages=(g++ cmake ninja-build libgtest-dev nlohmann-json3-dev python3-venv)
+missing=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  log "installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# --- Python environment ----------------------------------------------------------------------
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv with $($python --version)"
+  "$python" -m venv .venv
+fi
+stamp=.venv/.fourierft-requirements
+want=$(sha256sum requirements.txt | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "installing pinned Python dependencies (requirements.txt)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -r requirements.txt
+  echo "$want" > "$stamp"
+fi
+
+# --- C++ build -------------------------------------------------------------------------------
+if [ ! -f build/build.ninja ]; then
+  torch_prefix=$(.venv/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')
+  log "configuring build/ against LibTorch in $torch_prefix"
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_prefix" >/dev/null
+fi
+cmake --build build

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Installs and builds everything (scripts/bootstrap.sh), then runs every test: the C++ suite and
+# the examples through ctest, the Python suite (PEFT parity, gradcheck, opcheck) through pytest.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/bootstrap.sh
+ctest --test-dir build --output-on-failure -j2
+HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q -p no:cacheprovider tests/python

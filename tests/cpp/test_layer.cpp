@@ -1,0 +1,261 @@
+// FourierFTLinear: PEFT's layer semantics, both forward paths, merge safety, state dict names.
+#include "test_helpers.h"
+
+using fourierft::AdapterOptions;
+using fourierft::FourierFTLinear;
+using fourierft::FourierFTLinearOptions;
+using fourierft::ForwardPath;
+using fourierft::testing::reference_delta_weight;
+using fourierft::testing::relative_error;
+
+namespace {
+
+FourierFTLinear make_layer(int64_t in, int64_t out, int64_t n, ForwardPath path = ForwardPath::Auto,
+                           double scaling = 150.0) {
+  FourierFTLinear layer(torch::nn::LinearOptions(in, out),
+                        FourierFTLinearOptions().forward_path(path));
+  layer->update_layer("default", AdapterOptions().n_frequency(n).scaling(scaling));
+  return layer;
+}
+
+TEST(FourierFTLinear, StateDictNamesMatchPeft) {
+  auto layer = make_layer(12, 10, 30);
+  layer->update_layer("other", AdapterOptions().n_frequency(7));
+  std::vector<std::string> names;
+  for (const auto& item : layer->named_parameters()) names.push_back(item.key());
+  EXPECT_EQ(names, (std::vector<std::string>{"base_layer.weight", "base_layer.bias",
+                                             "fourierft_spectrum.default",
+                                             "fourierft_spectrum.other"}));
+  EXPECT_EQ(layer->fourierft_spectrum->at("other").sizes(), (std::vector<int64_t>{7}));
+}
+
+TEST(FourierFTLinear, SharesTheBaseWeightsWithoutCopy) {
+  torch::nn::Linear base(8, 4);
+  FourierFTLinear layer(base);
+  EXPECT_EQ(layer->base_layer->weight.data_ptr(), base->weight.data_ptr());
+  EXPECT_EQ(layer->base_layer.ptr(), base.ptr());
+}
+
+TEST(FourierFTLinear, ForwardEqualsBasePlusDenseFormulaOnEveryPath) {
+  torch::manual_seed(0);
+  for (auto path : {ForwardPath::Spectral, ForwardPath::Dense, ForwardPath::Auto}) {
+    auto layer = make_layer(48, 40, 200, path);
+    const auto x = torch::randn({2, 7, 48});
+    const auto& state = layer->adapter_state("default");
+    const auto w = reference_delta_weight(layer->fourierft_spectrum->at("default").detach(),
+                                          state.indices, 40, 48, 150.0);
+    const auto expected = layer->base_layer(x).to(torch::kDouble) + torch::matmul(x.to(torch::kDouble), w.t());
+    EXPECT_LE(relative_error(layer(x), expected), 1e-5) << path;
+  }
+}
+
+TEST(FourierFTLinear, PathsAgreeInTraining) {
+  torch::manual_seed(1);
+  auto spectral = make_layer(64, 32, 500, ForwardPath::Spectral);
+  auto dense = make_layer(64, 32, 500, ForwardPath::Dense);
+  torch::NoGradGuard no_grad;
+  dense->base_layer->weight.copy_(spectral->base_layer->weight);
+  dense->base_layer->bias.copy_(spectral->base_layer->bias);
+  dense->fourierft_spectrum->at("default").copy_(spectral->fourierft_spectrum->at("default"));
+  {
+    torch::AutoGradMode enable(true);
+    const auto x = torch::randn({5, 64});
+    spectral(x).pow(2).sum().backward();
+    dense(x).pow(2).sum().backward();
+  }
+  EXPECT_LE(relative_error(spectral->fourierft_spectrum->at("default").grad(),
+                           dense->fourierft_spectrum->at("default").grad()),
+            1e-5);
+}
+
+TEST(FourierFTLinear, AutoPathFollowsTheCostModel) {
+  auto small_n = make_layer(768, 768, 1000);
+  EXPECT_EQ(small_n->resolve_path("default", 2048), ForwardPath::Spectral);
+  auto full = make_layer(16, 16, 256);  // n = d1*d2 on a tiny layer: one GEMM is cheaper
+  EXPECT_EQ(full->resolve_path("default", 4096), ForwardPath::Dense);
+}
+
+TEST(FourierFTLinear, DenseCacheFollowsSpectrumUpdates) {
+  auto layer = make_layer(24, 20, 60, ForwardPath::Dense);
+  torch::NoGradGuard no_grad;
+  const auto x = torch::randn({3, 24});
+  const auto before = layer(x);
+  EXPECT_TRUE(torch::equal(before, layer(x)));
+  layer->fourierft_spectrum->at("default").mul_(2.0);  // in place: the cache must notice
+  const auto base = layer->base_layer(x);
+  EXPECT_LE(relative_error(layer(x) - base, 2 * (before - base)), 1e-5);
+}
+
+TEST(FourierFTLinear, ZeroInitIsIdentity) {
+  FourierFTLinear layer(torch::nn::LinearOptions(16, 8));
+  layer->update_layer("default", AdapterOptions().n_frequency(20).init_weights(true));
+  const auto x = torch::randn({4, 16});
+  EXPECT_TRUE(torch::allclose(layer(x), layer->base_layer(x)));
+  EXPECT_TRUE(layer->fourierft_spectrum->at("default").eq(0).all().item<bool>());
+}
+
+TEST(FourierFTLinear, NFrequencyRangeIsChecked) {
+  FourierFTLinear layer(torch::nn::LinearOptions(6, 4));
+  EXPECT_ERROR_CONTAINS(layer->update_layer("a", AdapterOptions().n_frequency(25)), "adapter 'a'",
+                        "the value passed is 25", "the product is 24");
+  EXPECT_ERROR_CONTAINS(layer->update_layer("b", AdapterOptions().n_frequency(0)), "adapter 'b'",
+                        "positive integer", "the value passed is 0");
+  EXPECT_ERROR_CONTAINS(layer->update_layer("c.d", AdapterOptions().n_frequency(4)), "'c.d'");
+  EXPECT_TRUE(layer->adapter_names().empty());
+  EXPECT_TRUE(layer->fourierft_spectrum->keys().empty());
+}
+
+TEST(FourierFTLinear, SetAdapterControlsGradAndTwoActiveAdaptersAdd) {
+  torch::manual_seed(2);
+  auto layer = make_layer(20, 12, 40);
+  layer->update_layer("second", AdapterOptions().n_frequency(25).scaling(3.0).random_loc_seed(5));
+  EXPECT_EQ(layer->active_adapters(), std::vector<std::string>{"default"});
+  EXPECT_TRUE(layer->fourierft_spectrum->at("default").requires_grad());
+  EXPECT_FALSE(layer->fourierft_spectrum->at("second").requires_grad());
+
+  const auto x = torch::randn({3, 20});
+  const auto base = layer->base_layer(x).detach();
+  const auto only_default = (layer(x) - base).detach();
+  layer->set_adapter("second");
+  EXPECT_FALSE(layer->fourierft_spectrum->at("default").requires_grad());
+  EXPECT_TRUE(layer->fourierft_spectrum->at("second").requires_grad());
+  const auto only_second = (layer(x) - base).detach();
+  layer->set_adapter(std::vector<std::string>{"default", "second"});
+  EXPECT_LE(relative_error(layer(x) - base, only_default + only_second), 1e-5);
+}
+
+TEST(FourierFTLinear, MergeUnmergeRoundTrip) {
+  torch::manual_seed(3);
+  for (auto path : {ForwardPath::Spectral, ForwardPath::Dense}) {
+    auto layer = make_layer(32, 24, 100, path);
+    const auto w0 = layer->base_layer->weight.detach().clone();
+    const auto x = torch::randn({6, 32});
+    const auto unmerged = layer(x).detach();
+    layer->merge();
+    EXPECT_TRUE(layer->merged());
+    EXPECT_EQ(layer->merged_adapters(), std::vector<std::string>{"default"});
+    EXPECT_LE(relative_error(layer(x), unmerged), 1e-6);
+    EXPECT_LE(relative_error(layer->base_layer->weight - w0, layer->get_delta_weight("default")), 1e-6);
+    layer->unmerge();
+    EXPECT_FALSE(layer->merged());
+    EXPECT_LE((layer->base_layer->weight - w0).abs().max().item<double>(), 1e-6);
+    EXPECT_LE(relative_error(layer(x), unmerged), 1e-6);
+  }
+}
+
+TEST(FourierFTLinear, SafeMergeWithNanThrowsAndChangesNothing) {
+  auto layer = make_layer(16, 16, 30);
+  layer->update_layer("good", AdapterOptions().n_frequency(30).random_loc_seed(1));
+  {
+    torch::NoGradGuard no_grad;
+    layer->fourierft_spectrum->at("default")[4] = std::numeric_limits<float>::quiet_NaN();
+  }
+  const auto before = layer->base_layer->weight.detach().clone();
+  // "good" would merge fine on its own; the failure of "default" must not leave it merged either.
+  EXPECT_ERROR_CONTAINS(layer->merge(/*safe_merge=*/true, std::vector<std::string>{"good", "default"}),
+                        "NaNs detected", "default", "left unchanged");
+  EXPECT_TRUE(torch::equal(layer->base_layer->weight, before));
+  EXPECT_FALSE(layer->merged());
+  EXPECT_TRUE(layer->merged_adapters().empty());
+}
+
+TEST(FourierFTLinear, MergingTwiceOnlyMergesOnce) {
+  auto layer = make_layer(16, 8, 30);
+  layer->merge();
+  const auto once = layer->base_layer->weight.detach().clone();
+  layer->merge();  // warns "All adapters are already merged", changes nothing
+  EXPECT_TRUE(torch::equal(layer->base_layer->weight, once));
+  EXPECT_EQ(layer->merged_adapters().size(), 1u);
+}
+
+TEST(FourierFTLinear, DisableAdaptersGivesBaseOutputAndUnmergesFirst) {
+  auto layer = make_layer(16, 12, 50);
+  const auto w0 = layer->base_layer->weight.detach().clone();
+  const auto x = torch::randn({3, 16});
+  const auto base = layer->base_layer(x).detach();
+  const auto adapted = layer(x).detach();
+  layer->merge();
+  layer->enable_adapters(false);
+  EXPECT_TRUE(layer->disable_adapters());
+  EXPECT_FALSE(layer->fourierft_spectrum->at("default").requires_grad());
+  EXPECT_LE(relative_error(layer(x), base), 1e-6);
+  EXPECT_FALSE(layer->merged());
+  EXPECT_LE((layer->base_layer->weight - w0).abs().max().item<double>(), 1e-6);
+  layer->enable_adapters(true);
+  EXPECT_TRUE(layer->fourierft_spectrum->at("default").requires_grad());
+  EXPECT_LE(relative_error(layer(x), adapted), 1e-6);
+}
+
+TEST(FourierFTLinear, DeleteAdapter) {
+  auto layer = make_layer(10, 10, 20);
+  layer->update_layer("b", AdapterOptions().n_frequency(5));
+  layer->update_layer("c", AdapterOptions().n_frequency(6));
+  EXPECT_ERROR_CONTAINS(layer->delete_adapter("nope"), "unknown adapter 'nope'", "'default'", "'b'");
+  layer->delete_adapter("default");  // the active one: falls back to the first remaining adapter
+  EXPECT_EQ(layer->active_adapters(), std::vector<std::string>{"b"});
+  EXPECT_TRUE(layer->fourierft_spectrum->at("b").requires_grad());
+  EXPECT_FALSE(layer->has_adapter("default"));
+  EXPECT_EQ(layer->named_parameters().size(), 4u);  // weight, bias, b, c
+  layer->merge();
+  EXPECT_ERROR_CONTAINS(layer->delete_adapter("b"), "'b' is merged");
+  layer->unmerge();
+  layer->delete_adapter("b");
+  layer->delete_adapter("c");
+  EXPECT_TRUE(layer->active_adapters().empty());
+  const auto x = torch::randn({2, 10});
+  EXPECT_TRUE(torch::equal(layer(x), layer->base_layer(x)));
+}
+
+TEST(FourierFTLinear, OneOptimizerStepChangesOnlyTheSpectrum) {
+  auto layer = make_layer(24, 16, 40);
+  for (auto& p : layer->base_layer->parameters()) p.requires_grad_(false);
+  const auto before = layer->base_layer->weight.clone();
+  const auto spectrum_before = layer->fourierft_spectrum->at("default").detach().clone();
+  torch::optim::AdamW optimizer(layer->parameters(), torch::optim::AdamWOptions(0.1));
+  layer(torch::randn({4, 24})).pow(2).mean().backward();
+  optimizer.step();
+  EXPECT_TRUE(torch::equal(layer->base_layer->weight, before));
+  EXPECT_FALSE(torch::equal(layer->fourierft_spectrum->at("default"), spectrum_before));
+}
+
+TEST(FourierFTLinear, CloneIsDeepAndKeepsAdapters) {
+  auto layer = make_layer(12, 8, 20);
+  layer->update_layer("other", AdapterOptions().n_frequency(9));
+  auto copy = std::dynamic_pointer_cast<fourierft::FourierFTLinearImpl>(layer->clone());
+  ASSERT_TRUE(copy);
+  const auto x = torch::randn({3, 12});
+  EXPECT_TRUE(torch::allclose(copy->forward(x), layer(x)));
+  EXPECT_EQ(copy->adapter_names(), layer->adapter_names());
+  EXPECT_NE(copy->fourierft_spectrum->at("default").data_ptr(),
+            layer->fourierft_spectrum->at("default").data_ptr());
+  EXPECT_NE(copy->base_layer->weight.data_ptr(), layer->base_layer->weight.data_ptr());
+  {
+    torch::NoGradGuard no_grad;
+    copy->fourierft_spectrum->at("default").zero_();
+  }
+  EXPECT_FALSE(torch::allclose(copy->forward(x), layer(x)));
+}
+
+TEST(FourierFTLinear, SpectrumFollowsBaseDtype) {
+  torch::nn::Linear base(16, 8);
+  base->to(torch::kDouble);
+  FourierFTLinear layer(base);
+  layer->update_layer("default", AdapterOptions().n_frequency(10));
+  EXPECT_EQ(layer->fourierft_spectrum->at("default").scalar_type(), torch::kDouble);
+  const auto x = torch::randn({2, 16}, torch::kDouble);
+  EXPECT_EQ(layer(x).scalar_type(), torch::kDouble);
+}
+
+TEST(FourierFTLinear, FanInFanOutIsResetForLinearWithAWarning) {
+  FourierFTLinear layer(torch::nn::LinearOptions(4, 3), FourierFTLinearOptions().fan_in_fan_out(true));
+  EXPECT_FALSE(layer->options().fan_in_fan_out());
+}
+
+TEST(FourierFTLinear, PrettyPrintNamesAdapters) {
+  auto layer = make_layer(12, 8, 20);
+  std::ostringstream os;
+  os << *layer;
+  EXPECT_NE(os.str().find("default(n_frequency=20, scaling=150)"), std::string::npos) << os.str();
+}
+
+}  // namespace

@@ -1,0 +1,131 @@
+"""The compiled ops against the installed PEFT package (the reference implementation)."""
+import itertools
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import peft
+from peft.tuners.fourierft.layer import FourierFTLinear as PeftFourierFTLinear
+
+
+def peft_layer(out_features, in_features, n_frequency, seed=777, scaling=150.0, dtype=torch.float32):
+    """A PEFT FourierFTLinear around a fresh nn.Linear, built the way get_peft_model builds it."""
+    config = peft.FourierFTConfig(
+        n_frequency=n_frequency, scaling=scaling, random_loc_seed=seed, target_modules=["lin"]
+    )
+    base = nn.Linear(in_features, out_features).to(dtype)
+    return PeftFourierFTLinear(base, "default", config, n_frequency=n_frequency)
+
+
+SHAPES = [(1, 1), (7, 13), (13, 7), (64, 48), (768, 768), (3072, 768), (100, 3)]
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+@pytest.mark.parametrize("seed", [777, 0, 123456789, 2**40 + 5, -3])
+def test_entry_indices_equal_peft(ops, shape, seed):
+    out_features, in_features = shape
+    for n in sorted({1, min(10, out_features * in_features), min(1000, out_features * in_features),
+                     out_features * in_features if out_features * in_features <= 5000 else 5000}):
+        layer = peft_layer(out_features, in_features, n, seed=seed)
+        ours = ops.entry_indices(out_features, in_features, n, seed)
+        assert ours.dtype == torch.int64
+        assert torch.equal(ours, layer.indices["default"]), (shape, n, seed)
+
+
+@pytest.mark.parametrize("shape,n", [((7, 13), 50), ((64, 48), 3072), ((768, 768), 1000), ((3072, 768), 3000), ((1, 1), 1)])
+def test_delta_weight_equals_peft(ops, shape, n):
+    out_features, in_features = shape
+    torch.manual_seed(0)
+    layer = peft_layer(out_features, in_features, n, scaling=77.0)
+    spectrum = layer.fourierft_spectrum["default"].detach()
+    expected = layer.get_delta_weight("default")
+    ours = ops.delta_weight(spectrum, layer.indices["default"], out_features, in_features, 77.0)
+    assert ours.dtype == expected.dtype == torch.float32
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("shape,n", [((7, 13), 50), ((64, 48), 1000), ((768, 768), 1000), ((3072, 768), 3000), ((768, 3072), 3000)])
+@pytest.mark.parametrize("leading", [(5,), (2, 3)])
+def test_spectral_linear_matches_peft_forward_and_gradients(ops, shape, n, leading):
+    out_features, in_features = shape
+    torch.manual_seed(1)
+    layer = peft_layer(out_features, in_features, n)
+    spectrum = layer.fourierft_spectrum["default"]
+    x = torch.randn(*leading, in_features, requires_grad=True)
+    expected = layer(x)
+    grad_out = torch.randn_like(expected)
+    expected_gx, expected_gc = torch.autograd.grad((expected * grad_out).sum(), [x, spectrum])
+
+    spectrum_ours = spectrum.detach().clone().requires_grad_(True)
+    x_ours = x.detach().clone().requires_grad_(True)
+    ours = layer.base_layer(x_ours) + ops.spectral_linear(
+        x_ours, spectrum_ours, layer.indices["default"], out_features, in_features, 150.0
+    )
+    gx, gc = torch.autograd.grad((ours * grad_out).sum(), [x_ours, spectrum_ours])
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
+    assert (gx - expected_gx).norm() / expected_gx.norm() < 1e-5
+    assert (gc - expected_gc).norm() / expected_gc.norm() < 1e-4
+
+
+def test_half_precision_runs_where_peft_needs_float32(ops):
+    torch.manual_seed(2)
+    layer = peft_layer(64, 96, 300)
+    indices = layer.indices["default"]
+    x = torch.randn(4, 96)
+    spectrum = layer.fourierft_spectrum["default"].detach()
+    reference = ops.spectral_linear(x, spectrum, indices, 64, 96, 150.0)
+    for dtype, tol in [(torch.bfloat16, 2e-2), (torch.float16, 3e-3)]:
+        y = ops.spectral_linear(x.to(dtype), spectrum.to(dtype), indices, 64, 96, 150.0)
+        assert y.dtype == dtype
+        assert ((y.float() - reference).norm() / reference.norm()).item() < tol
+
+
+def test_gradcheck_spectral_linear(ops):
+    torch.manual_seed(3)
+    for out_features, in_features, n in [(5, 6, 12), (7, 4, 28), (9, 8, 5)]:
+        indices = ops.entry_indices(out_features, in_features, n, 11)
+        x = torch.randn(3, in_features, dtype=torch.float64, requires_grad=True)
+        c = torch.randn(n, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(
+            lambda x, c: ops.spectral_linear(x, c, indices, out_features, in_features, 2.0), (x, c)
+        )
+
+
+def test_gradcheck_delta_weight(ops):
+    indices = ops.entry_indices(6, 10, 30, 5)
+    c = torch.randn(30, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda c: ops.delta_weight(c, indices, 6, 10, 3.0), (c,))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck_spectral_linear(ops, dtype):
+    indices = ops.entry_indices(12, 10, 40, 777)
+    for requires_grad in [(True, True), (False, True), (True, False)]:
+        x = torch.randn(2, 3, 10, dtype=dtype, requires_grad=requires_grad[0])
+        c = torch.randn(40, dtype=dtype, requires_grad=requires_grad[1])
+        torch.library.opcheck(ops.spectral_linear.default, (x, c, indices, 12, 10, 150.0))
+
+
+def test_opcheck_delta_weight_and_internal_ops(ops):
+    indices = ops.entry_indices(12, 10, 40, 777)
+    c = torch.randn(40, requires_grad=True)
+    torch.library.opcheck(ops.delta_weight.default, (c, indices, 12, 10, 150.0))
+    x = torch.randn(4, 10)
+    torch.library.opcheck(ops._spectral_linear_forward.default, (x, c.detach(), indices, 12, 10, 150.0))
+    _, x_spec = ops._spectral_linear_forward(x, c.detach(), indices, 12, 10, 150.0)
+    g = torch.randn(4, 12)
+    torch.library.opcheck(
+        ops._spectral_linear_backward.default,
+        (g, x_spec, c.detach(), indices, 12, 10, 150.0, torch.float32, True, True),
+    )
+    torch.library.opcheck(ops._delta_weight_backward.default, (torch.randn(12, 10), c.detach(), indices, 12, 10, 150.0))
+
+
+def test_errors_are_runtime_errors_with_values(ops):
+    indices = ops.entry_indices(8, 6, 10, 777)
+    with pytest.raises(RuntimeError, match=r"\[1, 48\], got n_frequency=49"):
+        ops.entry_indices(8, 6, 49, 0)
+    with pytest.raises(RuntimeError, match=r"last dimension in_features=6, got shape \[2, 7\]"):
+        ops.spectral_linear(torch.randn(2, 7), torch.randn(10), indices, 8, 6, 1.0)
