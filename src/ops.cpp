@@ -95,71 +95,77 @@ at::ScalarType compute_dtype(at::ScalarType a, at::ScalarType b) {
 // ---------------------------------------------------------------------------------------------
 // Spectral apply: out[r] = Re(ifft_p(Z_r)) (times a factor applied by the caller) with
 // Z_r[dst_k] += c_k * conj(fft_m(in_r))[src_k], given in_spec = rfft(in) (shape [rows, m/2+1]).
-// Output is written as the Hermitian half spectrum H (shape [rows, p/2+1]) *doubled*:
-// H2[j] = Z[j] + conj(Z[-j]), so irfft(H2) = 2 Re(ifft(Z)); callers fold the 1/2 into the factor.
+// It fills the half spectrum H2[j] = Z[j] + conj(Z[-j]) (j = 0..p/2), so irfft(H2) = 2 Re(ifft(Z));
+// the 1/2 is folded into the coefficients together with the caller's factor. Each entry lands in exactly one bin of H2: bin j when
+// j <= p/2, else bin p-j conjugated; the self-mirrored bins 0 and p/2 receive z + conj(z) = 2 Re(z),
+// written as 2z with the imaginary part cleared afterwards. With the conjugations folded into the
+// coefficient, the inner loop is one gather, two multiplies and one scatter, without branches.
 
-struct SpectralPlan {
-  // conj(fft(x))[src] = src_conj ? conj(R[src_bin]) : R[src_bin]; written as a sign on the
-  // imaginary part: value = (R.re, src_sign * R.im).
-  std::vector<int64_t> src_bin;
-  std::vector<double> src_sign;
-  // Scatter targets in the half spectrum: z goes to dst_a (if >= 0), conj(z) to dst_b (if >= 0).
-  std::vector<int64_t> dst_a;
-  std::vector<int64_t> dst_b;
-};
-
-// Position of bin `k` of a length-`len` real signal's full spectrum inside rfft's half spectrum.
-inline void half_spectrum_read(int64_t k, int64_t len, int64_t& bin, double& conj_sign) {
+// Position of bin `k` of a length-`len` real signal's full spectrum inside rfft's half spectrum,
+// and the sign of the imaginary part that turns R[bin] into conj(fft)[k]:
+// conj(fft)[k] = conj(R[k]) for k <= len/2, and fft[len-k] = R[len-k] above.
+inline void half_spectrum_read(int64_t k, int64_t len, int64_t& bin, double& imag_sign) {
   if (k <= len / 2) {
     bin = k;
-    conj_sign = -1.0;  // conj(fft)[k] = conj(R[k])
+    imag_sign = -1.0;
   } else {
     bin = len - k;
-    conj_sign = 1.0;  // conj(fft)[k] = fft[len-k] = R[len-k]
+    imag_sign = 1.0;
   }
 }
 
-SpectralPlan make_plan(const int64_t* src, int64_t src_len, const int64_t* dst, int64_t dst_len,
-                       int64_t n) {
-  SpectralPlan plan;
-  plan.src_bin.resize(n);
-  plan.src_sign.resize(n);
-  plan.dst_a.resize(n);
-  plan.dst_b.resize(n);
+template <typename real_t>
+struct ScatterEntry {
+  int32_t src;   // bin of the input half spectrum
+  int32_t dst;   // bin of the output half spectrum
+  real_t re;     // H2[dst] += (re * R[src].re, im * R[src].im)
+  real_t im;
+};
+
+template <typename real_t>
+std::vector<ScatterEntry<real_t>> make_scatter_plan(const real_t* coeff, const int64_t* src,
+                                                    int64_t src_len, const int64_t* dst,
+                                                    int64_t dst_len, int64_t n, double factor) {
+  std::vector<ScatterEntry<real_t>> plan(n);
   for (int64_t k = 0; k < n; ++k) {
-    half_spectrum_read(src[k], src_len, plan.src_bin[k], plan.src_sign[k]);
+    int64_t src_bin;
+    double src_sign;
+    half_spectrum_read(src[k], src_len, src_bin, src_sign);
     const int64_t j = dst[k];
-    const int64_t mirror = (dst_len - j) % dst_len;
-    plan.dst_a[k] = j <= dst_len / 2 ? j : -1;
-    plan.dst_b[k] = mirror <= dst_len / 2 ? mirror : -1;
+    const bool upper = j > dst_len / 2;
+    const int64_t dst_bin = upper ? dst_len - j : j;
+    const double dst_sign = upper ? -1.0 : 1.0;
+    const bool self_mirror = dst_bin == 0 || 2 * dst_bin == dst_len;
+    // 0.5 * factor: irfft(H2) is twice the wanted real part; the caller's factor rides along so
+    // that no separate pass over the output is needed.
+    const double weight = (self_mirror ? 2.0 : 1.0) * 0.5 * factor;
+    plan[k] = {static_cast<int32_t>(src_bin), static_cast<int32_t>(dst_bin),
+               static_cast<real_t>(weight * coeff[k]),
+               static_cast<real_t>(weight * coeff[k] * src_sign * dst_sign)};
   }
   return plan;
 }
 
 template <typename real_t>
-void spectral_scatter(const c10::complex<real_t>* in_spec, int64_t in_stride, const real_t* coeff,
-                      const SpectralPlan& plan, c10::complex<real_t>* out_spec, int64_t out_stride,
+void spectral_scatter(const c10::complex<real_t>* in_spec, int64_t in_stride,
+                      const std::vector<ScatterEntry<real_t>>& plan,
+                      c10::complex<real_t>* out_spec, int64_t out_stride, int64_t out_len,
                       int64_t rows) {
-  const int64_t n = static_cast<int64_t>(plan.src_bin.size());
-  const int64_t* src_bin = plan.src_bin.data();
-  const double* src_sign = plan.src_sign.data();
-  const int64_t* dst_a = plan.dst_a.data();
-  const int64_t* dst_b = plan.dst_b.data();
+  const int64_t n = static_cast<int64_t>(plan.size());
+  const ScatterEntry<real_t>* entries = plan.data();
+  const int64_t nyquist = out_len % 2 == 0 ? out_len / 2 : -1;
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
-      const c10::complex<real_t>* in_row = in_spec + r * in_stride;
-      c10::complex<real_t>* out_row = out_spec + r * out_stride;
+      const real_t* in_row = reinterpret_cast<const real_t*>(in_spec + r * in_stride);
+      real_t* out_row = reinterpret_cast<real_t*>(out_spec + r * out_stride);
+      std::fill(out_row, out_row + 2 * (out_len / 2 + 1), real_t(0));  // row stays in cache
       for (int64_t k = 0; k < n; ++k) {
-        const c10::complex<real_t> s = in_row[src_bin[k]];
-        const real_t zr = coeff[k] * s.real();
-        const real_t zi = coeff[k] * static_cast<real_t>(src_sign[k]) * s.imag();
-        if (dst_a[k] >= 0) {
-          out_row[dst_a[k]] += c10::complex<real_t>(zr, zi);
-        }
-        if (dst_b[k] >= 0) {
-          out_row[dst_b[k]] += c10::complex<real_t>(zr, -zi);
-        }
+        const ScatterEntry<real_t> e = entries[k];
+        out_row[2 * e.dst] += e.re * in_row[2 * e.src];
+        out_row[2 * e.dst + 1] += e.im * in_row[2 * e.src + 1];
       }
+      out_row[1] = 0;
+      if (nyquist > 0) out_row[2 * nyquist + 1] = 0;
     }
   });
 }
@@ -170,12 +176,21 @@ std::vector<double> spectral_correlate(const c10::complex<real_t>* x_spec, int64
                                        int64_t in_features, const c10::complex<real_t>* g_spec,
                                        int64_t g_stride, int64_t out_features, const int64_t* u,
                                        const int64_t* v, int64_t n, int64_t rows) {
-  std::vector<int64_t> xb(n), gb(n);
-  std::vector<double> xs(n), gs(n);
+  struct Pair {
+    int32_t x_bin;
+    int32_t g_bin;
+    real_t imag_sign;  // Re((a.re + i sx a.im)(b.re + i sg b.im)) = a.re b.re - sx sg a.im b.im
+  };
+  std::vector<Pair> pairs(n);
   for (int64_t k = 0; k < n; ++k) {
-    half_spectrum_read(v[k], in_features, xb[k], xs[k]);
-    half_spectrum_read(u[k], out_features, gb[k], gs[k]);
+    int64_t xb, gb;
+    double xs, gs;
+    half_spectrum_read(v[k], in_features, xb, xs);
+    half_spectrum_read(u[k], out_features, gb, gs);
+    pairs[k] = {static_cast<int32_t>(xb), static_cast<int32_t>(gb), static_cast<real_t>(-xs * gs)};
   }
+  // Rows are split into one block per thread; each block sums in real_t per row and in double
+  // across rows.
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
   std::vector<std::vector<double>> partial(chunks, std::vector<double>(n, 0.0));
   at::parallel_for(0, chunks, 1, [&](int64_t cbegin, int64_t cend) {
@@ -183,22 +198,21 @@ std::vector<double> spectral_correlate(const c10::complex<real_t>* x_spec, int64
       const int64_t rbegin = rows * c / chunks;
       const int64_t rend = rows * (c + 1) / chunks;
       double* acc = partial[c].data();
+      const Pair* p = pairs.data();
       for (int64_t r = rbegin; r < rend; ++r) {
-        const c10::complex<real_t>* xr = x_spec + r * x_stride;
-        const c10::complex<real_t>* gr = g_spec + r * g_stride;
+        const real_t* xr = reinterpret_cast<const real_t*>(x_spec + r * x_stride);
+        const real_t* gr = reinterpret_cast<const real_t*>(g_spec + r * g_stride);
         for (int64_t k = 0; k < n; ++k) {
-          const c10::complex<real_t> a = xr[xb[k]];
-          const c10::complex<real_t> b = gr[gb[k]];
-          // Re((a.re + i xs a.im)(b.re + i gs b.im)) = a.re b.re - xs gs a.im b.im
-          acc[k] += static_cast<double>(a.real()) * b.real() -
-                    xs[k] * gs[k] * static_cast<double>(a.imag()) * b.imag();
+          const Pair e = p[k];
+          acc[k] += xr[2 * e.x_bin] * gr[2 * e.g_bin] +
+                    e.imag_sign * xr[2 * e.x_bin + 1] * gr[2 * e.g_bin + 1];
         }
       }
     }
   });
   std::vector<double> total(n, 0.0);
-  for (const auto& p : partial) {
-    for (int64_t k = 0; k < n; ++k) total[k] += p[k];
+  for (const auto& part : partial) {
+    for (int64_t k = 0; k < n; ++k) total[k] += part[k];
   }
   return total;
 }
@@ -208,17 +222,15 @@ at::Tensor spectral_apply(const at::Tensor& in_spec, const at::Tensor& coeff, co
                           int64_t src_len, const int64_t* dst, int64_t dst_len, double factor) {
   const int64_t rows = in_spec.size(0);
   const int64_t n = coeff.size(0);
-  const SpectralPlan plan = make_plan(src, src_len, dst, dst_len, n);
-  auto out_spec = at::zeros({rows, dst_len / 2 + 1}, in_spec.options());
+  auto out_spec = at::empty({rows, dst_len / 2 + 1}, in_spec.options());
   AT_DISPATCH_FLOATING_TYPES(coeff.scalar_type(), "fourierft_spectral_apply", [&] {
+    const auto plan = make_scatter_plan<scalar_t>(coeff.const_data_ptr<scalar_t>(), src, src_len,
+                                                  dst, dst_len, n, factor);
     spectral_scatter<scalar_t>(in_spec.const_data_ptr<c10::complex<scalar_t>>(), in_spec.stride(0),
-                               coeff.const_data_ptr<scalar_t>(), plan,
-                               out_spec.data_ptr<c10::complex<scalar_t>>(), out_spec.stride(0),
-                               rows);
+                               plan, out_spec.data_ptr<c10::complex<scalar_t>>(),
+                               out_spec.stride(0), dst_len, rows);
   });
-  auto out = at::fft_irfft(out_spec, dst_len, -1);
-  out.mul_(0.5 * factor);  // the scatter built 2 * (Hermitian part)
-  return out;
+  return at::fft_irfft(out_spec, dst_len, -1);
 }
 
 // ---------------------------------------------------------------------------------------------

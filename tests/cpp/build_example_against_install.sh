@@ -9,6 +9,6 @@ work="$build_dir/example-against-install"
 rm -rf "$work"
 cmake --install "$build_dir" --prefix "$work/prefix" >/dev/null
 cmake -S "$source_dir/examples/cpp" -B "$work/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DCMAKE_PREFIX_PATH="$work/prefix;$torch_dir/../.." >/dev/null
+  -DCMAKE_PREFIX_PATH="$work/prefix" -DTorch_DIR="$torch_dir" >/dev/null
 cmake --build "$work/build"
 "$work/build/fourierft_quickstart"

@@ -15,6 +15,10 @@ struct Case {
   int64_t n_frequency;
 };
 
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << c.out_features << "x" << c.in_features << " n=" << c.n_frequency;
+}
+
 std::string case_name(const Case& c) {
   return std::to_string(c.out_features) + "x" + std::to_string(c.in_features) + "_n" +
          std::to_string(c.n_frequency);
