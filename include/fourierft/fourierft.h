@@ -2,6 +2,7 @@
 // the semantics of Hugging Face PEFT's FourierFT tuner. Everything lives in namespace `fourierft`.
 #pragma once
 
+#include <fourierft/config.h>
 #include <fourierft/ops.h>
 #include <fourierft/layer.h>
 #include <fourierft/version.h>
