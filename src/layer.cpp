@@ -65,14 +65,14 @@ std::vector<std::string> SpectrumDictImpl::keys() const { return parameters_.key
 // ---------------------------------------------------------------------------------------------
 // FourierFTLinear
 
-FourierFTLinearImpl::FourierFTLinearImpl(torch::nn::Linear base, FourierFTLinearOptions options)
-    : options_(options) {
+FourierFTLinearImpl::FourierFTLinearImpl(torch::nn::Linear base, FourierFTLinearOptions options) {
+  options_ = options;
   init_base(std::move(base));
 }
 
 FourierFTLinearImpl::FourierFTLinearImpl(const torch::nn::LinearOptions& base_options,
-                                         FourierFTLinearOptions options)
-    : options_(options) {
+                                         FourierFTLinearOptions options) {
+  options_ = options;
   init_base(torch::nn::Linear(base_options));
 }
 
@@ -97,61 +97,50 @@ void FourierFTLinearImpl::reset() {
 
 void FourierFTLinearImpl::pretty_print(std::ostream& stream) const {
   stream << "fourierft::FourierFTLinear(in_features=" << in_features_
-         << ", out_features=" << out_features_ << ", adapters=[";
-  bool first = true;
-  for (const auto& item : adapters_) {
-    stream << (first ? "" : ", ") << item.key() << "(n_frequency=" << item.value().n_frequency
-           << ", scaling=" << item.value().scaling << ")";
-    first = false;
-  }
-  stream << "], active=[";
-  for (size_t i = 0; i < active_adapters_.size(); ++i) {
-    stream << (i ? ", " : "") << active_adapters_[i];
-  }
-  stream << "], forward_path=" << options_.forward_path() << ")";
+         << ", out_features=" << out_features_ << ", ";
+  print_adapters(stream);
+  stream << ")";
 }
 
-std::vector<std::string> FourierFTLinearImpl::adapter_names() const { return adapters_.keys(); }
+std::vector<std::string> FourierFTLayer::adapter_names() const { return adapters_.keys(); }
 
-bool FourierFTLinearImpl::has_adapter(const std::string& name) const {
+bool FourierFTLayer::has_adapter(const std::string& name) const {
   return adapters_.contains(name);
 }
 
-const AdapterState& FourierFTLinearImpl::checked_state(const std::string& name,
+const AdapterState& FourierFTLayer::checked_state(const std::string& name,
                                                        const char* what) const {
   const AdapterState* state = adapters_.find(name);
   if (state == nullptr) {
     std::ostringstream known;
     for (const auto& key : adapters_.keys()) known << " '" << key << "'";
-    TORCH_CHECK(false, "fourierft::FourierFTLinear(", out_features_, "x", in_features_, ").", what,
+    TORCH_CHECK(false, describe(), ".", what,
                 ": unknown adapter '", name, "'; this layer has:",
                 adapters_.is_empty() ? std::string(" no adapters") : known.str());
   }
   return *state;
 }
 
-const AdapterState& FourierFTLinearImpl::adapter_state(const std::string& name) const {
+const AdapterState& FourierFTLayer::adapter_state(const std::string& name) const {
   return checked_state(name, "adapter_state");
 }
 
-void FourierFTLinearImpl::update_layer(const std::string& name, const AdapterOptions& options) {
+void FourierFTLayer::update_layer(const std::string& name, const AdapterOptions& options) {
   const int64_t n = options.n_frequency();
   const int64_t size = in_features_ * out_features_;
-  TORCH_CHECK(n > 0, "fourierft::FourierFTLinear(", out_features_, "x", in_features_,
-              "), adapter '", name,
+  TORCH_CHECK(n > 0, describe(), ", adapter '", name,
               "': `n_frequency` should be a positive integer value but the value passed is ", n);
-  TORCH_CHECK(n <= size, "fourierft::FourierFTLinear(", out_features_, "x", in_features_,
-              "), adapter '", name,
+  TORCH_CHECK(n <= size, describe(), ", adapter '", name,
               "': `n_frequency` should be less than or equal to the product of the input and "
               "output dimensions but the value passed is ",
               n, " and the product is ", size);
-  TORCH_CHECK(std::isfinite(options.scaling()), "fourierft::FourierFTLinear: adapter '", name,
+  TORCH_CHECK(std::isfinite(options.scaling()), describe(), ": adapter '", name,
               "': scaling must be finite, got ", options.scaling());
   TORCH_CHECK(std::find(merged_adapters_.begin(), merged_adapters_.end(), name) ==
                   merged_adapters_.end(),
-              "fourierft::FourierFTLinear: adapter '", name,
+              describe(), ": adapter '", name,
               "' is merged into the base weights; unmerge() before re-initialising it");
-  const auto& weight = base_layer->weight;
+  const auto& weight = base_weight();
   AdapterState state;
   state.n_frequency = n;
   state.scaling = options.scaling();
@@ -170,32 +159,32 @@ void FourierFTLinearImpl::update_layer(const std::string& name, const AdapterOpt
     }
   }
   if (adapters_.is_empty() && active_adapters_.empty()) active_adapters_ = {name};
-  fourierft_spectrum->insert(name, spectrum, true);
+  spectra().insert(name, spectrum, true);
   if (adapters_.contains(name)) adapters_.erase(name);
   adapters_.insert(name, std::move(state));
   // Re-apply the active set so that a new inactive adapter starts frozen (PEFT's set_adapter).
   const auto active = active_adapters_;
   set_adapter(active);
-  if (options.inference_mode()) fourierft_spectrum->at(name).requires_grad_(false);
+  if (options.inference_mode()) spectra().at(name).requires_grad_(false);
 }
 
-void FourierFTLinearImpl::set_adapter(const std::vector<std::string>& names) {
-  for (const auto& key : fourierft_spectrum->keys()) {
+void FourierFTLayer::set_adapter(const std::vector<std::string>& names) {
+  for (const auto& key : spectra().keys()) {
     const bool active = std::find(names.begin(), names.end(), key) != names.end();
-    fourierft_spectrum->at(key).requires_grad_(active && !disabled_);
+    spectra().at(key).requires_grad_(active && !disabled_);
   }
   active_adapters_ = names;
 }
 
-void FourierFTLinearImpl::delete_adapter(const std::string& name) {
+void FourierFTLayer::delete_adapter(const std::string& name) {
   checked_state(name, "delete_adapter");
   TORCH_CHECK(std::find(merged_adapters_.begin(), merged_adapters_.end(), name) ==
                   merged_adapters_.end(),
-              "fourierft::FourierFTLinear(", out_features_, "x", in_features_, ").delete_adapter: "
+              describe(), ".delete_adapter: "
               "adapter '", name, "' is merged into the base weights; unmerge() it first, or the "
               "base weights would keep its delta_W");
   adapters_.erase(name);
-  fourierft_spectrum->erase(name);
+  spectra().erase(name);
   auto it = std::find(active_adapters_.begin(), active_adapters_.end(), name);
   if (it == active_adapters_.end()) return;
   auto remaining_active = active_adapters_;
@@ -212,28 +201,28 @@ void FourierFTLinearImpl::delete_adapter(const std::string& name) {
   }
 }
 
-void FourierFTLinearImpl::enable_adapters(bool enabled) {
+void FourierFTLayer::enable_adapters(bool enabled) {
   if (enabled) {
     disabled_ = false;
     const auto active = active_adapters_;
     set_adapter(active);
   } else {
-    for (const auto& key : fourierft_spectrum->keys()) {
-      fourierft_spectrum->at(key).requires_grad_(false);
+    for (const auto& key : spectra().keys()) {
+      spectra().at(key).requires_grad_(false);
     }
     disabled_ = true;
   }
 }
 
-torch::Tensor FourierFTLinearImpl::get_delta_weight(const std::string& name) const {
+torch::Tensor FourierFTLayer::get_delta_weight(const std::string& name) const {
   const auto& state = checked_state(name, "get_delta_weight");
-  const auto& spectrum = fourierft_spectrum->at(name);
+  const auto& spectrum = spectra().at(name);
   auto delta = delta_weight(spectrum, state.indices.to(spectrum.device()), out_features_,
                             in_features_, state.scaling);
   return options_.fan_in_fan_out() ? delta.t() : delta;
 }
 
-void FourierFTLinearImpl::merge(bool safe_merge,
+void FourierFTLayer::merge(bool safe_merge,
                                 const std::optional<std::vector<std::string>>& adapter_names) {
   std::vector<std::string> names = adapter_names.value_or(active_adapters_);
   if (merged()) {
@@ -264,7 +253,7 @@ void FourierFTLinearImpl::merge(bool safe_merge,
   }
   if (present.empty()) return;
   torch::NoGradGuard no_grad;
-  auto& weight = base_layer->weight;
+  auto& weight = base_weight();
   auto total = torch::zeros_like(weight);
   for (const auto& n : present) total.add_(get_delta_weight(n).to(weight.scalar_type()));
   if (safe_merge) {
@@ -273,8 +262,7 @@ void FourierFTLinearImpl::merge(bool safe_merge,
       std::ostringstream list;
       for (size_t i = 0; i < present.size(); ++i) list << (i ? "," : "") << present[i];
       TORCH_CHECK_VALUE(false, "NaNs detected in the merged weights. The adapter ", list.str(),
-                        " seems to be broken (fourierft::FourierFTLinear(", out_features_, "x",
-                        in_features_, "); the base weights were left unchanged)");
+                        " seems to be broken (", describe(), "; the base weights were left unchanged)");
     }
     weight.copy_(merged_weight);
   } else {
@@ -283,13 +271,13 @@ void FourierFTLinearImpl::merge(bool safe_merge,
   merged_adapters_.insert(merged_adapters_.end(), present.begin(), present.end());
 }
 
-void FourierFTLinearImpl::unmerge() {
+void FourierFTLayer::unmerge() {
   if (!merged()) {
     TORCH_WARN("Already unmerged. Nothing to do.");
     return;
   }
   torch::NoGradGuard no_grad;
-  auto& weight = base_layer->weight;
+  auto& weight = base_weight();
   while (!merged_adapters_.empty()) {
     const std::string name = merged_adapters_.back();
     if (adapters_.contains(name)) weight.sub_(get_delta_weight(name).to(weight.scalar_type()));
@@ -297,10 +285,10 @@ void FourierFTLinearImpl::unmerge() {
   }
 }
 
-ForwardPath FourierFTLinearImpl::resolve_path(const std::string& name, int64_t tokens) const {
+ForwardPath FourierFTLayer::resolve_path(const std::string& name, int64_t tokens) const {
   if (options_.forward_path() != ForwardPath::Auto) return options_.forward_path();
   const auto& state = checked_state(name, "resolve_path");
-  const auto& spectrum = fourierft_spectrum->at(name);
+  const auto& spectrum = spectra().at(name);
   // Rough per-call cost in arbitrary units, calibrated on CPU (docs/benchmarks.md): real FFTs of
   // both widths plus the O(n) gather/scatter per token, against one GEMM per token plus, unless
   // delta_W is cached, one inverse FFT of the full d1 x d2 spectrum.
@@ -317,8 +305,8 @@ ForwardPath FourierFTLinearImpl::resolve_path(const std::string& name, int64_t t
   return dense < spectral ? ForwardPath::Dense : ForwardPath::Spectral;
 }
 
-torch::Tensor FourierFTLinearImpl::dense_delta(const std::string& name, AdapterState& state) {
-  const auto& spectrum = fourierft_spectrum->at(name);
+torch::Tensor FourierFTLayer::dense_delta(const std::string& name, AdapterState& state) {
+  const auto& spectrum = spectra().at(name);
   const bool frozen = !(torch::GradMode::is_enabled() && spectrum.requires_grad());
   if (!frozen) return get_delta_weight(name);
   const auto version = static_cast<int64_t>(spectrum._version());
@@ -332,10 +320,10 @@ torch::Tensor FourierFTLinearImpl::dense_delta(const std::string& name, AdapterS
   return state.cached_delta;
 }
 
-torch::Tensor FourierFTLinearImpl::adapter_forward(const std::string& name, const torch::Tensor& x) {
+torch::Tensor FourierFTLayer::adapter_forward(const std::string& name, const torch::Tensor& x) {
   checked_state(name, "adapter_forward");
   AdapterState& state = adapters_[name];
-  const auto& spectrum = fourierft_spectrum->at(name);
+  const auto& spectrum = spectra().at(name);
   if (state.indices.device() != spectrum.device()) state.indices = state.indices.to(spectrum.device());
   const int64_t tokens = x.numel() / std::max<int64_t>(x.size(-1), 1);
   if (resolve_path(name, tokens) == ForwardPath::Spectral) {
@@ -346,18 +334,49 @@ torch::Tensor FourierFTLinearImpl::adapter_forward(const std::string& name, cons
   return torch::nn::functional::linear(x.to(delta.scalar_type()), delta).to(x.scalar_type());
 }
 
-torch::Tensor FourierFTLinearImpl::forward(const torch::Tensor& x) {
+const torch::Tensor& FourierFTLayer::spectrum(const std::string& name) const {
+  checked_state(name, "spectrum");
+  return spectra().at(name);
+}
+
+std::string FourierFTLayer::describe() const {
+  std::ostringstream os;
+  os << kind() << "(" << out_features_ << "x" << in_features_ << ")";
+  return os.str();
+}
+
+void FourierFTLayer::print_adapters(std::ostream& stream) const {
+  stream << "adapters=[";
+  bool first = true;
+  for (const auto& item : adapters_) {
+    stream << (first ? "" : ", ") << item.key() << "(n_frequency=" << item.value().n_frequency
+           << ", scaling=" << item.value().scaling << ")";
+    first = false;
+  }
+  stream << "], active=[";
+  for (size_t i = 0; i < active_adapters_.size(); ++i) {
+    stream << (i ? ", " : "") << active_adapters_[i];
+  }
+  stream << "], forward_path=" << options_.forward_path();
+}
+
+torch::Tensor FourierFTLayer::adapted_forward(
+    const torch::Tensor& x, const std::function<torch::Tensor(const torch::Tensor&)>& base) {
   if (disabled_) {
     if (merged()) unmerge();
-    return base_layer(x);
+    return base(x);
   }
-  if (merged()) return base_layer(x);
-  auto result = base_layer(x);
+  if (merged()) return base(x);
+  auto result = base(x);
   for (const auto& name : active_adapters_) {
     if (!adapters_.contains(name)) continue;
     result = result + adapter_forward(name, x).to(result.scalar_type());
   }
   return result;
+}
+
+torch::Tensor FourierFTLinearImpl::forward(const torch::Tensor& x) {
+  return adapted_forward(x, [this](const torch::Tensor& input) { return base_layer(input); });
 }
 
 }  // namespace fourierft

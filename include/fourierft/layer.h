@@ -17,6 +17,7 @@
 #include <torch/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <ostream>
 #include <string>
@@ -97,19 +98,14 @@ struct AdapterState {
   int64_t cached_version = -1;
 };
 
-class FourierFTLinearImpl : public torch::nn::Cloneable<FourierFTLinearImpl> {
+/// PEFT's FourierFT layer semantics over one base weight: the adapters (spectra, entry matrices,
+/// scalings), which are active, merge/unmerge, enable/disable, delete. Shared by the wrapper
+/// `FourierFTLinear` (PEFT's layout: `base_layer.weight`) and the drop-in `fourierft::Linear`
+/// (torch::nn::Linear's layout: `weight`); the module classes only say where the base weight and
+/// the spectra live and how the base forward runs.
+class FourierFTLayer {
  public:
-  /// Wraps `base` (weights shared, not copied). Adapters are added with update_layer().
-  explicit FourierFTLinearImpl(torch::nn::Linear base, FourierFTLinearOptions options = {});
-  /// Creates a fresh torch::nn::Linear base layer from `base_options`.
-  explicit FourierFTLinearImpl(const torch::nn::LinearOptions& base_options,
-                               FourierFTLinearOptions options = {});
-
-  void reset() override;
-  void pretty_print(std::ostream& stream) const override;
-
-  /// base(x) + sum over active adapters of x @ delta_W^T (PEFT's FourierFTLinear.forward).
-  torch::Tensor forward(const torch::Tensor& x);
+  virtual ~FourierFTLayer() = default;
 
   /// Adds (or re-initialises) adapter `name`. Errors if n_frequency is out of range. The first
   /// adapter of a layer becomes active; later ones stay inactive (and frozen) until set_adapter.
@@ -148,26 +144,69 @@ class FourierFTLinearImpl : public torch::nn::Cloneable<FourierFTLinearImpl> {
   ForwardPath resolve_path(const std::string& name, int64_t tokens) const;
 
   const AdapterState& adapter_state(const std::string& name) const;
+  /// The spectrum parameter of adapter `name`.
+  const torch::Tensor& spectrum(const std::string& name) const;
   int64_t in_features() const { return in_features_; }
   int64_t out_features() const { return out_features_; }
+  const FourierFTLinearOptions& layer_options() const { return options_; }
+  FourierFTLinearOptions& layer_options() { return options_; }
+  /// "fourierft::FourierFTLinear(out x in)" or similar, for error messages.
+  std::string describe() const;
+
+ protected:
+  /// The frozen base weight the adapters merge into ([out, in], or [in, out] for fan_in_fan_out).
+  virtual torch::Tensor& base_weight() = 0;
+  const torch::Tensor& base_weight() const { return const_cast<FourierFTLayer*>(this)->base_weight(); }
+  virtual SpectrumDictImpl& spectra() = 0;
+  const SpectrumDictImpl& spectra() const { return const_cast<FourierFTLayer*>(this)->spectra(); }
+  virtual const char* kind() const = 0;
+  /// PEFT's forward: base output, plus every active adapter unless disabled or merged.
+  torch::Tensor adapted_forward(const torch::Tensor& x, const std::function<torch::Tensor(const torch::Tensor&)>& base);
+  void print_adapters(std::ostream& stream) const;
+
+  FourierFTLinearOptions options_;
+  int64_t in_features_ = 0;
+  int64_t out_features_ = 0;
+
+ private:
+  const AdapterState& checked_state(const std::string& name, const char* what) const;
+  torch::Tensor dense_delta(const std::string& name, AdapterState& state);
+
+  torch::OrderedDict<std::string, AdapterState> adapters_{"FourierFT adapter"};
+  std::vector<std::string> active_adapters_;
+  std::vector<std::string> merged_adapters_;
+  bool disabled_ = false;
+};
+
+/// Wraps a torch::nn::Linear (PEFT's `FourierFTLinear`): state dict `base_layer.weight`,
+/// `base_layer.bias`, `fourierft_spectrum.<adapter>`.
+class FourierFTLinearImpl : public torch::nn::Cloneable<FourierFTLinearImpl>, public FourierFTLayer {
+ public:
+  /// Wraps `base` (weights shared, not copied). Adapters are added with update_layer().
+  explicit FourierFTLinearImpl(torch::nn::Linear base, FourierFTLinearOptions options = {});
+  /// Creates a fresh torch::nn::Linear base layer from `base_options`.
+  explicit FourierFTLinearImpl(const torch::nn::LinearOptions& base_options,
+                               FourierFTLinearOptions options = {});
+
+  void reset() override;
+  void pretty_print(std::ostream& stream) const override;
+
+  /// base(x) + sum over active adapters of x @ delta_W^T (PEFT's FourierFTLinear.forward).
+  torch::Tensor forward(const torch::Tensor& x);
+
   const FourierFTLinearOptions& options() const { return options_; }
   FourierFTLinearOptions& options() { return options_; }
 
   torch::nn::Linear base_layer{nullptr};
   SpectrumDict fourierft_spectrum{nullptr};
 
+ protected:
+  torch::Tensor& base_weight() override { return base_layer->weight; }
+  SpectrumDictImpl& spectra() override { return *fourierft_spectrum; }
+  const char* kind() const override { return "fourierft::FourierFTLinear"; }
+
  private:
   void init_base(torch::nn::Linear base);
-  const AdapterState& checked_state(const std::string& name, const char* what) const;
-  torch::Tensor dense_delta(const std::string& name, AdapterState& state);
-
-  FourierFTLinearOptions options_;
-  int64_t in_features_ = 0;
-  int64_t out_features_ = 0;
-  torch::OrderedDict<std::string, AdapterState> adapters_{"FourierFT adapter"};
-  std::vector<std::string> active_adapters_;
-  std::vector<std::string> merged_adapters_;
-  bool disabled_ = false;
 };
 TORCH_MODULE(FourierFTLinear);
 
