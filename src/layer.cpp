@@ -1,4 +1,5 @@
 #include <fourierft/layer.h>
+#include <fourierft/linear.h>
 #include <fourierft/ops.h>
 
 #include <torch/nn/functional/linear.h>
@@ -377,6 +378,59 @@ torch::Tensor FourierFTLayer::adapted_forward(
 
 torch::Tensor FourierFTLinearImpl::forward(const torch::Tensor& x) {
   return adapted_forward(x, [this](const torch::Tensor& input) { return base_layer(input); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// fourierft::Linear
+
+LinearImpl::LinearImpl(const torch::nn::LinearOptions& linear_options,
+                       FourierFTLinearOptions layer_options)
+    : options(linear_options) {
+  FourierFTLayer::options_ = layer_options;
+  if (FourierFTLayer::options_.fan_in_fan_out()) {
+    TORCH_WARN("fan_in_fan_out is set to True but fourierft::Linear stores its weight as "
+               "(out, in). Setting fan_in_fan_out to False.");
+    FourierFTLayer::options_.fan_in_fan_out(false);
+  }
+  reset();
+}
+
+void LinearImpl::reset() {
+  weight = register_parameter("weight",
+                              torch::empty({options.out_features(), options.in_features()}));
+  if (options.bias()) {
+    bias = register_parameter("bias", torch::empty(options.out_features()));
+  } else {
+    bias = register_parameter("bias", {}, /*requires_grad=*/false);
+  }
+  fourierft_spectrum = register_module("fourierft_spectrum", SpectrumDict());
+  out_features_ = options.out_features();
+  in_features_ = options.in_features();
+  reset_parameters();
+}
+
+void LinearImpl::reset_parameters() {
+  // torch::nn::LinearImpl::reset_parameters, draw for draw.
+  torch::nn::init::kaiming_uniform_(weight, std::sqrt(5));
+  if (bias.defined()) {
+    auto [fan_in, fan_out] = torch::nn::init::_calculate_fan_in_and_fan_out(weight);
+    const auto bound = 1 / std::sqrt(fan_in);
+    torch::nn::init::uniform_(bias, -bound, bound);
+  }
+}
+
+void LinearImpl::pretty_print(std::ostream& stream) const {
+  stream << "fourierft::Linear(in_features=" << options.in_features()
+         << ", out_features=" << options.out_features() << ", bias=" << std::boolalpha
+         << options.bias() << ", ";
+  print_adapters(stream);
+  stream << ")";
+}
+
+torch::Tensor LinearImpl::forward(const torch::Tensor& input) {
+  return adapted_forward(input, [this](const torch::Tensor& x) {
+    return torch::nn::functional::linear(x, weight, bias);
+  });
 }
 
 }  // namespace fourierft

@@ -5,4 +5,5 @@
 #include <fourierft/config.h>
 #include <fourierft/ops.h>
 #include <fourierft/layer.h>
+#include <fourierft/linear.h>
 #include <fourierft/version.h>
