@@ -202,6 +202,13 @@ void FourierFTLayer::delete_adapter(const std::string& name) {
   }
 }
 
+void FourierFTLayer::clear_adapters() {
+  for (const auto& key : adapters_.keys()) spectra().erase(key);
+  adapters_.clear();
+  active_adapters_.clear();
+  merged_adapters_.clear();
+}
+
 void FourierFTLayer::enable_adapters(bool enabled) {
   if (enabled) {
     disabled_ = false;

@@ -6,4 +6,5 @@
 #include <fourierft/ops.h>
 #include <fourierft/layer.h>
 #include <fourierft/linear.h>
+#include <fourierft/model.h>
 #include <fourierft/version.h>

@@ -131,6 +131,10 @@ class FourierFTLayer {
   bool merged() const { return !merged_adapters_.empty(); }
   const std::vector<std::string>& merged_adapters() const { return merged_adapters_; }
 
+  /// Drops every adapter, leaving the base weights exactly as they are (merged deltas stay in
+  /// them). Used by merge_and_unload / unload.
+  void clear_adapters();
+
   /// enable_adapters(false): forward returns the base output (a merged layer is unmerged at the
   /// next forward, as in PEFT) and every spectrum is frozen; enable_adapters(true) undoes it.
   void enable_adapters(bool enabled);

@@ -1,0 +1,120 @@
+// FourierFTModel: inject FourierFT adapters into a LibTorch module tree by name or regex, with
+// PEFT's model-level operations (peft.FourierFTModel / PeftModel).
+//
+//   Net net;                                       // layers declared as fourierft::Linear
+//   auto peft = fourierft::get_peft_model(net.ptr(), fourierft::FourierFTConfig()
+//                                                     .target_modules(".*\\.(q|v)")
+//                                                     .n_frequency(1000));
+//   peft.print_trainable_parameters();
+//   ... train net (its forward now uses the adapters) ...
+//   peft.merge_and_unload();                       // plain weights, no adapters left
+//
+// Which layers can be adapted (DESIGN.md section 3): LibTorch parents call children through
+// member holders, so a layer cannot be swapped for a wrapper after construction. Adapters are
+// therefore attached *in place* to layers that can carry them: fourierft::Linear (the drop-in for
+// torch::nn::Linear) and fourierft::FourierFTLinear. A matched plain torch::nn::Linear is refused
+// with an error that names it and says to declare it as fourierft::Linear; nothing is ever a
+// silent no-op.
+#pragma once
+
+#include <fourierft/config.h>
+#include <fourierft/layer.h>
+
+#include <torch/nn/module.h>
+
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace fourierft {
+
+class FourierFTModel {
+ public:
+  /// Adapts every module of `model` that `config` targets (validated first). Throws, leaving
+  /// `model` untouched, when nothing matches (listing module names that exist), when a matched
+  /// module cannot carry adapters, or when n_frequency is out of range for a matched layer.
+  FourierFTModel(std::shared_ptr<torch::nn::Module> model, const FourierFTConfig& config,
+                 const std::string& adapter_name = "default");
+
+  /// The adapted model (the same object the caller passed in).
+  const std::shared_ptr<torch::nn::Module>& model() const { return model_; }
+
+  /// Injects another adapter; it stays inactive (frozen) until set_adapter.
+  void add_adapter(const std::string& adapter_name, const FourierFTConfig& config);
+  /// Activates `names` in every adapted layer (active spectra trainable, others frozen).
+  void set_adapter(const std::vector<std::string>& names);
+  void set_adapter(const std::string& name) { set_adapter(std::vector<std::string>{name}); }
+  const std::vector<std::string>& active_adapters() const { return active_adapters_; }
+  /// Removes an adapter everywhere. Unknown name: error listing the known ones. Deleting the
+  /// active adapter activates the first remaining one, as PEFT does.
+  void delete_adapter(const std::string& adapter_name);
+
+  void enable_adapter_layers();
+  void disable_adapter_layers();
+  /// RAII form of disable_adapter_layers(): adapters are off until the guard is destroyed.
+  class DisableAdapterGuard {
+   public:
+    explicit DisableAdapterGuard(FourierFTModel& model) : model_(&model) { model_->disable_adapter_layers(); }
+    DisableAdapterGuard(DisableAdapterGuard&& other) noexcept : model_(other.model_) { other.model_ = nullptr; }
+    DisableAdapterGuard(const DisableAdapterGuard&) = delete;
+    DisableAdapterGuard& operator=(const DisableAdapterGuard&) = delete;
+    ~DisableAdapterGuard() {
+      if (model_) model_->enable_adapter_layers();
+    }
+
+   private:
+    FourierFTModel* model_;
+  };
+  [[nodiscard]] DisableAdapterGuard disable_adapter() { return DisableAdapterGuard(*this); }
+
+  /// Merges `adapter_names` (default: the active adapters) into the weights of every layer. With
+  /// safe_merge every layer is checked for NaN/Inf before any weight changes.
+  void merge_adapter(const std::optional<std::vector<std::string>>& adapter_names = std::nullopt,
+                     bool safe_merge = false);
+  void unmerge_adapter();
+  /// Merges, then removes every adapter: the returned model is the plain model with merged weights.
+  std::shared_ptr<torch::nn::Module> merge_and_unload(
+      bool progressbar = false, bool safe_merge = false,
+      const std::optional<std::vector<std::string>>& adapter_names = std::nullopt);
+  /// Removes every adapter without merging (merged adapters are unmerged first): the original model.
+  std::shared_ptr<torch::nn::Module> unload();
+
+  /// Parameters that require grad (what an optimizer should get).
+  std::vector<torch::Tensor> trainable_parameters() const;
+  /// (trainable, all) parameter counts, as PEFT's get_nb_trainable_parameters.
+  std::pair<int64_t, int64_t> get_nb_trainable_parameters() const;
+  /// "trainable params: N || all params: M || trainable%: P" (PEFT's line).
+  void print_trainable_parameters(std::ostream& out = std::cout) const;
+
+  const std::map<std::string, FourierFTConfig>& peft_config() const { return configs_; }
+  /// Module paths that carry `adapter_name`, in named_modules() order.
+  std::vector<std::string> adapted_modules(const std::string& adapter_name = "default") const;
+  /// The adapter-carrying layer at `module_name` (error if it has none).
+  FourierFTLayer& layer(const std::string& module_name) const;
+
+ private:
+  struct Planned {
+    std::string name;
+    FourierFTLayer* layer;
+    int64_t n_frequency;
+  };
+  std::vector<Planned> plan_injection(const FourierFTConfig& config, const std::string& adapter_name) const;
+  void inject(const std::string& adapter_name, const FourierFTConfig& config);
+  void mark_trainable();
+  std::vector<std::pair<std::string, FourierFTLayer*>> all_layers() const;
+
+  std::shared_ptr<torch::nn::Module> model_;
+  std::map<std::string, FourierFTConfig> configs_;
+  std::vector<std::string> adapter_order_;
+  std::vector<std::string> active_adapters_;
+  bool disabled_ = false;
+};
+
+/// PEFT's entry point: adapts `model` in place and returns the controller.
+FourierFTModel get_peft_model(std::shared_ptr<torch::nn::Module> model, const FourierFTConfig& config,
+                              const std::string& adapter_name = "default");
+
+}  // namespace fourierft

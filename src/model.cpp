@@ -1,0 +1,326 @@
+#include <fourierft/model.h>
+
+#include <torch/nn/modules/linear.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <iomanip>
+#include <sstream>
+
+namespace fourierft {
+namespace {
+
+bool is_internal(const std::string& name, const std::vector<std::string>& carriers) {
+  for (const auto& carrier : carriers) {
+    if (name.size() > carrier.size() + 1 && name.compare(0, carrier.size() + 1, carrier + ".") == 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
+std::string join(const std::vector<std::string>& items, const char* separator = ", ") {
+  std::ostringstream out;
+  for (size_t i = 0; i < items.size(); ++i) out << (i ? separator : "") << items[i];
+  return out.str();
+}
+
+std::string with_thousands(int64_t value) {
+  std::string digits = std::to_string(value);
+  for (int i = static_cast<int>(digits.size()) - 3; i > 0; i -= 3) digits.insert(i, ",");
+  return digits;
+}
+
+// A minimal stderr progress bar in the spirit of tqdm.
+void progress(const char* what, size_t done, size_t total) {
+  const int width = 30;
+  const int filled = total ? static_cast<int>(width * done / total) : width;
+  std::fprintf(stderr, "\r%s: %3d%%|%s%s| %zu/%zu", what, total ? static_cast<int>(100 * done / total) : 100,
+               std::string(filled, '#').c_str(), std::string(width - filled, ' ').c_str(), done, total);
+  if (done == total) std::fprintf(stderr, "\n");
+  std::fflush(stderr);
+}
+
+}  // namespace
+
+FourierFTModel::FourierFTModel(std::shared_ptr<torch::nn::Module> model, const FourierFTConfig& config,
+                               const std::string& adapter_name)
+    : model_(std::move(model)) {
+  TORCH_CHECK_VALUE(model_, "fourierft::get_peft_model: the model is an empty holder (nullptr)");
+  inject(adapter_name, config);
+  active_adapters_ = {adapter_name};
+  set_adapter(active_adapters_);
+  mark_trainable();
+}
+
+std::vector<std::pair<std::string, FourierFTLayer*>> FourierFTModel::all_layers() const {
+  std::vector<std::pair<std::string, FourierFTLayer*>> layers;
+  for (const auto& item : model_->named_modules()) {
+    if (auto* layer = dynamic_cast<FourierFTLayer*>(item.value().get())) layers.emplace_back(item.key(), layer);
+  }
+  return layers;
+}
+
+std::vector<FourierFTModel::Planned> FourierFTModel::plan_injection(const FourierFTConfig& config,
+                                                                   const std::string& adapter_name) const {
+  config.validate();
+  std::vector<Planned> plan;
+  std::vector<std::string> carriers, names;
+  for (const auto& item : model_->named_modules()) {
+    const std::string& name = item.key();
+    torch::nn::Module* module = item.value().get();
+    if (name.empty() || is_internal(name, carriers)) continue;
+    names.push_back(name);
+    auto* layer = dynamic_cast<FourierFTLayer*>(module);
+    if (layer) carriers.push_back(name);
+    const bool plain_linear = dynamic_cast<torch::nn::LinearImpl*>(module) != nullptr;
+    const auto match = match_target_module(config, name, layer != nullptr || plain_linear, false);
+    if (!match.matched) continue;
+    if (!layer) {
+      TORCH_CHECK_VALUE(!plain_linear, "fourierft: target module '", name, "' (adapter '", adapter_name,
+                        "') is a torch::nn::Linear, which cannot carry adapters: its parent calls it "
+                        "through a member holder, so it cannot be replaced after construction. Declare it "
+                        "as fourierft::Linear (same options, parameter names and initialisation, so "
+                        "pretrained weights load unchanged) or wrap it in fourierft::FourierFTLinear.");
+      TORCH_CHECK_VALUE(false, "fourierft: target module '", name, "' (adapter '", adapter_name,
+                        "') of type ", module->name(),
+                        " is not supported. Currently, only fourierft::Linear and "
+                        "fourierft::FourierFTLinear are supported.");
+    }
+    const int64_t size = layer->in_features() * layer->out_features();
+    TORCH_CHECK_VALUE(match.n_frequency > 0 && match.n_frequency <= size, "fourierft: module '", name,
+                      "', adapter '", adapter_name,
+                      "': `n_frequency` should be less than or equal to the product of the input and "
+                      "output dimensions but the value passed is ", match.n_frequency,
+                      " and the product is ", size);
+    TORCH_CHECK_VALUE(!layer->has_adapter(adapter_name), "fourierft: module '", name,
+                      "' already has an adapter named '", adapter_name, "'");
+    plan.push_back({name, layer, match.n_frequency});
+  }
+  if (plan.empty()) {
+    std::vector<std::string> some(names.begin(), names.begin() + std::min<size_t>(names.size(), 12));
+    std::string targets = config.target_modules().is_regex() ? *config.target_modules().regex
+                                                             : join(config.target_modules().names);
+    TORCH_CHECK_VALUE(false, "Target modules {", targets, "} not found in the base model (adapter '",
+                      adapter_name, "'). Please check the target modules and try again. The model has "
+                      "modules: ", some.empty() ? std::string("(none)") : join(some),
+                      names.size() > some.size() ? ", ..." : "");
+  }
+  return plan;
+}
+
+void FourierFTModel::inject(const std::string& adapter_name, const FourierFTConfig& config) {
+  TORCH_CHECK_VALUE(!configs_.count(adapter_name), "fourierft: an adapter named '", adapter_name,
+                    "' already exists");
+  // Everything is checked before the first layer changes: a failure leaves the model as it was.
+  const auto plan = plan_injection(config, adapter_name);
+  for (const auto& target : plan) {
+    target.layer->update_layer(adapter_name, AdapterOptions()
+                                                 .n_frequency(target.n_frequency)
+                                                 .scaling(config.scaling())
+                                                 .random_loc_seed(config.random_loc_seed())
+                                                 .init_weights(config.init_weights())
+                                                 .inference_mode(config.inference_mode()));
+  }
+  configs_[adapter_name] = config;
+  adapter_order_.push_back(adapter_name);
+}
+
+void FourierFTModel::add_adapter(const std::string& adapter_name, const FourierFTConfig& config) {
+  inject(adapter_name, config);
+  set_adapter(active_adapters_);
+  mark_trainable();
+}
+
+void FourierFTModel::set_adapter(const std::vector<std::string>& names) {
+  for (const auto& name : names) {
+    TORCH_CHECK_VALUE(configs_.count(name), "fourierft: unknown adapter '", name, "'; known adapters: ",
+                      join(adapter_order_));
+  }
+  for (auto& [module_name, layer] : all_layers()) {
+    layer->set_adapter(names);
+    if (disabled_) layer->enable_adapters(false);
+  }
+  active_adapters_ = names;
+}
+
+void FourierFTModel::delete_adapter(const std::string& adapter_name) {
+  TORCH_CHECK_VALUE(configs_.count(adapter_name), "fourierft: adapter '", adapter_name,
+                    "' does not exist; known adapters: ", join(adapter_order_));
+  const auto layers = all_layers();
+  for (const auto& [name, layer] : layers) {
+    const auto& merged = layer->merged_adapters();
+    TORCH_CHECK_VALUE(std::find(merged.begin(), merged.end(), adapter_name) == merged.end(),
+                      "fourierft: adapter '", adapter_name, "' is merged into module '", name,
+                      "'; unmerge_adapter() before deleting it");
+  }
+  for (const auto& [name, layer] : layers) {
+    if (layer->has_adapter(adapter_name)) layer->delete_adapter(adapter_name);
+  }
+  configs_.erase(adapter_name);
+  adapter_order_.erase(std::find(adapter_order_.begin(), adapter_order_.end(), adapter_name));
+  auto active = active_adapters_;
+  auto it = std::find(active.begin(), active.end(), adapter_name);
+  if (it != active.end()) {
+    active.erase(it);
+    if (active.empty() && !adapter_order_.empty()) {
+      TORCH_WARN("Adapter ", adapter_name, " was active which is now deleted. Setting active adapter to ",
+                 adapter_order_.front(), ".");
+      active = {adapter_order_.front()};
+    }
+  }
+  set_adapter(active);
+}
+
+void FourierFTModel::enable_adapter_layers() {
+  disabled_ = false;
+  for (auto& [name, layer] : all_layers()) layer->enable_adapters(true);
+}
+
+void FourierFTModel::disable_adapter_layers() {
+  disabled_ = true;
+  for (auto& [name, layer] : all_layers()) layer->enable_adapters(false);
+}
+
+void FourierFTModel::merge_adapter(const std::optional<std::vector<std::string>>& adapter_names,
+                                   bool safe_merge) {
+  const auto names = adapter_names.value_or(active_adapters_);
+  for (const auto& name : names) {
+    TORCH_CHECK_VALUE(configs_.count(name), "fourierft: cannot merge unknown adapter '", name,
+                      "'; known adapters: ", join(adapter_order_));
+  }
+  const auto layers = all_layers();
+  if (safe_merge) {  // check every layer before any weight changes
+    torch::NoGradGuard no_grad;
+    for (const auto& [module_name, layer] : layers) {
+      for (const auto& name : names) {
+        const auto& merged = layer->merged_adapters();
+        if (!layer->has_adapter(name) || std::find(merged.begin(), merged.end(), name) != merged.end()) continue;
+        const auto delta = layer->get_delta_weight(name);
+        TORCH_CHECK_VALUE(torch::isfinite(delta).all().item<bool>(),
+                          "NaNs detected in the merged weights. The adapter ", name,
+                          " seems to be broken (module '", module_name, "'; no weight was changed)");
+      }
+    }
+  }
+  for (const auto& [module_name, layer] : layers) layer->merge(safe_merge, names);
+}
+
+void FourierFTModel::unmerge_adapter() {
+  for (auto& [name, layer] : all_layers()) {
+    if (layer->merged()) layer->unmerge();
+  }
+}
+
+std::shared_ptr<torch::nn::Module> FourierFTModel::merge_and_unload(
+    bool progressbar, bool safe_merge, const std::optional<std::vector<std::string>>& adapter_names) {
+  merge_adapter(adapter_names, safe_merge);
+  const auto layers = all_layers();
+  for (size_t i = 0; i < layers.size(); ++i) {
+    layers[i].second->clear_adapters();
+    if (progressbar) progress("Unloading and merging model", i + 1, layers.size());
+  }
+  configs_.clear();
+  adapter_order_.clear();
+  active_adapters_.clear();
+  return model_;
+}
+
+std::shared_ptr<torch::nn::Module> FourierFTModel::unload() {
+  for (auto& [name, layer] : all_layers()) {
+    if (layer->merged()) layer->unmerge();
+    layer->clear_adapters();
+  }
+  configs_.clear();
+  adapter_order_.clear();
+  active_adapters_.clear();
+  return model_;
+}
+
+void FourierFTModel::mark_trainable() {
+  // PEFT's _mark_only_adapters_as_trainable: everything but the spectra is frozen, then the bias
+  // mode and modules_to_save of the active adapters open what they name.
+  const auto layers = all_layers();
+  for (auto& item : model_->named_parameters()) {
+    const std::string& name = item.key();
+    const bool spectrum = name.rfind("fourierft_spectrum.", 0) == 0 ||
+                          name.find(".fourierft_spectrum.") != std::string::npos;
+    if (!spectrum) item.value().requires_grad_(false);
+  }
+  for (const auto& adapter : active_adapters_) {
+    const auto& config = configs_.at(adapter);
+    for (auto& item : model_->named_parameters()) {
+      const std::string& name = item.key();
+      const bool is_bias = name == "bias" || (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0);
+      if (config.bias() == "all" && is_bias) item.value().requires_grad_(true);
+    }
+    if (config.bias() == "fourier_only") {
+      for (const auto& [module_name, layer] : layers) {
+        if (!layer->has_adapter(adapter)) continue;
+        auto params = model_->named_parameters();
+        for (const auto& candidate : {module_name + ".bias", module_name + ".base_layer.bias"}) {
+          if (auto* p = params.find(candidate); p && p->defined()) p->requires_grad_(true);
+        }
+      }
+    }
+    if (config.modules_to_save()) {
+      for (const auto& item : model_->named_modules()) {
+        for (const auto& m : *config.modules_to_save()) {
+          const std::string& key = item.key();
+          if (key == m || (key.size() > m.size() && key.compare(key.size() - m.size() - 1, m.size() + 1, "." + m) == 0)) {
+            for (auto& p : item.value()->parameters()) p.requires_grad_(true);
+          }
+        }
+      }
+    }
+  }
+}
+
+std::vector<torch::Tensor> FourierFTModel::trainable_parameters() const {
+  std::vector<torch::Tensor> result;
+  for (const auto& p : model_->parameters()) {
+    if (p.requires_grad()) result.push_back(p);
+  }
+  return result;
+}
+
+std::pair<int64_t, int64_t> FourierFTModel::get_nb_trainable_parameters() const {
+  int64_t trainable = 0, total = 0;
+  for (const auto& p : model_->parameters()) {
+    total += p.numel();
+    if (p.requires_grad()) trainable += p.numel();
+  }
+  return {trainable, total};
+}
+
+void FourierFTModel::print_trainable_parameters(std::ostream& out) const {
+  const auto [trainable, total] = get_nb_trainable_parameters();
+  std::ostringstream percent;
+  percent << std::fixed << std::setprecision(4) << (total ? 100.0 * trainable / total : 0.0);
+  out << "trainable params: " << with_thousands(trainable) << " || all params: " << with_thousands(total)
+      << " || trainable%: " << percent.str() << "\n";
+}
+
+std::vector<std::string> FourierFTModel::adapted_modules(const std::string& adapter_name) const {
+  std::vector<std::string> names;
+  for (const auto& [name, layer] : all_layers()) {
+    if (layer->has_adapter(adapter_name)) names.push_back(name);
+  }
+  return names;
+}
+
+FourierFTLayer& FourierFTModel::layer(const std::string& module_name) const {
+  for (const auto& [name, layer] : all_layers()) {
+    if (name == module_name) return *layer;
+  }
+  TORCH_CHECK_VALUE(false, "fourierft: no adapter-carrying layer at '", module_name, "'");
+  throw;  // unreachable
+}
+
+FourierFTModel get_peft_model(std::shared_ptr<torch::nn::Module> model, const FourierFTConfig& config,
+                              const std::string& adapter_name) {
+  return FourierFTModel(std::move(model), config, adapter_name);
+}
+
+}  // namespace fourierft

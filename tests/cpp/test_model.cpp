@@ -1,0 +1,255 @@
+// FourierFTModel over a user-written LibTorch module tree: injection by name/regex, PEFT's
+// model-level operations, and the guarantee that failed calls leave the model untouched.
+#include "test_helpers.h"
+
+#include <sstream>
+
+using fourierft::FourierFTConfig;
+using fourierft::get_peft_model;
+
+namespace {
+
+struct AttentionImpl : torch::nn::Module {
+  fourierft::Linear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr};
+  AttentionImpl() {
+    q = register_module("q", fourierft::Linear(16, 16));
+    k = register_module("k", fourierft::Linear(16, 16));
+    v = register_module("v", fourierft::Linear(16, 16));
+    o = register_module("o", fourierft::Linear(16, 16));
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    auto scores = torch::softmax(torch::matmul(q(x), k(x).transpose(-1, -2)) / 4.0, -1);
+    return o(torch::matmul(scores, v(x)));
+  }
+};
+TORCH_MODULE(Attention);
+
+struct BlockImpl : torch::nn::Module {
+  Attention attn{nullptr};
+  fourierft::Linear fc1{nullptr}, fc2{nullptr};
+  BlockImpl() {
+    attn = register_module("attn", Attention());
+    fc1 = register_module("fc1", fourierft::Linear(16, 32));
+    fc2 = register_module("fc2", fourierft::Linear(32, 16));
+  }
+  torch::Tensor forward(const torch::Tensor& x) {
+    auto h = x + attn(x);
+    return h + fc2(torch::gelu(fc1(h)));
+  }
+};
+TORCH_MODULE(Block);
+
+struct ToyImpl : torch::nn::Module {
+  torch::nn::ModuleList layers{nullptr};
+  fourierft::Linear classifier{nullptr};
+  torch::nn::LayerNorm norm{nullptr};
+  ToyImpl() {
+    layers = register_module("layers", torch::nn::ModuleList(Block(), Block()));
+    norm = register_module("norm", torch::nn::LayerNorm(torch::nn::LayerNormOptions({16})));
+    classifier = register_module("classifier", fourierft::Linear(16, 3));
+  }
+  torch::Tensor forward(torch::Tensor x) {
+    for (const auto& layer : *layers) x = layer->as<BlockImpl>()->forward(x);
+    return classifier(norm(x).mean(1));
+  }
+};
+TORCH_MODULE(Toy);
+
+struct PlainImpl : torch::nn::Module {
+  torch::nn::Linear fc{nullptr};
+  PlainImpl() { fc = register_module("fc", torch::nn::Linear(8, 8)); }
+  torch::Tensor forward(const torch::Tensor& x) { return fc(x); }
+};
+TORCH_MODULE(Plain);
+
+FourierFTConfig qv(int64_t n = 40) { return FourierFTConfig().target_modules({"q", "v"}).n_frequency(n).scaling(10.0); }
+
+std::map<std::string, torch::Tensor> snapshot(const torch::nn::Module& m) {
+  std::map<std::string, torch::Tensor> out;
+  for (const auto& item : m.named_parameters()) out[item.key()] = item.value().detach().clone();
+  return out;
+}
+
+void expect_identical(const torch::nn::Module& m, const std::map<std::string, torch::Tensor>& before) {
+  const auto now = m.named_parameters();
+  EXPECT_EQ(now.size(), before.size());
+  for (const auto& [name, value] : before) {
+    ASSERT_TRUE(now.contains(name)) << name;
+    EXPECT_TRUE(torch::equal(now[name], value)) << name;
+  }
+}
+
+class ModelTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    torch::manual_seed(0);
+    toy = Toy();
+    x = torch::randn({2, 5, 16});
+    base_out = toy(x).detach();
+  }
+  Toy toy{nullptr};
+  torch::Tensor x, base_out;
+};
+
+TEST_F(ModelTest, InjectsByNameAndTheModelUsesTheAdapters) {
+  auto peft = get_peft_model(toy.ptr(), qv());
+  EXPECT_EQ(peft.adapted_modules(), (std::vector<std::string>{"layers.0.attn.q", "layers.0.attn.v",
+                                                              "layers.1.attn.q", "layers.1.attn.v"}));
+  EXPECT_GT((toy(x) - base_out).abs().max().item<double>(), 1e-4);
+  const auto [trainable, total] = peft.get_nb_trainable_parameters();
+  EXPECT_EQ(trainable, 4 * 40);
+  for (const auto& item : toy->named_parameters()) {
+    EXPECT_EQ(item.value().requires_grad(), item.key().find("fourierft_spectrum") != std::string::npos) << item.key();
+  }
+  std::ostringstream line;
+  peft.print_trainable_parameters(line);
+  EXPECT_EQ(total, 4563);
+  std::ostringstream expected;
+  expected << "trainable params: 160 || all params: 4,563 || trainable%: 3.5065\n";
+  EXPECT_EQ(line.str(), expected.str());
+}
+
+TEST_F(ModelTest, RegexLayersToTransformAndNFrequencyPattern) {
+  auto peft = get_peft_model(toy.ptr(), FourierFTConfig().target_modules(".*\\.(q|fc1)").n_frequency(30)
+                                            .n_frequency_pattern({{"fc1", 60}}));
+  EXPECT_EQ(peft.adapted_modules().size(), 4u);
+  EXPECT_EQ(peft.layer("layers.1.fc1").adapter_state("default").n_frequency, 60);
+  EXPECT_EQ(peft.layer("layers.0.attn.q").adapter_state("default").n_frequency, 30);
+  toy = Toy();
+  // Without layers_pattern PEFT needs a prefix before the container ("model.layers.1..."); the
+  // top-level "layers.1..." here needs the pattern named.
+  auto only_second = get_peft_model(toy.ptr(), qv().layers_to_transform(1).layers_pattern("layers"));
+  EXPECT_EQ(only_second.adapted_modules(), (std::vector<std::string>{"layers.1.attn.q", "layers.1.attn.v"}));
+}
+
+TEST_F(ModelTest, ZeroInitKeepsBaseOutputs) {
+  get_peft_model(toy.ptr(), qv().init_weights(true));
+  EXPECT_TRUE(torch::allclose(toy(x), base_out, 1e-6, 1e-6));
+}
+
+TEST_F(ModelTest, FailedInjectionsLeaveTheModelUntouched) {
+  const auto before = snapshot(*toy);
+  EXPECT_ERROR_CONTAINS(get_peft_model(toy.ptr(), FourierFTConfig().target_modules({"nope"})),
+                        "Target modules {nope} not found", "layers.0.attn.q");
+  // n fits q/v (16x16 = 256) but not... every layer is checked before any changes.
+  EXPECT_ERROR_CONTAINS(get_peft_model(toy.ptr(), FourierFTConfig().target_modules({"q", "classifier"}).n_frequency(100)),
+                        "module 'classifier'", "the value passed is 100", "the product is 48");
+  EXPECT_ERROR_CONTAINS(get_peft_model(toy.ptr(), FourierFTConfig().target_modules({"norm"})),
+                        "'norm'", "LayerNorm", "not supported");
+  EXPECT_ERROR_CONTAINS(get_peft_model(toy.ptr(), FourierFTConfig().target_modules({"q"}).bias("bad")), "bias");
+  expect_identical(*toy, before);
+  for (const auto& item : toy->named_modules()) {
+    if (auto* layer = dynamic_cast<fourierft::FourierFTLayer*>(item.value().get())) {
+      EXPECT_TRUE(layer->adapter_names().empty()) << item.key();
+    }
+  }
+}
+
+TEST(Model, PlainTorchLinearIsRefusedWithAFix) {
+  Plain plain;
+  EXPECT_ERROR_CONTAINS(get_peft_model(plain.ptr(), FourierFTConfig().target_modules({"fc"})),
+                        "'fc'", "torch::nn::Linear", "Declare it as fourierft::Linear");
+}
+
+TEST_F(ModelTest, OptimizerStepChangesOnlySpectra) {
+  auto peft = get_peft_model(toy.ptr(), qv());
+  const auto before = snapshot(*toy);
+  torch::optim::AdamW optimizer(peft.trainable_parameters(), torch::optim::AdamWOptions(0.01));
+  toy(x).pow(2).sum().backward();
+  optimizer.step();
+  for (const auto& item : toy->named_parameters()) {
+    const bool changed = !torch::equal(item.value(), before.at(item.key()));
+    EXPECT_EQ(changed, item.key().find("fourierft_spectrum") != std::string::npos) << item.key();
+  }
+}
+
+TEST_F(ModelTest, DisableAdapterGuardAndTwoAdaptersAdd) {
+  auto peft = get_peft_model(toy.ptr(), FourierFTConfig().target_modules({"fc1"}).n_frequency(50));
+  const auto with_a = toy(x).detach();
+  {
+    auto guard = peft.disable_adapter();
+    EXPECT_TRUE(torch::allclose(toy(x), base_out));
+  }
+  EXPECT_TRUE(torch::allclose(toy(x), with_a));
+  peft.add_adapter("b", FourierFTConfig().target_modules({"fc1"}).n_frequency(20).random_loc_seed(3));
+  EXPECT_TRUE(torch::allclose(toy(x), with_a));  // added adapters start inactive
+  EXPECT_FALSE(peft.layer("layers.0.fc1").spectrum("b").requires_grad());
+  // With one adapted layer set per adapter, delta_W's add: check at the layer.
+  auto& layer = peft.layer("layers.0.fc1");
+  const auto h = torch::randn({3, 16});
+  const auto only_a = layer.adapter_forward("default", h);
+  const auto only_b = layer.adapter_forward("b", h);
+  peft.set_adapter(std::vector<std::string>{"default", "b"});
+  auto* fc1 = toy->layers[0]->as<BlockImpl>()->fc1.get();
+  EXPECT_LE(fourierft::testing::relative_error(fc1->forward(h) - torch::nn::functional::linear(h, fc1->weight, fc1->bias),
+                                               only_a + only_b), 1e-5);
+}
+
+TEST_F(ModelTest, DeleteAdapter) {
+  auto peft = get_peft_model(toy.ptr(), qv());
+  peft.add_adapter("other", qv(10));
+  EXPECT_ERROR_CONTAINS(peft.delete_adapter("missing"), "'missing' does not exist", "default, other");
+  peft.delete_adapter("default");
+  EXPECT_EQ(peft.active_adapters(), std::vector<std::string>{"other"});
+  EXPECT_TRUE(peft.layer("layers.0.attn.q").spectrum("other").requires_grad());
+  for (const auto& item : toy->named_parameters()) {
+    EXPECT_EQ(item.key().find("fourierft_spectrum.default"), std::string::npos) << item.key();
+  }
+}
+
+TEST_F(ModelTest, MergeAndUnloadKeepsOutputsAndRemovesAdapters) {
+  auto peft = get_peft_model(toy.ptr(), qv());
+  const auto adapted = toy(x).detach();
+  auto plain = peft.merge_and_unload(/*progressbar=*/true, /*safe_merge=*/true);
+  EXPECT_EQ(plain.get(), toy.ptr().get());
+  EXPECT_LE(fourierft::testing::relative_error(toy(x), adapted), 1e-5);
+  for (const auto& item : toy->named_parameters()) {
+    EXPECT_EQ(item.key().find("fourierft_spectrum"), std::string::npos) << item.key();
+  }
+}
+
+TEST_F(ModelTest, UnloadRestoresTheOriginalModel) {
+  auto peft = get_peft_model(toy.ptr(), qv());
+  peft.merge_adapter();
+  peft.unload();
+  EXPECT_LE((toy(x) - base_out).abs().max().item<double>(), 1e-5);
+  toy = Toy();
+  torch::manual_seed(0);
+  base_out = toy(x).detach();
+  auto fresh = get_peft_model(toy.ptr(), qv());
+  fresh.unload();
+  EXPECT_TRUE(torch::equal(toy(x), base_out));
+}
+
+TEST_F(ModelTest, SafeMergeOfABrokenAdapterChangesNoWeight) {
+  auto peft = get_peft_model(toy.ptr(), qv());
+  {
+    torch::NoGradGuard no_grad;
+    auto spectrum = peft.layer("layers.1.attn.v").spectrum("default");
+    spectrum[0] = std::numeric_limits<float>::infinity();
+  }
+  const auto before = snapshot(*toy);
+  EXPECT_ERROR_CONTAINS(peft.merge_and_unload(false, /*safe_merge=*/true), "NaNs detected", "layers.1.attn.v");
+  expect_identical(*toy, before);
+  EXPECT_FALSE(peft.layer("layers.0.attn.q").merged());
+}
+
+TEST_F(ModelTest, BiasModesAndModulesToSave) {
+  auto all = get_peft_model(toy.ptr(), qv().bias("all"));
+  for (const auto& item : toy->named_parameters()) {
+    const bool bias = item.key().size() > 5 && item.key().substr(item.key().size() - 5) == ".bias";
+    EXPECT_EQ(item.value().requires_grad(), bias || item.key().find("fourierft_spectrum") != std::string::npos) << item.key();
+  }
+  toy = Toy();
+  auto only = get_peft_model(toy.ptr(), qv().bias("fourier_only").modules_to_save(std::vector<std::string>{"classifier"}));
+  auto params = toy->named_parameters();
+  EXPECT_TRUE(params["layers.0.attn.q.bias"].requires_grad());
+  EXPECT_FALSE(params["layers.0.attn.k.bias"].requires_grad());
+  EXPECT_TRUE(params["classifier.weight"].requires_grad());
+  EXPECT_TRUE(params["classifier.bias"].requires_grad());
+  EXPECT_FALSE(params["norm.weight"].requires_grad());
+  const auto [trainable, total] = only.get_nb_trainable_parameters();
+  EXPECT_EQ(trainable, 4 * 40 + 4 * 16 + 16 * 3 + 3);
+}
+
+}  // namespace
