@@ -45,3 +45,6 @@ if [ ! -f build/build.ninja ]; then
   cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_prefix" >/dev/null
 fi
 cmake --build build
+
+# --- Data for the C++ examples: the digits data set scikit-learn ships (no download) ------------
+[ -f build/data/digits.csv ] || .venv/bin/python scripts/export_digits.py build/data/digits.csv
