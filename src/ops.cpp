@@ -258,6 +258,16 @@ void from_bin_major(const real_t* re, const real_t* im, int64_t stride, int64_t 
   }
 }
 
+// A block of rows in bin-major layout: re[bin * rows + t], im[bin * rows + t].
+template <typename real_t>
+struct BinMajorBlock {
+  BinMajorBlock(int64_t bins, int64_t rows)
+      : storage(2 * bins * rows), re(storage.data()), im(storage.data() + bins * rows) {}
+  std::vector<real_t> storage;
+  real_t* re;
+  real_t* im;
+};
+
 template <typename real_t>
 void spectral_scatter(const c10::complex<real_t>* in_spec, int64_t in_stride, int64_t in_bins,
                       const std::vector<ScatterEntry<real_t>>& plan,
@@ -269,21 +279,17 @@ void spectral_scatter(const c10::complex<real_t>* in_spec, int64_t in_stride, in
   const int64_t block = block_rows<real_t>(in_bins + out_bins);
   const int64_t blocks = (rows + block - 1) / block;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<real_t> in_buf(2 * in_bins * block), out_buf(2 * out_bins * block);
-    real_t* in_re = in_buf.data();
-    real_t* in_im = in_re + in_bins * block;
-    real_t* out_re = out_buf.data();
-    real_t* out_im = out_re + out_bins * block;
+    BinMajorBlock<real_t> in(in_bins, block), out(out_bins, block);
     for (int64_t b = begin; b < end; ++b) {
       const int64_t r0 = b * block;
       const int64_t len = std::min(block, rows - r0);
-      to_bin_major(in_spec, in_stride, in_bins, r0, len, block, in_re, in_im);
-      std::fill(out_buf.begin(), out_buf.end(), real_t(0));
-      scatter_block(plan.data(), n, in_re, in_im, out_re, out_im, block, len);
+      to_bin_major(in_spec, in_stride, in_bins, r0, len, block, in.re, in.im);
+      std::fill(out.storage.begin(), out.storage.end(), real_t(0));
+      scatter_block(plan.data(), n, in.re, in.im, out.re, out.im, block, len);
       // The self-mirrored bins 0 and p/2 hold 2z; their real part is 2 Re(z), the wanted value.
-      std::fill(out_im, out_im + len, real_t(0));
-      if (nyquist > 0) std::fill(out_im + nyquist * block, out_im + nyquist * block + len, real_t(0));
-      from_bin_major(out_re, out_im, block, out_bins, r0, len, out_spec, out_stride);
+      std::fill(out.im, out.im + len, real_t(0));
+      if (nyquist > 0) std::fill(out.im + nyquist * block, out.im + nyquist * block + len, real_t(0));
+      from_bin_major(out.re, out.im, block, out_bins, r0, len, out_spec, out_stride);
     }
   });
 }
@@ -310,18 +316,14 @@ std::vector<double> spectral_correlate(const c10::complex<real_t>* x_spec, int64
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks));
   std::vector<std::vector<double>> partial(chunks, std::vector<double>(n, 0.0));
   at::parallel_for(0, chunks, 1, [&](int64_t cbegin, int64_t cend) {
-    std::vector<real_t> x_buf(2 * x_bins * block), g_buf(2 * g_bins * block);
-    real_t* x_re = x_buf.data();
-    real_t* x_im = x_re + x_bins * block;
-    real_t* g_re = g_buf.data();
-    real_t* g_im = g_re + g_bins * block;
+    BinMajorBlock<real_t> x(x_bins, block), g(g_bins, block);
     for (int64_t c = cbegin; c < cend; ++c) {
       for (int64_t b = blocks * c / chunks; b < blocks * (c + 1) / chunks; ++b) {
         const int64_t r0 = b * block;
         const int64_t len = std::min(block, rows - r0);
-        to_bin_major(x_spec, x_stride, x_bins, r0, len, block, x_re, x_im);
-        to_bin_major(g_spec, g_stride, g_bins, r0, len, block, g_re, g_im);
-        correlate_block(pairs.data(), n, x_re, x_im, g_re, g_im, block, len, partial[c].data());
+        to_bin_major(x_spec, x_stride, x_bins, r0, len, block, x.re, x.im);
+        to_bin_major(g_spec, g_stride, g_bins, r0, len, block, g.re, g.im);
+        correlate_block(pairs.data(), n, x.re, x.im, g.re, g.im, block, len, partial[c].data());
       }
     }
   });
