@@ -125,6 +125,62 @@ void FourierFTModel::inject(const std::string& adapter_name, const FourierFTConf
   }
   configs_[adapter_name] = config;
   adapter_order_.push_back(adapter_name);
+  track_modules_to_save(adapter_name, config);
+}
+
+void FourierFTModel::track_modules_to_save(const std::string& adapter_name, const FourierFTConfig& config) {
+  if (!config.modules_to_save()) return;
+  torch::NoGradGuard no_grad;
+  for (const auto& item : model_->named_modules()) {
+    const std::string& key = item.key();
+    for (const auto& m : *config.modules_to_save()) {
+      const bool hit = key == m || (key.size() > m.size() &&
+                                    key.compare(key.size() - m.size() - 1, m.size() + 1, "." + m) == 0);
+      if (!hit) continue;
+      auto& saved = saved_modules_[key];
+      if (saved.live.empty()) {
+        saved.live = item.value()->parameters();
+        for (const auto& p : saved.live) saved.original.push_back(p.detach().clone());
+      }
+      // A new adapter's copy starts from the original module, as PEFT's wrapper copies it.
+      std::vector<torch::Tensor> copy;
+      for (const auto& p : saved.original) copy.push_back(p.clone());
+      saved.per_adapter[adapter_name] = std::move(copy);
+    }
+  }
+}
+
+void FourierFTModel::sync_modules_to_save() {
+  torch::NoGradGuard no_grad;
+  for (auto& [name, saved] : saved_modules_) {
+    std::string wanted;
+    if (!disabled_) {
+      for (const auto& adapter : active_adapters_) {
+        if (saved.per_adapter.count(adapter)) {
+          wanted = adapter;
+          break;
+        }
+      }
+    }
+    if (wanted == saved.owner) continue;
+    if (!saved.owner.empty()) {  // keep what the outgoing adapter trained
+      auto& store = saved.per_adapter.at(saved.owner);
+      for (size_t i = 0; i < saved.live.size(); ++i) store[i].copy_(saved.live[i]);
+    }
+    const auto& source = wanted.empty() ? saved.original : saved.per_adapter.at(wanted);
+    for (size_t i = 0; i < saved.live.size(); ++i) saved.live[i].copy_(source[i]);
+    saved.owner = wanted;
+  }
+}
+
+void FourierFTModel::drop_modules_to_save(bool restore_original) {
+  torch::NoGradGuard no_grad;
+  for (auto& [name, saved] : saved_modules_) {
+    if (restore_original) {
+      for (size_t i = 0; i < saved.live.size(); ++i) saved.live[i].copy_(saved.original[i]);
+    }
+  }
+  saved_modules_.clear();
 }
 
 void FourierFTModel::add_adapter(const std::string& adapter_name, const FourierFTConfig& config) {
@@ -143,6 +199,7 @@ void FourierFTModel::set_adapter(const std::vector<std::string>& names) {
     if (disabled_) layer->enable_adapters(false);
   }
   active_adapters_ = names;
+  sync_modules_to_save();
 }
 
 void FourierFTModel::delete_adapter(const std::string& adapter_name) {
@@ -157,6 +214,14 @@ void FourierFTModel::delete_adapter(const std::string& adapter_name) {
   }
   for (const auto& [name, layer] : layers) {
     if (layer->has_adapter(adapter_name)) layer->delete_adapter(adapter_name);
+  }
+  for (auto& [name, saved] : saved_modules_) {
+    if (saved.owner == adapter_name) {  // its values leave with it: the original comes back
+      torch::NoGradGuard no_grad;
+      for (size_t i = 0; i < saved.live.size(); ++i) saved.live[i].copy_(saved.original[i]);
+      saved.owner.clear();
+    }
+    saved.per_adapter.erase(adapter_name);
   }
   configs_.erase(adapter_name);
   adapter_order_.erase(std::find(adapter_order_.begin(), adapter_order_.end(), adapter_name));
@@ -176,11 +241,13 @@ void FourierFTModel::delete_adapter(const std::string& adapter_name) {
 void FourierFTModel::enable_adapter_layers() {
   disabled_ = false;
   for (auto& [name, layer] : all_layers()) layer->enable_adapters(true);
+  sync_modules_to_save();
 }
 
 void FourierFTModel::disable_adapter_layers() {
   disabled_ = true;
   for (auto& [name, layer] : all_layers()) layer->enable_adapters(false);
+  sync_modules_to_save();
 }
 
 void FourierFTModel::merge_adapter(const std::optional<std::vector<std::string>>& adapter_names,
@@ -221,6 +288,7 @@ std::shared_ptr<torch::nn::Module> FourierFTModel::merge_and_unload(
     layers[i].second->clear_adapters();
     if (progressbar) progress("Unloading and merging model", i + 1, layers.size());
   }
+  drop_modules_to_save(/*restore_original=*/false);  // the active adapter's trained values stay
   configs_.clear();
   adapter_order_.clear();
   active_adapters_.clear();
@@ -232,6 +300,7 @@ std::shared_ptr<torch::nn::Module> FourierFTModel::unload() {
     if (layer->merged()) layer->unmerge();
     layer->clear_adapters();
   }
+  drop_modules_to_save(/*restore_original=*/true);
   configs_.clear();
   adapter_order_.clear();
   active_adapters_.clear();

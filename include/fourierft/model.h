@@ -15,6 +15,10 @@
 // torch::nn::Linear) and fourierft::FourierFTLinear. A matched plain torch::nn::Linear is refused
 // with an error that names it and says to declare it as fourierft::Linear; nothing is ever a
 // silent no-op.
+//
+// modules_to_save (e.g. a classifier head) get one copy per adapter, as PEFT's wrapper keeps them:
+// the live module holds the active adapter's values, the original values come back while adapters
+// are disabled and after unload(); merge_and_unload() keeps the active adapter's values.
 #pragma once
 
 #include <fourierft/config.h>
@@ -104,6 +108,9 @@ class FourierFTModel {
   std::vector<Planned> plan_injection(const FourierFTConfig& config, const std::string& adapter_name) const;
   void inject(const std::string& adapter_name, const FourierFTConfig& config);
   void mark_trainable();
+  void track_modules_to_save(const std::string& adapter_name, const FourierFTConfig& config);
+  void sync_modules_to_save();
+  void drop_modules_to_save(bool restore_original);
   std::vector<std::pair<std::string, FourierFTLayer*>> all_layers() const;
 
   std::shared_ptr<torch::nn::Module> model_;
@@ -111,6 +118,18 @@ class FourierFTModel {
   std::vector<std::string> adapter_order_;
   std::vector<std::string> active_adapters_;
   bool disabled_ = false;
+
+  // modules_to_save: PEFT keeps the original module plus one trainable copy per adapter. LibTorch
+  // parents call their children through member holders, so the module cannot be swapped; instead
+  // the values are: the live parameters hold the active adapter's copy (or the original while
+  // adapters are disabled or no active adapter saves this module), the other copies are kept here.
+  struct SavedModule {
+    std::vector<torch::Tensor> live;                        // the module's parameters
+    std::vector<torch::Tensor> original;                    // values before any adapter
+    std::map<std::string, std::vector<torch::Tensor>> per_adapter;
+    std::string owner;                                      // "" = original values are live
+  };
+  std::map<std::string, SavedModule> saved_modules_;
 };
 
 /// PEFT's entry point: adapts `model` in place and returns the controller.

@@ -252,4 +252,53 @@ TEST_F(ModelTest, BiasModesAndModulesToSave) {
   EXPECT_EQ(trainable, 4 * 40 + 4 * 16 + 16 * 3 + 3);
 }
 
+TEST_F(ModelTest, ModulesToSaveKeepOneCopyPerAdapterAndTheOriginal) {
+  const auto original_head = toy->classifier->weight.detach().clone();
+  auto train_steps = [&](fourierft::FourierFTModel& peft) {
+    torch::optim::SGD optimizer(peft.trainable_parameters(), torch::optim::SGDOptions(0.5));
+    for (int i = 0; i < 3; ++i) {
+      optimizer.zero_grad();
+      toy(x).pow(2).sum().backward();
+      optimizer.step();
+    }
+  };
+  auto peft = get_peft_model(toy.ptr(), qv().modules_to_save(std::vector<std::string>{"classifier"}));
+  train_steps(peft);
+  const auto head_a = toy->classifier->weight.detach().clone();
+  const auto out_a = toy(x).detach();
+  EXPECT_FALSE(torch::equal(head_a, original_head));
+  {
+    auto guard = peft.disable_adapter();  // the original head, as PEFT's wrapper uses it
+    EXPECT_TRUE(torch::equal(toy->classifier->weight, original_head));
+    EXPECT_TRUE(torch::allclose(toy(x), base_out));
+  }
+  EXPECT_TRUE(torch::equal(toy->classifier->weight, head_a));
+
+  peft.add_adapter("b", qv(10).random_loc_seed(1).modules_to_save(std::vector<std::string>{"classifier"}));
+  peft.set_adapter("b");  // b's head starts as a copy of the original
+  EXPECT_TRUE(torch::equal(toy->classifier->weight, original_head));
+  train_steps(peft);
+  const auto head_b = toy->classifier->weight.detach().clone();
+  peft.set_adapter("default");
+  EXPECT_TRUE(torch::equal(toy->classifier->weight, head_a));
+  EXPECT_TRUE(torch::allclose(toy(x), out_a));
+  peft.set_adapter("b");
+  EXPECT_TRUE(torch::equal(toy->classifier->weight, head_b));
+
+  peft.unload();  // the original model, head included
+  EXPECT_TRUE(torch::equal(toy->classifier->weight, original_head));
+  EXPECT_TRUE(torch::equal(toy(x), base_out));
+}
+
+TEST_F(ModelTest, MergeAndUnloadKeepsTheActiveAdaptersHead) {
+  auto peft = get_peft_model(toy.ptr(), qv().modules_to_save(std::vector<std::string>{"classifier"}));
+  {
+    torch::NoGradGuard no_grad;
+    toy->classifier->weight.add_(1.0);  // stands for training
+  }
+  const auto adapted = toy(x).detach();
+  peft.merge_and_unload();
+  EXPECT_LE(fourierft::testing::relative_error(toy(x), adapted), 1e-5);
+}
+
 }  // namespace
