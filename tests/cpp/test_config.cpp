@@ -117,6 +117,34 @@ TEST(FourierFTConfig, JsonRoundTripKeepsEveryField) {
   EXPECT_EQ(text.rfind("{\n  \"auto_mapping\": null,\n  \"base_model_name_or_path\"", 0), 0u) << text;
 }
 
+// tests/data/peft_written_adapter_config.json was written by peft 0.21.2's save_pretrained for
+// this same config; we write the same text, except for PEFT's own version stamp.
+TEST(FourierFTConfig, WritesTheAdapterConfigPeftWrites) {
+  const auto config = FourierFTConfig()
+                          .target_modules({"query"})
+                          .n_frequency(3000)
+                          .scaling(29.5)
+                          .random_loc_seed(-4)
+                          .exclude_modules(".*\\.7\\..*")
+                          .bias("fourier_only")
+                          .modules_to_save(std::vector<std::string>{"classifier"})
+                          .layers_to_transform(std::vector<int64_t>{0, 3})
+                          .layers_pattern("layer")
+                          .n_frequency_pattern({{"value", 100}, {"query", 7}})
+                          .init_weights(true)
+                          .inference_mode(true)
+                          .base_model_name_or_path("sentence-transformers/all-MiniLM-L6-v2")
+                          .task_type("SEQ_CLS");
+  std::string peft_text = read_file(FOURIERFT_TEST_DATA_DIR "/peft_written_adapter_config.json");
+  const std::string stamp = "  \"peft_version\": \"0.21.2\",\n";
+  ASSERT_NE(peft_text.find(stamp), std::string::npos);
+  peft_text.erase(peft_text.find(stamp), stamp.size());
+  EXPECT_EQ(config.to_json_string(), peft_text);
+  EXPECT_EQ(FourierFTConfig::from_json_string(read_file(FOURIERFT_TEST_DATA_DIR "/peft_written_adapter_config.json"))
+                .to_json_string(),
+            peft_text);
+}
+
 TEST(FourierFTConfig, ReadsPeftMetaMathQAConfigs) {
   const auto n1000 = FourierFTConfig::from_json_string(
       read_file(FOURIERFT_TEST_DATA_DIR "/metamathqa_fourierft_n1000.json"), "n1000");
