@@ -20,6 +20,12 @@ bool is_internal(const std::string& name, const std::vector<std::string>& carrie
   return false;
 }
 
+// How PEFT finds modules_to_save: the module name equals the entry or ends with "." + entry.
+bool names_module(const std::string& key, const std::string& entry) {
+  return key == entry || (key.size() > entry.size() &&
+                          key.compare(key.size() - entry.size() - 1, entry.size() + 1, "." + entry) == 0);
+}
+
 std::string join(const std::vector<std::string>& items, const char* separator = ", ") {
   std::ostringstream out;
   for (size_t i = 0; i < items.size(); ++i) out << (i ? separator : "") << items[i];
@@ -134,9 +140,7 @@ void FourierFTModel::track_modules_to_save(const std::string& adapter_name, cons
   for (const auto& item : model_->named_modules()) {
     const std::string& key = item.key();
     for (const auto& m : *config.modules_to_save()) {
-      const bool hit = key == m || (key.size() > m.size() &&
-                                    key.compare(key.size() - m.size() - 1, m.size() + 1, "." + m) == 0);
-      if (!hit) continue;
+      if (!names_module(key, m)) continue;
       auto& saved = saved_modules_[key];
       if (saved.live.empty()) {
         saved.live = item.value()->parameters();
@@ -336,8 +340,7 @@ void FourierFTModel::mark_trainable() {
     if (config.modules_to_save()) {
       for (const auto& item : model_->named_modules()) {
         for (const auto& m : *config.modules_to_save()) {
-          const std::string& key = item.key();
-          if (key == m || (key.size() > m.size() && key.compare(key.size() - m.size() - 1, m.size() + 1, "." + m) == 0)) {
+          if (names_module(item.key(), m)) {
             for (auto& p : item.value()->parameters()) p.requires_grad_(true);
           }
         }

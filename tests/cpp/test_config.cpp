@@ -24,6 +24,25 @@ FourierFTConfig config_from_fields(const nlohmann::json& fields) {
   return FourierFTConfig::from_json_string(full.dump(), "target_matching.json");
 }
 
+// Every field set to a non-default value.
+FourierFTConfig full_config(fourierft::ModuleSelector targets) {
+  return FourierFTConfig()
+      .target_modules(std::move(targets))
+      .n_frequency(3000)
+      .scaling(29.5)
+      .random_loc_seed(-4)
+      .exclude_modules(".*\\.7\\..*")
+      .bias("fourier_only")
+      .modules_to_save(std::vector<std::string>{"classifier"})
+      .layers_to_transform(std::vector<int64_t>{0, 3})
+      .layers_pattern("layer")
+      .n_frequency_pattern({{"value", 100}, {"query", 7}})
+      .init_weights(true)
+      .inference_mode(true)
+      .base_model_name_or_path("sentence-transformers/all-MiniLM-L6-v2")
+      .task_type("SEQ_CLS");
+}
+
 TEST(TargetMatching, SharedTableAgrees) {
   const auto table = nlohmann::json::parse(read_file(FOURIERFT_TEST_DATA_DIR "/target_matching.json"));
   int checked = 0;
@@ -84,21 +103,7 @@ TEST(FourierFTConfig, ValidateNamesFieldAndValue) {
 }
 
 TEST(FourierFTConfig, JsonRoundTripKeepsEveryField) {
-  const auto config = FourierFTConfig()
-                          .n_frequency(3000)
-                          .scaling(29.5)
-                          .random_loc_seed(-4)
-                          .target_modules({"query", "value"})
-                          .exclude_modules(".*\\.7\\..*")
-                          .bias("fourier_only")
-                          .modules_to_save(std::vector<std::string>{"classifier"})
-                          .layers_to_transform(std::vector<int64_t>{0, 3})
-                          .layers_pattern("layer")
-                          .n_frequency_pattern({{"value", 100}, {"query", 7}})
-                          .init_weights(true)
-                          .inference_mode(true)
-                          .base_model_name_or_path("sentence-transformers/all-MiniLM-L6-v2")
-                          .task_type("SEQ_CLS");
+  const auto config = full_config({"query", "value"});
   const auto text = config.to_json_string();
   const auto back = FourierFTConfig::from_json_string(text);
   EXPECT_EQ(back.to_json_string(), text);
@@ -120,21 +125,7 @@ TEST(FourierFTConfig, JsonRoundTripKeepsEveryField) {
 // tests/data/peft_written_adapter_config.json was written by peft 0.21.2's save_pretrained for
 // this same config; we write the same text, except for PEFT's own version stamp.
 TEST(FourierFTConfig, WritesTheAdapterConfigPeftWrites) {
-  const auto config = FourierFTConfig()
-                          .target_modules({"query"})
-                          .n_frequency(3000)
-                          .scaling(29.5)
-                          .random_loc_seed(-4)
-                          .exclude_modules(".*\\.7\\..*")
-                          .bias("fourier_only")
-                          .modules_to_save(std::vector<std::string>{"classifier"})
-                          .layers_to_transform(std::vector<int64_t>{0, 3})
-                          .layers_pattern("layer")
-                          .n_frequency_pattern({{"value", 100}, {"query", 7}})
-                          .init_weights(true)
-                          .inference_mode(true)
-                          .base_model_name_or_path("sentence-transformers/all-MiniLM-L6-v2")
-                          .task_type("SEQ_CLS");
+  const auto config = full_config({"query"});
   std::string peft_text = read_file(FOURIERFT_TEST_DATA_DIR "/peft_written_adapter_config.json");
   const std::string stamp = "  \"peft_version\": \"0.21.2\",\n";
   ASSERT_NE(peft_text.find(stamp), std::string::npos);
