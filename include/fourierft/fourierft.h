@@ -3,6 +3,7 @@
 #pragma once
 
 #include <fourierft/config.h>
+#include <fourierft/io.h>
 #include <fourierft/ops.h>
 #include <fourierft/layer.h>
 #include <fourierft/linear.h>
