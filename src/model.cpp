@@ -1,3 +1,4 @@
+#include <fourierft/io.h>
 #include <fourierft/model.h>
 
 #include <torch/nn/modules/linear.h>
@@ -5,6 +6,9 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
 #include <iomanip>
 #include <sstream>
 
@@ -143,8 +147,11 @@ void FourierFTModel::track_modules_to_save(const std::string& adapter_name, cons
       if (!names_module(key, m)) continue;
       auto& saved = saved_modules_[key];
       if (saved.live.empty()) {
-        saved.live = item.value()->parameters();
-        for (const auto& p : saved.live) saved.original.push_back(p.detach().clone());
+        for (const auto& p : item.value()->named_parameters()) {
+          saved.names.push_back(p.key());
+          saved.live.push_back(p.value());
+          saved.original.push_back(p.value().detach().clone());
+        }
       }
       // A new adapter's copy starts from the original module, as PEFT's wrapper copies it.
       std::vector<torch::Tensor> copy;
@@ -388,6 +395,142 @@ FourierFTLayer& FourierFTModel::layer(const std::string& module_name) const {
   }
   TORCH_CHECK_VALUE(false, "fourierft: no adapter-carrying layer at '", module_name, "'");
   throw;  // unreachable
+}
+
+FourierFTModel::FourierFTModel(std::shared_ptr<torch::nn::Module> model) : model_(std::move(model)) {
+  TORCH_CHECK_VALUE(model_, "fourierft: the model is an empty holder (nullptr)");
+}
+
+namespace {
+const char* kKeyPrefix = "base_model.model.";
+
+std::string adapter_dir(const std::string& dir, const std::string& adapter_name) {
+  return adapter_name == "default" ? dir : (std::filesystem::path(dir) / adapter_name).string();
+}
+}  // namespace
+
+void FourierFTModel::save_pretrained(const std::string& dir,
+                                     const std::optional<std::vector<std::string>>& adapter_names,
+                                     bool safe_serialization) const {
+  TORCH_CHECK_VALUE(safe_serialization, "fourierft: save_pretrained writes safetensors only; "
+                    "safe_serialization=false (PEFT's pickled adapter_model.bin) is not supported in C++");
+  const auto names = adapter_names.value_or(adapter_order_);
+  for (const auto& name : names) {
+    TORCH_CHECK_VALUE(configs_.count(name), "fourierft: cannot save unknown adapter '", name,
+                      "'; known adapters: ", join(adapter_order_));
+  }
+  for (const auto& name : names) {
+    safetensors::TensorMap tensors;
+    for (const auto& [module_name, layer] : all_layers()) {
+      if (layer->has_adapter(name)) {
+        tensors[kKeyPrefix + module_name + ".fourierft_spectrum"] = layer->spectrum(name).detach();
+      }
+    }
+    for (const auto& [module_name, saved] : saved_modules_) {
+      const auto copy = saved.per_adapter.find(name);
+      if (copy == saved.per_adapter.end()) continue;
+      for (size_t i = 0; i < saved.names.size(); ++i) {
+        tensors[kKeyPrefix + module_name + "." + saved.names[i]] =
+            (saved.owner == name ? saved.live[i] : copy->second[i]).detach();
+      }
+    }
+    const auto out = adapter_dir(dir, name);
+    std::filesystem::create_directories(out);
+    auto config = configs_.at(name);
+    config.inference_mode(true);  // as PEFT writes it
+    safetensors::save((std::filesystem::path(out) / "adapter_model.safetensors").string(), tensors,
+                      {{"format", "pt"}});
+    safetensors::write_file_atomically((std::filesystem::path(out) / "adapter_config.json").string(),
+                                       config.to_json_string());
+  }
+}
+
+void FourierFTModel::load_adapter(const std::string& dir, const std::string& adapter_name, bool is_trainable) {
+  const auto config_path = (std::filesystem::path(dir) / "adapter_config.json").string();
+  const auto weights_path = (std::filesystem::path(dir) / "adapter_model.safetensors").string();
+  std::ifstream config_file(config_path);
+  TORCH_CHECK_VALUE(config_file.good(), "fourierft: no adapter_config.json in '", dir, "'");
+  std::stringstream text;
+  text << config_file.rdbuf();
+  auto config = FourierFTConfig::from_json_string(text.str(), config_path);
+  config.inference_mode(!is_trainable);
+  TORCH_CHECK_VALUE(std::filesystem::exists(weights_path), "fourierft: no adapter_model.safetensors in '", dir,
+                    "' (only the safetensors format is supported)");
+  const auto file = safetensors::load(weights_path);
+  TORCH_CHECK_VALUE(!configs_.count(adapter_name), "fourierft: an adapter named '", adapter_name,
+                    "' already exists");
+
+  // Check everything before the model changes.
+  const auto plan = plan_injection(config, adapter_name);
+  std::set<std::string> expected;
+  for (const auto& target : plan) {
+    const std::string key = kKeyPrefix + target.name + ".fourierft_spectrum";
+    expected.insert(key);
+    const auto it = file.tensors.find(key);
+    if (it == file.tensors.end()) continue;
+    TORCH_CHECK_VALUE(it->second.dim() == 1 && it->second.size(0) == target.n_frequency, weights_path,
+                      ": '", key, "' has shape ", it->second.sizes(), " but module '", target.name,
+                      "' expects n_frequency = ", target.n_frequency, " (from the adapter config)");
+    TORCH_CHECK_VALUE(it->second.is_floating_point(), weights_path, ": '", key, "' has dtype ",
+                      it->second.scalar_type(), ", not a floating point type");
+  }
+  std::map<std::string, torch::Tensor> extra_params;  // modules_to_save parameters by key
+  if (config.modules_to_save()) {
+    for (const auto& item : model_->named_modules()) {
+      for (const auto& m : *config.modules_to_save()) {
+        if (!names_module(item.key(), m)) continue;
+        for (const auto& p : item.value()->named_parameters()) {
+          const std::string key = kKeyPrefix + item.key() + "." + p.key();
+          expected.insert(key);
+          extra_params[key] = p.value();
+          const auto it = file.tensors.find(key);
+          if (it != file.tensors.end()) {
+            TORCH_CHECK_VALUE(it->second.sizes() == p.value().sizes(), weights_path, ": '", key, "' has shape ",
+                              it->second.sizes(), " but the model's parameter has ", p.value().sizes());
+          }
+        }
+      }
+    }
+  }
+  std::vector<std::string> missing, unexpected;
+  for (const auto& key : expected) {
+    if (!file.tensors.count(key)) missing.push_back(key);
+  }
+  for (const auto& [key, tensor] : file.tensors) {
+    if (!expected.count(key)) unexpected.push_back(key);
+  }
+  TORCH_CHECK_VALUE(missing.empty(), weights_path, ": missing keys for adapter '", adapter_name, "': ",
+                    join(missing));
+  TORCH_CHECK_VALUE(unexpected.empty(), weights_path, ": unexpected keys for adapter '", adapter_name,
+                    "' (no such target module in this model?): ", join(unexpected));
+
+  inject(adapter_name, config);
+  torch::NoGradGuard no_grad;
+  for (const auto& target : plan) {
+    auto spectrum = target.layer->spectrum(adapter_name);  // shares storage with the parameter
+    spectrum.copy_(file.tensors.at(kKeyPrefix + target.name + ".fourierft_spectrum"));
+  }
+  for (auto& [module_name, saved] : saved_modules_) {
+    auto copy = saved.per_adapter.find(adapter_name);
+    if (copy == saved.per_adapter.end()) continue;
+    for (size_t i = 0; i < saved.names.size(); ++i) {
+      copy->second[i].copy_(file.tensors.at(kKeyPrefix + module_name + "." + saved.names[i]));
+    }
+  }
+  if (active_adapters_.empty()) active_adapters_ = {adapter_name};
+  set_adapter(active_adapters_);
+  mark_trainable();
+  if (!is_trainable) {  // PEFT's inference mode: nothing of this adapter trains
+    for (const auto& target : plan) target.layer->spectrum(adapter_name).requires_grad_(false);
+    for (auto& [key, param] : extra_params) param.requires_grad_(false);
+  }
+}
+
+FourierFTModel FourierFTModel::from_pretrained(std::shared_ptr<torch::nn::Module> model, const std::string& dir,
+                                               const std::string& adapter_name, bool is_trainable) {
+  FourierFTModel peft(std::move(model));
+  peft.load_adapter(dir, adapter_name, is_trainable);
+  return peft;
 }
 
 FourierFTModel get_peft_model(std::shared_ptr<torch::nn::Module> model, const FourierFTConfig& config,

@@ -93,6 +93,22 @@ class FourierFTModel {
   /// "trainable params: N || all params: M || trainable%: P" (PEFT's line).
   void print_trainable_parameters(std::ostream& out = std::cout) const;
 
+  /// PEFT's checkpoint layout: for each adapter (default: all), `adapter_config.json` and
+  /// `adapter_model.safetensors` in `dir` for "default" and in `dir/<adapter>` otherwise; keys
+  /// `base_model.model.<module path>.fourierft_spectrum` and, for modules_to_save,
+  /// `base_model.model.<module path>.<parameter>`; dtypes kept. Files are written atomically.
+  /// Only safetensors is supported (safe_serialization=false is an error).
+  void save_pretrained(const std::string& dir,
+                       const std::optional<std::vector<std::string>>& adapter_names = std::nullopt,
+                       bool safe_serialization = true) const;
+  /// Loads an adapter saved by PEFT or by save_pretrained into this model. Everything is read and
+  /// checked first (config, peft_type, target modules, missing/unexpected keys, spectrum lengths):
+  /// on any error the model is left exactly as it was. is_trainable=false freezes the spectra.
+  void load_adapter(const std::string& dir, const std::string& adapter_name, bool is_trainable = false);
+  /// PeftModel.from_pretrained: adapts `model` with the adapter saved in `dir`.
+  static FourierFTModel from_pretrained(std::shared_ptr<torch::nn::Module> model, const std::string& dir,
+                                        const std::string& adapter_name = "default", bool is_trainable = false);
+
   const std::map<std::string, FourierFTConfig>& peft_config() const { return configs_; }
   /// Module paths that carry `adapter_name`, in named_modules() order.
   std::vector<std::string> adapted_modules(const std::string& adapter_name = "default") const;
@@ -105,6 +121,7 @@ class FourierFTModel {
     FourierFTLayer* layer;
     int64_t n_frequency;
   };
+  explicit FourierFTModel(std::shared_ptr<torch::nn::Module> model);  // no adapter yet
   std::vector<Planned> plan_injection(const FourierFTConfig& config, const std::string& adapter_name) const;
   void inject(const std::string& adapter_name, const FourierFTConfig& config);
   void mark_trainable();
@@ -124,6 +141,7 @@ class FourierFTModel {
   // the values are: the live parameters hold the active adapter's copy (or the original while
   // adapters are disabled or no active adapter saves this module), the other copies are kept here.
   struct SavedModule {
+    std::vector<std::string> names;                         // parameter names within the module
     std::vector<torch::Tensor> live;                        // the module's parameters
     std::vector<torch::Tensor> original;                    // values before any adapter
     std::map<std::string, std::vector<torch::Tensor>> per_adapter;
