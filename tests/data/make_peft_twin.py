@@ -12,28 +12,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from twin_models import Twin
+
 OUT = pathlib.Path(__file__).resolve().parent / "peft_twin"
-
-
-class Block(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.q = nn.Linear(16, 16)
-        self.v = nn.Linear(16, 16)
-        self.fc = nn.Linear(16, 24)
-
-    def forward(self, x):
-        return torch.relu(self.fc(self.q(x) + self.v(x)))
-
-
-class Twin(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.block = Block()
-        self.classifier = nn.Linear(24, 3)
-
-    def forward(self, x):
-        return self.classifier(self.block(x))
 
 
 torch.manual_seed(0)
