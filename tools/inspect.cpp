@@ -1,0 +1,73 @@
+// fourierft-inspect <adapter dir>: what an adapter holds, without a model. Prints the config, each
+// adapted module with its n_frequency and dtype, other saved tensors (modules_to_save), the total
+// parameter count and the file sizes. Exit code 1 with the error message on a broken adapter.
+#include <fourierft/config.h>
+#include <fourierft/io.h>
+
+#include <c10/util/Exception.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+namespace fs = std::filesystem;
+
+int main(int argc, char** argv) {
+  if (argc != 2 || std::string(argv[1]) == "--help") {
+    std::fprintf(stderr, "usage: fourierft-inspect <adapter dir>\n"
+                         "  prints the adapter's config, layers, n_frequency, shapes, parameters and file size\n");
+    return argc == 2 ? 0 : 2;
+  }
+  const fs::path dir = argv[1];
+  try {
+    const auto config_path = (dir / "adapter_config.json").string();
+    const auto weights_path = (dir / "adapter_model.safetensors").string();
+    std::ifstream in(config_path);
+    TORCH_CHECK_VALUE(in.good(), "no adapter_config.json in ", dir.string());
+    std::stringstream text;
+    text << in.rdbuf();
+    const auto config = fourierft::FourierFTConfig::from_json_string(text.str(), config_path);
+    const auto file = fourierft::safetensors::load(weights_path);
+    std::cout << "adapter: " << fs::absolute(dir).string() << "\n"
+              << "peft_type: FOURIERFT  n_frequency: " << config.n_frequency() << "  scaling: " << config.scaling()
+              << "  random_loc_seed: " << config.random_loc_seed() << "  bias: " << config.bias() << "\n";
+    if (config.base_model_name_or_path()) std::cout << "base model: " << *config.base_model_name_or_path() << "\n";
+    if (config.task_type()) std::cout << "task type: " << *config.task_type() << "\n";
+    int64_t spectra = 0, others = 0, layers = 0;
+    std::cout << "layers:\n";
+    const std::string suffix = ".fourierft_spectrum";
+    for (const auto& [key, tensor] : file.tensors) {
+      const bool spectrum = key.size() > suffix.size() && key.compare(key.size() - suffix.size(), suffix.size(), suffix) == 0;
+      if (!spectrum) continue;
+      std::string module = key.substr(0, key.size() - suffix.size());
+      if (module.rfind("base_model.model.", 0) == 0) module = module.substr(17);
+      std::cout << "  " << module << "  n_frequency=" << tensor.numel() << "  " << tensor.scalar_type() << "\n";
+      spectra += tensor.numel();
+      ++layers;
+    }
+    for (const auto& [key, tensor] : file.tensors) {
+      if (key.find(suffix) != std::string::npos) continue;
+      if (others == 0) std::cout << "other saved tensors (modules_to_save):\n";
+      std::cout << "  " << key << "  " << tensor.sizes() << "  " << tensor.scalar_type() << "\n";
+      others += tensor.numel();
+    }
+    std::cout << "total: " << layers << " adapted layers, " << spectra << " spectral parameters";
+    if (others) std::cout << " + " << others << " modules_to_save parameters";
+    std::cout << "\nfiles: adapter_model.safetensors " << fs::file_size(weights_path) << " bytes, adapter_config.json "
+              << fs::file_size(config_path) << " bytes\n";
+    for (const auto& entry : fs::directory_iterator(dir)) {
+      if (entry.is_directory() && fs::exists(entry.path() / "adapter_config.json")) {
+        std::cout << "more adapters: " << entry.path().filename().string() << "/ (run fourierft-inspect on it)\n";
+      }
+    }
+  } catch (const c10::Error& error) {
+    std::cerr << "fourierft-inspect: " << error.what_without_backtrace() << "\n";
+    return 1;
+  } catch (const std::exception& error) {
+    std::cerr << "fourierft-inspect: " << error.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
