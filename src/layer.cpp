@@ -252,31 +252,43 @@ void FourierFTLayer::merge(bool safe_merge,
     }
     names = fresh;
   }
-  // Adapters absent from this layer are skipped, as PEFT does (a model's adapter need not
-  // target every layer). All deltas are computed before the weights change, so an error (or a
-  // non-finite result under safe_merge) leaves the weights exactly as they were.
-  std::vector<std::string> present;
-  for (const auto& n : names) {
-    if (adapters_.contains(n)) present.push_back(n);
-  }
+  // All deltas are computed before the weights change, so an error (or a non-finite result
+  // under safe_merge) leaves the weights exactly as they were.
+  const auto present = adapters_to_merge(names);
   if (present.empty()) return;
   torch::NoGradGuard no_grad;
-  auto& weight = base_weight();
-  auto total = torch::zeros_like(weight);
-  for (const auto& n : present) total.add_(get_delta_weight(n).to(weight.scalar_type()));
-  if (safe_merge) {
-    auto merged_weight = weight.clone().add_(total);
-    if (!torch::isfinite(merged_weight).all().item<bool>()) {
-      std::ostringstream list;
-      for (size_t i = 0; i < present.size(); ++i) list << (i ? "," : "") << present[i];
-      TORCH_CHECK_VALUE(false, "NaNs detected in the merged weights. The adapter ", list.str(),
-                        " seems to be broken (", describe(), "; the base weights were left unchanged)");
-    }
-    weight.copy_(merged_weight);
-  } else {
-    weight.add_(total);
-  }
+  base_weight().copy_(merged_weight(present, safe_merge));
   merged_adapters_.insert(merged_adapters_.end(), present.begin(), present.end());
+}
+
+std::vector<std::string> FourierFTLayer::adapters_to_merge(const std::vector<std::string>& names) const {
+  // Adapters absent from this layer are skipped, as PEFT does (a model's adapter need not target
+  // every layer).
+  std::vector<std::string> present;
+  for (const auto& n : names) {
+    const bool already = std::find(merged_adapters_.begin(), merged_adapters_.end(), n) != merged_adapters_.end();
+    if (adapters_.contains(n) && !already) present.push_back(n);
+  }
+  return present;
+}
+
+torch::Tensor FourierFTLayer::merged_weight(const std::vector<std::string>& present, bool check) const {
+  torch::NoGradGuard no_grad;
+  const auto& weight = base_weight();
+  auto result = weight.clone();
+  for (const auto& n : present) result.add_(get_delta_weight(n).to(weight.scalar_type()));
+  if (check && !torch::isfinite(result).all().item<bool>()) {
+    std::ostringstream list;
+    for (size_t i = 0; i < present.size(); ++i) list << (i ? "," : "") << present[i];
+    TORCH_CHECK_VALUE(false, "NaNs detected in the merged weights. The adapter ", list.str(),
+                      " seems to be broken (", describe(), "; the base weights were left unchanged)");
+  }
+  return result;
+}
+
+void FourierFTLayer::check_merge(const std::optional<std::vector<std::string>>& adapter_names) const {
+  const auto present = adapters_to_merge(adapter_names.value_or(active_adapters_));
+  if (!present.empty()) merged_weight(present, /*check=*/true);
 }
 
 void FourierFTLayer::unmerge() {

@@ -270,15 +270,12 @@ void FourierFTModel::merge_adapter(const std::optional<std::vector<std::string>>
   }
   const auto layers = all_layers();
   if (safe_merge) {  // check every layer before any weight changes
-    torch::NoGradGuard no_grad;
     for (const auto& [module_name, layer] : layers) {
-      for (const auto& name : names) {
-        const auto& merged = layer->merged_adapters();
-        if (!layer->has_adapter(name) || std::find(merged.begin(), merged.end(), name) != merged.end()) continue;
-        const auto delta = layer->get_delta_weight(name);
-        TORCH_CHECK_VALUE(torch::isfinite(delta).all().item<bool>(),
-                          "NaNs detected in the merged weights. The adapter ", name,
-                          " seems to be broken (module '", module_name, "'; no weight was changed)");
+      try {
+        layer->check_merge(names);
+      } catch (const c10::Error& error) {
+        TORCH_CHECK_VALUE(false, "module '", module_name, "': ", error.what_without_backtrace(),
+                          "; no weight of the model was changed");
       }
     }
   }

@@ -126,6 +126,9 @@ class FourierFTLayer {
   /// `safe_merge`, the sum is computed on a copy and checked for NaN/Inf first; on failure the
   /// weights are untouched and an error names the adapter.
   void merge(bool safe_merge = false, const std::optional<std::vector<std::string>>& adapter_names = std::nullopt);
+  /// Throws, naming the adapters, if merge(safe_merge=true, adapter_names) would put NaN/Inf into
+  /// the weights; changes nothing. The model uses it to check every layer before merging any.
+  void check_merge(const std::optional<std::vector<std::string>>& adapter_names = std::nullopt) const;
   /// Subtracts every merged adapter again (last merged first).
   void unmerge();
   bool merged() const { return !merged_adapters_.empty(); }
@@ -174,6 +177,10 @@ class FourierFTLayer {
 
  private:
   const AdapterState& checked_state(const std::string& name, const char* what) const;
+  /// The requested adapters that this layer holds and has not merged yet, in order.
+  std::vector<std::string> adapters_to_merge(const std::vector<std::string>& names) const;
+  /// W0 + sum of their delta_W (a new tensor); with `check`, throws if it is not finite.
+  torch::Tensor merged_weight(const std::vector<std::string>& present, bool check) const;
   torch::Tensor dense_delta(const std::string& name, AdapterState& state);
 
   torch::OrderedDict<std::string, AdapterState> adapters_{"FourierFT adapter"};
