@@ -4,13 +4,15 @@
 #   - Debian packages: compiler, CMake, Ninja, GoogleTest, nlohmann-json (apt-get update first)
 #   - .venv with the pinned Python dependencies of requirements.txt (torch==2.13.0 CPU wheel, ...)
 #   - the CMake build in build/ (LibTorch taken from the torch wheel in .venv)
+#   - the Python package `fourierft` installed into .venv (pip install --no-build-isolation .;
+#     scikit-build-core builds it incrementally in build/python)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
 # --- Debian packages -------------------------------------------------------------------------
-apt_packages=(g++ cmake ninja-build libgtest-dev nlohmann-json3-dev python3-venv)
+apt_packages=(g++ cmake ninja-build libgtest-dev nlohmann-json3-dev python3-venv python3-dev)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -45,6 +47,16 @@ if [ ! -f build/build.ninja ]; then
   cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_prefix" >/dev/null
 fi
 cmake --build build
+
+# --- Python package: reinstalled whenever a file it is built from changed --------------------------
+pkg_stamp=.venv/.fourierft-package
+pkg_want=$(find pyproject.toml CMakeLists.txt cmake include src python -type f -not -path '*/__pycache__/*' \
+  -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$pkg_stamp" 2>/dev/null)" != "$pkg_want" ]; then
+  log "installing the fourierft Python package into .venv"
+  .venv/bin/python -m pip install -q --no-build-isolation --no-deps .
+  echo "$pkg_want" > "$pkg_stamp"
+fi
 
 # --- Data for the C++ examples: the digits data set scikit-learn ships (no download) ------------
 [ -f build/data/digits.csv ] || .venv/bin/python scripts/export_digits.py build/data/digits.csv

@@ -309,20 +309,12 @@ ForwardPath FourierFTLayer::resolve_path(const std::string& name, int64_t tokens
   if (options_.forward_path() != ForwardPath::Auto) return options_.forward_path();
   const auto& state = checked_state(name, "resolve_path");
   const auto& spectrum = spectra().at(name);
-  // Rough per-call cost in arbitrary units, calibrated on CPU (docs/benchmarks.md): real FFTs of
-  // both widths plus the O(n) gather/scatter per token, against one GEMM per token plus, unless
-  // delta_W is cached, one inverse FFT of the full d1 x d2 spectrum.
-  const double d1 = static_cast<double>(out_features_);
-  const double d2 = static_cast<double>(in_features_);
-  const double t = static_cast<double>(std::max<int64_t>(tokens, 1));
-  const double spectral =
-      t * (2.5 * (d1 * std::log2(d1 + 1) + d2 * std::log2(d2 + 1)) + 4.0 * state.n_frequency);
   const bool cached = state.cached_delta.defined() &&
                       state.cached_impl == spectrum.unsafeGetTensorImpl() &&
                       state.cached_version == static_cast<int64_t>(spectrum._version());
-  double dense = t * d1 * d2 * 0.5;
-  if (!cached) dense += 2.5 * d1 * d2 * std::log2(d1 * d2 + 1);
-  return dense < spectral ? ForwardPath::Dense : ForwardPath::Spectral;
+  return spectral_path_is_cheaper(tokens, out_features_, in_features_, state.n_frequency, cached)
+             ? ForwardPath::Spectral
+             : ForwardPath::Dense;
 }
 
 torch::Tensor FourierFTLayer::dense_delta(const std::string& name, AdapterState& state) {

@@ -39,4 +39,12 @@ at::Tensor delta_weight(const at::Tensor& spectrum, const at::Tensor& indices, i
 at::Tensor spectral_linear(const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices,
                            int64_t out_features, int64_t in_features, double scaling);
 
+/// The forward-path cost model (calibrated on CPU, docs/benchmarks.md): true when the matrix-free
+/// spectral path is expected to be cheaper than materialising delta_W and doing one GEMM, for
+/// `tokens` rows through an `out_features x in_features` layer with `n_frequency` coefficients.
+/// `delta_cached`: delta_W is already materialised (frozen spectrum), so the dense path only pays
+/// the GEMM. Used by the C++ layers and by the Python layer, so both pick the same path.
+bool spectral_path_is_cheaper(int64_t tokens, int64_t out_features, int64_t in_features,
+                              int64_t n_frequency, bool delta_cached);
+
 }  // namespace fourierft

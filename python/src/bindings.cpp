@@ -1,0 +1,111 @@
+// fourierft._C: the C++ core seen from Python. One implementation for both languages of
+//   - config validation and PEFT's adapter_config.json (FourierFTConfig),
+//   - PEFT's target-module matching (match_target_module),
+//   - the safetensors reader/writer of adapter checkpoints,
+//   - the forward-path cost model.
+// The kernels are not bound here: loading this module loads libfourierft.so, whose static
+// initialisers register them as torch.ops.fourierft.*.
+#include <torch/csrc/utils/pybind.h>  // torch's pybind11 with the at::Tensor type casters
+
+#include <fourierft/config.h>
+#include <fourierft/io.h>
+#include <fourierft/ops.h>
+#include <fourierft/version.h>
+
+#include <c10/util/Exception.h>
+
+namespace py = pybind11;
+
+namespace {
+
+// C++ errors become the Python exceptions PEFT raises for the same mistakes; the message keeps the
+// module, adapter and values the C++ side put in, without the C++ backtrace.
+void translate_errors(std::exception_ptr error) {
+  try {
+    if (error) std::rethrow_exception(error);
+  } catch (const c10::ValueError& e) {
+    PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
+  } catch (const c10::TypeError& e) {
+    PyErr_SetString(PyExc_TypeError, e.what_without_backtrace());
+  } catch (const c10::IndexError& e) {
+    PyErr_SetString(PyExc_KeyError, e.what_without_backtrace());
+  } catch (const c10::Error& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+  }
+}
+
+py::tuple file_to_python(fourierft::safetensors::File file) {
+  py::dict tensors;
+  for (auto& [name, tensor] : file.tensors) tensors[py::str(name)] = std::move(tensor);
+  py::dict metadata;
+  for (auto& [key, value] : file.metadata) metadata[py::str(key)] = value;
+  return py::make_tuple(tensors, metadata);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fourierft C++ core: config validation, target matching, safetensors I/O";
+  m.attr("__version__") = FOURIERFT_VERSION;
+  py::register_local_exception_translator(&translate_errors);
+
+  py::class_<fourierft::FourierFTConfig>(m, "CoreConfig",
+                                         "A validated C++ FourierFTConfig (see fourierft/config.h).")
+      .def_static(
+          "from_json",
+          [](const std::string& text, const std::string& source) {
+            return fourierft::FourierFTConfig::from_json_string(text, source);
+          },
+          py::arg("text"), py::arg("source") = "<config>",
+          "Parses and validates an adapter_config.json text (PEFT's format); raises ValueError.")
+      .def("to_json", &fourierft::FourierFTConfig::to_json_string,
+           "The adapter_config.json text PEFT writes for this config (sorted keys, indent 2).")
+      .def(
+          "match",
+          [](const fourierft::FourierFTConfig& config, const std::string& key, bool is_linear,
+             bool is_output_head) {
+            const auto result = fourierft::match_target_module(config, key, is_linear, is_output_head);
+            return py::make_tuple(result.matched, result.excluded, result.n_frequency);
+          },
+          py::arg("key"), py::arg("is_linear") = true, py::arg("is_output_head") = false,
+          "PEFT's check_target_module_exists + n_frequency_pattern for one module name: "
+          "(matched, excluded, n_frequency).");
+
+  m.def(
+      "load_safetensors",
+      [](const std::string& path) {
+        fourierft::safetensors::File file;
+        {
+          py::gil_scoped_release release;
+          file = fourierft::safetensors::load(path);
+        }
+        return file_to_python(std::move(file));
+      },
+      py::arg("path"), "Reads a safetensors file with strict validation: (tensors, metadata).");
+  m.def(
+      "parse_safetensors",
+      [](const py::bytes& data, const std::string& source) {
+        return file_to_python(fourierft::safetensors::parse(std::string(data), source));
+      },
+      py::arg("data"), py::arg("source") = "<memory>", "Parses safetensors bytes: (tensors, metadata).");
+  m.def(
+      "save_safetensors",
+      [](const std::string& path, const std::map<std::string, at::Tensor>& tensors,
+         const std::map<std::string, std::string>& metadata) {
+        py::gil_scoped_release release;
+        fourierft::safetensors::save(path, tensors, metadata);
+      },
+      py::arg("path"), py::arg("tensors"), py::arg("metadata") = std::map<std::string, std::string>{},
+      "Writes a safetensors file atomically (temporary file + rename).");
+  m.def(
+      "write_file_atomically",
+      [](const std::string& path, const std::string& contents) {
+        py::gil_scoped_release release;
+        fourierft::safetensors::write_file_atomically(path, contents);
+      },
+      py::arg("path"), py::arg("contents"), "Atomically replaces `path` with `contents`.");
+  m.def("spectral_path_is_cheaper", &fourierft::spectral_path_is_cheaper, py::arg("tokens"),
+        py::arg("out_features"), py::arg("in_features"), py::arg("n_frequency"),
+        py::arg("delta_cached"),
+        "The forward-path cost model shared with the C++ layers.");
+}
