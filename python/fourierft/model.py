@@ -302,6 +302,8 @@ class FourierFTModel(nn.Module):
             remaining = list(self.peft_config)
             self.active_adapter = remaining[0] if remaining else None
             if remaining:
+                warnings.warn(f"Adapter {adapter_name} was active which is now deleted. "
+                              f"Setting active adapter to {remaining[0]}.")
                 self.set_adapter(remaining[0])
 
     # ---- enabling / disabling -----------------------------------------------------------------
