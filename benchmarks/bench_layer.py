@@ -4,10 +4,10 @@ Measured side by side in one process, same inputs, interleaved repetitions, medi
 Each variant does forward + backward of one linear layer with a frozen base weight, the input
 requiring grad (as for a layer inside a network) and, for the adapters, the spectrum requiring grad.
 
-    .venv/bin/python benchmarks/bench_layer.py            # full table, writes docs/benchmarks.md
+    .venv/bin/python benchmarks/bench_layer.py            # full table, writes docs/benchmarks-layer.md
     .venv/bin/python benchmarks/bench_layer.py --quick    # two shapes, prints only
 
-The library is build/libfourierft.so (scripts/bootstrap.sh builds it) or $FOURIERFT_LIBRARY.
+The kernels come from the installed `fourierft` package (scripts/bootstrap.sh installs it into .venv).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import peft
 from peft.tuners.fourierft.layer import FourierFTLinear as PeftFourierFTLinear
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-torch.ops.load_library(os.environ.get("FOURIERFT_LIBRARY", str(ROOT / "build" / "libfourierft.so")))
+import fourierft  # noqa: E402,F401  (registers torch.ops.fourierft.*)
 ops = torch.ops.fourierft
 
 
@@ -110,7 +110,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="two configurations, print only")
     parser.add_argument("--reps", type=int, default=5)
-    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks-layer.md"))
     args = parser.parse_args()
 
     if args.quick:

@@ -698,7 +698,7 @@ at::Tensor spectral_linear(const at::Tensor& x, const at::Tensor& spectrum, cons
 
 bool spectral_path_is_cheaper(int64_t tokens, int64_t out_features, int64_t in_features,
                               int64_t n_frequency, bool delta_cached) {
-  // Rough per-call cost in arbitrary units, calibrated on CPU (docs/benchmarks.md): real FFTs of
+  // Rough per-call cost in arbitrary units, calibrated on CPU (docs/benchmarks-layer.md): real FFTs of
   // both widths plus the O(n) gather/scatter per token, against one GEMM per token plus, unless
   // delta_W is cached, one inverse FFT of the full d1 x d2 spectrum.
   const double d1 = static_cast<double>(out_features);

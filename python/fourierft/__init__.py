@@ -16,6 +16,7 @@ import torch as _torch  # noqa: F401  (loads LibTorch before the extension that 
 
 from . import _C
 from . import ops
+from . import optim
 from .config import FourierFTConfig
 from .layer import FourierFTLinear, ModulesToSaveWrapper
 from .model import FourierFTModel, get_peft_model
@@ -37,5 +38,6 @@ __all__ = [
     "get_peft_model",
     "is_accelerated",
     "ops",
+    "optim",
     "__version__",
 ]

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the built library into a scratch prefix, then builds as separate CMake projects that
 # only know `find_package(fourierft)`: examples/cpp (run: quickstart) and the README's C++ example
-# (the ```cpp block after the readme-example marker; run).
+# (the ```cpp block after the readme-example marker; run), and every ```cpp block of docs/*.md (each a
+# complete program; run).
 set -euo pipefail
 build_dir=$1
 source_dir=$2
@@ -32,3 +33,33 @@ CMAKE
 configure "$work/readme" "$work/readme/build"
 cmake --build "$work/readme/build"
 "$work/readme/build/readme_example"
+
+# Every C++ block in docs/*.md: one complete program each.
+mkdir -p "$work/docs"
+count=0
+for page in "$source_dir"/docs/*.md; do
+  count=$(awk -v dir="$work/docs" -v stem="$(basename "$page" .md)" -v start="$count" '
+    /^```cpp/ {inside=1; n++; file=sprintf("%s/%s_%d.cpp", dir, stem, n); next}
+    inside && /^```/ {inside=0; next}
+    inside {print > file}
+    END {print start + n}' "$page")
+done
+if [ "$count" -gt 0 ]; then
+  {
+    echo 'cmake_minimum_required(VERSION 3.25)'
+    echo 'project(docs_examples LANGUAGES CXX)'
+    echo 'find_package(fourierft REQUIRED)'
+    for src in "$work"/docs/*.cpp; do
+      name=$(basename "$src" .cpp)
+      echo "add_executable($name $(basename "$src"))"
+      echo "target_link_libraries($name PRIVATE fourierft::fourierft)"
+    done
+  } > "$work/docs/CMakeLists.txt"
+  configure "$work/docs" "$work/docs/build"
+  cmake --build "$work/docs/build"
+  for src in "$work"/docs/*.cpp; do
+    echo "running docs example $(basename "$src" .cpp)"
+    "$work/docs/build/$(basename "$src" .cpp)"
+  done
+fi
+echo "built and ran examples/cpp, the README example and $count docs C++ block(s)"

@@ -1,0 +1,1 @@
+"""Runnable examples: ``python -m fourierft.examples.finetune`` (console script ``fourierft-finetune``)."""

