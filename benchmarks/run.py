@@ -12,7 +12,8 @@ variants, medians reported:
    fourierft. "Frozen base" trains nothing but what makes backward run through the whole stack (the first
    LayerNorm and the head), which is the work any adapter in the first layer forces.
 2. peak memory added by the same training steps, each variant in its own process (resident set size
-   sampled every millisecond, minus the size before the first step).
+   sampled every millisecond during 3 steps, minus the size before the first step: activations, gradients,
+   optimizer state and per-step temporaries).
 3. inference tokens/s on MiniLM: base, PEFT unmerged, PEFT + accelerate, ours unmerged, merged.
 4. merge (delta_W) time for a 4096 x 4096 layer: PEFT's get_delta_weight vs ours.
 5. scaling curves per layer (forward + backward, ratio to the frozen layer): n_frequency 100 ... 100k at
@@ -157,10 +158,9 @@ def memory_child(title: str, name: str, steps: int) -> None:
     spec = WORKLOADS[title]
     model, optimizer = make_variant(name, spec)
     ids, labels = make_batch(spec)
-    train_step(model, optimizer, ids, labels)  # optimizer state and caches exist from here on
     import gc
     gc.collect()
-    before = _rss_bytes()
+    before = _rss_bytes()  # model, optimizer and batch built; no step taken yet
     peak = [before]
     done = threading.Event()
 
@@ -312,8 +312,9 @@ def write_report(results: dict, command: str) -> None:
             lines.append(f"| {name} | {t * 1000:.0f} | {t / base:.2f}x | {100 * (t / base - 1):+.0f}% |")
         lines.append("")
     lines += ["## Peak memory added by the training steps", "",
-              "Resident set size sampled every millisecond during 3 steps, minus the size after a first step (so "
-              "optimizer state is excluded and only per-step working memory counts); one process per variant.", ""]
+              "Resident set size sampled every millisecond during 3 steps, minus the size before the first step "
+              "(activations, gradients, optimizer state, per-step temporaries); one process per variant. "
+              "The frozen base row is what backward through the stack costs anyway.", ""]
     for title, mem in results["memory"].items():
         lines += [f"**{title}**", "", "| variant | added MiB |", "|---|---:|"]
         lines += [f"| {name} | {b / 2**20:.1f} |" for name, b in mem.items()]

@@ -68,11 +68,12 @@ class FourierFTKernels:
         return cache
 
     def _adapter_output(self, adapter: str, x: torch.Tensor) -> torch.Tensor:
-        """``x @ delta_W^T`` for one adapter, by the path the cost model picks.
+        """``x @ delta_W^T`` for one adapter, by the path the cost model (shared with the C++ layers) picks.
 
-        Spectral (matrix-free) whenever the spectrum is being trained or under ``torch.compile``;
-        for a frozen spectrum, ``delta_W`` is cached (keyed by the tensor and its version counter)
-        and one GEMM is used when that is cheaper for the number of tokens."""
+        Matrix-free (FFTs of ``x``, nothing of size out x in) while training and under ``torch.compile``;
+        with a frozen spectrum, one GEMM with a cached ``delta_W`` (keyed by the tensor and its version
+        counter, so it never goes stale) where the cost model says that is cheaper (small layers, many
+        tokens, very large ``n_frequency``)."""
         spectrum = self.fourierft_spectrum[adapter]
         indices = self.indices[adapter]
         if indices.device != spectrum.device:
@@ -80,6 +81,8 @@ class FourierFTKernels:
         scaling = self.fourierft_scaling[adapter]
         if x.dtype != spectrum.dtype:  # as PEFT: the adapter runs in the spectrum's dtype
             x = x.to(spectrum.dtype)
+        # While the spectrum trains: always matrix-free (its gradients match PEFT's most closely, and
+        # it wins for every n_frequency below ~10% of out x in, see docs/benchmarks.md).
         if torch.compiler.is_compiling() or (torch.is_grad_enabled() and spectrum.requires_grad):
             return ops.spectral_linear(x, spectrum, indices, self.out_features, self.in_features, scaling)
         cache = self._fourierft_delta_cache()
@@ -87,14 +90,14 @@ class FourierFTKernels:
         cached = cache.get(adapter)
         delta = cached[1] if cached is not None and cached[0] == key else None
         tokens = x.numel() // max(x.shape[-1], 1)
-        if not _C.spectral_path_is_cheaper(tokens, self.out_features, self.in_features, spectrum.numel(),
-                                           delta is not None):
-            if delta is None:
-                with torch.no_grad():
-                    delta = self.get_delta_weight(adapter)
-                cache[adapter] = (key, delta)
-            return nn.functional.linear(x, delta)
-        return ops.spectral_linear(x, spectrum, indices, self.out_features, self.in_features, scaling)
+        if _C.spectral_path_is_cheaper(tokens, self.out_features, self.in_features, spectrum.numel(),
+                                       delta is not None):
+            return ops.spectral_linear(x, spectrum, indices, self.out_features, self.in_features, scaling)
+        if delta is None:
+            with torch.no_grad():
+                delta = self.get_delta_weight(adapter)
+            cache[adapter] = (key, delta)
+        return nn.functional.linear(x, delta)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         previous_dtype = x.dtype
