@@ -6,6 +6,7 @@ The attribute names are PEFT's (``base_layer``, ``fourierft_spectrum``, ``fourie
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from typing import Any, Optional
 
@@ -239,11 +240,14 @@ class FourierFTLinear(FourierFTKernels, nn.Module):
                 self._active_adapter = []
 
     # ---- merging --------------------------------------------------------------------------------
+    def _weight_delta(self, adapter_name: str) -> torch.Tensor:
+        """``delta_W`` in the base weight's layout (transposed for ``fan_in_fan_out``) and dtype."""
+        delta = transpose(self.get_delta_weight(adapter_name), self.fan_in_fan_out)
+        return delta.to(self.base_layer.weight.dtype)
+
     def merged_weight(self, adapter_name: str) -> torch.Tensor:
         """``W0 + delta_W`` (in the base weight's layout and dtype), without changing anything."""
-        weight = self.base_layer.weight
-        delta = transpose(self.get_delta_weight(adapter_name), self.fan_in_fan_out)
-        return weight.detach() + delta.to(weight.dtype)
+        return self.base_layer.weight.detach() + self._weight_delta(adapter_name)
 
     def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
         """Adds the adapters' ``delta_W`` into the base weight (PEFT's semantics). With
@@ -264,7 +268,7 @@ class FourierFTLinear(FourierFTKernels, nn.Module):
                         )
                     weight.data = merged
                 else:
-                    weight.data += transpose(self.get_delta_weight(adapter), self.fan_in_fan_out).to(weight.dtype)
+                    weight.data += self._weight_delta(adapter)
                 self.merged_adapters.append(adapter)
 
     def unmerge(self) -> None:
@@ -277,7 +281,7 @@ class FourierFTLinear(FourierFTKernels, nn.Module):
             while self.merged_adapters:
                 adapter = self.merged_adapters.pop()
                 if adapter in self.fourierft_spectrum.keys():
-                    weight.data -= transpose(self.get_delta_weight(adapter), self.fan_in_fan_out).to(weight.dtype)
+                    weight.data -= self._weight_delta(adapter)
 
     def __repr__(self) -> str:
         return "fourierft." + super().__repr__()
@@ -318,8 +322,6 @@ class ModulesToSaveWrapper(nn.Module):
         return self.modules_to_save[self._active_adapter[0]]
 
     def update(self, adapter_name: str) -> None:
-        import copy
-
         copy_module = copy.deepcopy(self.original_module)
         copy_module.requires_grad_(True)
         self.modules_to_save[adapter_name] = copy_module

@@ -45,7 +45,21 @@ def _parent(model: nn.Module, key: str) -> tuple[nn.Module, str]:
     return model, key
 
 
-class _TunerModel(nn.Module):
+class _Passthrough(nn.Module):
+    """Attributes the module lacks are read from its child ``_inner`` (as PEFT's wrappers do)."""
+
+    _inner = "model"
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == self._inner:
+                raise
+            return getattr(super().__getattr__(self._inner), name)
+
+
+class _TunerModel(_Passthrough):
     """Holds the adapted model as ``.model`` (PEFT's ``base_model.model`` names) and forwards to it."""
 
     def __init__(self, model: nn.Module):
@@ -55,16 +69,8 @@ class _TunerModel(nn.Module):
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)
 
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "model":
-                raise
-            return getattr(self.model, name)
 
-
-class FourierFTModel(nn.Module):
+class FourierFTModel(_Passthrough):
     """A model with FourierFT adapters (PEFT's ``PeftModel`` for FourierFT).
 
     Build it with :func:`get_peft_model` or :meth:`from_pretrained`. Attributes the wrapper does
@@ -83,14 +89,7 @@ class FourierFTModel(nn.Module):
         if autocast_adapter_dtype:
             self._cast_adapter_dtype(adapter_name)
 
-    # ---- attribute passthrough ------------------------------------------------------------------
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == "base_model":
-                raise
-            return getattr(self.base_model, name)
+    _inner = "base_model"
 
     def get_base_model(self) -> nn.Module:
         """The wrapped model (with the adapter layers in place)."""
@@ -242,12 +241,12 @@ class FourierFTModel(nn.Module):
         for name, param in model.named_parameters():
             if SPECTRUM not in name:
                 param.requires_grad_(False)
-        config = self.peft_config[self.active_adapter]
-        if config.bias == "all":
+        active = self.peft_config[self.active_adapter]
+        if active.bias == "all":
             for name, param in model.named_parameters():
                 if "bias" in name:
                     param.requires_grad_(True)
-        elif config.bias == "fourier_only":
+        elif active.bias == "fourier_only":
             for _, layer in self._fourierft_layers():
                 if getattr(layer.base_layer, "bias", None) is not None:
                     layer.base_layer.bias.requires_grad_(True)
@@ -255,7 +254,6 @@ class FourierFTModel(nn.Module):
             for name, param in model.named_parameters():
                 if f"{SPECTRUM}.{adapter_name}" in name:
                     param.requires_grad_(False)
-        active = self.peft_config[self.active_adapter]
         for _, wrapper in self._wrappers():
             if self.active_adapter in wrapper.modules_to_save:
                 wrapper.set_adapter(self.active_adapter, inference_mode=active.inference_mode)
@@ -389,8 +387,7 @@ class FourierFTModel(nn.Module):
                     target.merge(safe_merge=safe_merge, adapter_names=adapter_names)
                 setattr(parent, name, target.get_base_layer())
             else:
-                active = target._active_module() if not target.disable_adapters else target.original_module
-                setattr(parent, name, active)
+                setattr(parent, name, target._active_module())
         return model
 
     def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
@@ -418,32 +415,38 @@ class FourierFTModel(nn.Module):
               f"trainable%: {100 * trainable / total:.4f}")
 
     # ---- checkpoints -----------------------------------------------------------------------------
+    def _adapter_key_map(self, adapter_name: str, state_keys) -> dict[str, str]:
+        """PEFT's checkpoint key (adapter name removed) -> this model's state-dict key, for every tensor
+        saved with ``adapter_name``: the spectra, the modules_to_save copies, and the trained biases
+        for ``bias != "none"``. Saving and loading both go through this one map."""
+        if adapter_name not in self.peft_config:
+            raise ValueError(f"Adapter {adapter_name} not found.")
+        bias = self.peft_config[adapter_name].bias
+        suffix = f".{SPECTRUM}.{adapter_name}"
+        marker = f".modules_to_save.{adapter_name}."
+        out: dict[str, str] = {}
+        for key in state_keys:
+            if key.endswith(suffix):
+                out[key[: -len(adapter_name) - 1]] = key
+            elif marker in key:
+                out[key.replace(marker, ".")] = key
+            elif bias == "all" and key.endswith(".bias") and ".modules_to_save." not in key \
+                    and ".original_module." not in key:
+                out[key] = key
+        if bias == "fourier_only":
+            for name, layer in self._fourierft_layers():
+                if getattr(layer.base_layer, "bias", None) is not None:
+                    key = f"base_model.model.{name}.base_layer.bias"
+                    out[key] = key
+        return out
+
     def get_adapter_state_dict(self, adapter_name: Optional[str] = None) -> dict[str, torch.Tensor]:
         """The tensors PEFT saves for ``adapter_name`` under PEFT's keys (adapter name removed):
         ``base_model.model.<path>.fourierft_spectrum``, modules_to_save as
         ``base_model.model.<path>.<param>``, and the trained biases for ``bias != "none"``."""
-        adapter_name = adapter_name or self.active_adapter
-        if adapter_name not in self.peft_config:
-            raise ValueError(f"Adapter {adapter_name} not found.")
-        config = self.peft_config[adapter_name]
         state = self.state_dict()
-        out: dict[str, torch.Tensor] = {}
-        suffix = f".{SPECTRUM}.{adapter_name}"
-        for key, value in state.items():
-            if key.endswith(suffix):
-                out[key[: -len(adapter_name) - 1]] = value
-        if config.bias == "all":
-            out.update({k: v for k, v in state.items() if k.endswith(".bias") and ".modules_to_save." not in k
-                        and ".original_module." not in k})
-        elif config.bias == "fourier_only":
-            for key, layer in self._fourierft_layers():
-                if getattr(layer.base_layer, "bias", None) is not None:
-                    out[f"base_model.model.{key}.base_layer.bias"] = state[f"base_model.model.{key}.base_layer.bias"]
-        marker = f".modules_to_save.{adapter_name}."
-        for key, value in state.items():
-            if marker in key:
-                out[key.replace(marker, ".")] = value
-        return out
+        key_map = self._adapter_key_map(adapter_name or self.active_adapter, state.keys())
+        return {checkpoint_key: state[model_key] for checkpoint_key, model_key in key_map.items()}
 
     def save_pretrained(self, save_directory: Union[str, os.PathLike], safe_serialization: bool = True,
                         selected_adapters: Optional[list[str]] = None, is_main_process: bool = True,
@@ -526,21 +529,9 @@ class FourierFTModel(nn.Module):
         """Copies PEFT-keyed tensors into adapter ``adapter_name``. Every key, shape and dtype is
         checked first; nothing is written unless all are valid."""
         state = self.state_dict(keep_vars=True)
-        wanted = {k: v for k, v in self.get_adapter_state_dict(adapter_name).items()}
-        model_keys: dict[str, str] = {}
-        for key in wanted:
-            if key.endswith("." + SPECTRUM):
-                model_keys[key] = f"{key}.{adapter_name}"
-            elif key in state:
-                model_keys[key] = key
-            else:  # modules_to_save copy
-                head, _, param = key.rpartition(".")
-                for candidate in state:
-                    if candidate.endswith(f".modules_to_save.{adapter_name}.{param}") and \
-                            candidate.replace(f".modules_to_save.{adapter_name}.", ".") == key:
-                        model_keys[key] = candidate
-        missing = sorted(k for k in wanted if k not in tensors)
-        unexpected = sorted(k for k in tensors if k not in wanted)
+        model_keys = self._adapter_key_map(adapter_name, state.keys())
+        missing = sorted(k for k in model_keys if k not in tensors)
+        unexpected = sorted(k for k in tensors if k not in model_keys)
         if missing or unexpected:
             raise ValueError(
                 f"{source}: the checkpoint does not fit adapter '{adapter_name}' of this model: "

@@ -218,16 +218,21 @@ def test_add_set_delete_adapter_like_peft():
 
 
 # ---- checkpoints both ways ----------------------------------------------------------------
+def shift_saved_modules(model):
+    """Makes the modules_to_save copies differ from the base modules, so a checkpoint that lost them shows."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".modules_to_save." in name:
+                param.add_(0.25)
+
+
 @pytest.mark.parametrize("name", ["bert", "gpt2", "vit"])
 def test_checkpoint_saved_by_fourierft_loads_in_peft(tmp_path, name):
     case = CASE[name]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         _, ours = build_pair(case, seed=11)
-        with torch.no_grad():  # make the saved head differ from the base one
-            for n, p in ours.named_parameters():
-                if ".modules_to_save." in n:
-                    p.add_(0.25)
+        shift_saved_modules(ours)
         ours.save_pretrained(tmp_path)
         torch.manual_seed(1234)
         base = case.build().eval()
@@ -243,10 +248,7 @@ def test_checkpoint_saved_by_peft_loads_in_fourierft(tmp_path, name):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         theirs, _ = build_pair(case, seed=12)
-        with torch.no_grad():
-            for n, p in theirs.named_parameters():
-                if ".modules_to_save." in n:
-                    p.add_(0.25)
+        shift_saved_modules(theirs)
         theirs.save_pretrained(str(tmp_path))
         torch.manual_seed(1234)
         base = case.build().eval()

@@ -159,8 +159,9 @@ def run(args: argparse.Namespace) -> dict:
     log(f"model: all-MiniLM-L6-v2 + {args.method} on {args.target_modules}: trainable {trainable:,} of {total:,} "
         f"({adapter_params:,} in the adapters, the rest in the classifier head)")
 
-    accuracy = lambda m: (predict(m, eval_ids, eval_mask).argmax(-1) == eval_y).float().mean().item()  # noqa: E731
-    history = {"train_loss": [], "eval_accuracy": [], "eval_accuracy_before": accuracy(model)}
+    accuracy = lambda logits: (logits.argmax(-1) == eval_y).float().mean().item()  # noqa: E731
+    eval_logits = predict(model, eval_ids, eval_mask)
+    history = {"train_loss": [], "eval_accuracy": [], "eval_accuracy_before": accuracy(eval_logits)}
     log(f"held-out accuracy before training: {history['eval_accuracy_before']:.4f}")
 
     optimizer = torch.optim.AdamW(groups)
@@ -189,7 +190,8 @@ def run(args: argparse.Namespace) -> dict:
             progress.update(1)
             progress.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
         history["train_loss"].append(sum(losses) / len(losses))
-        history["eval_accuracy"].append(accuracy(model))
+        eval_logits = predict(model, eval_ids, eval_mask)
+        history["eval_accuracy"].append(accuracy(eval_logits))
         log(f"epoch {epoch + 1}: mean training loss {history['train_loss'][-1]:.4f}, "
             f"held-out accuracy {history['eval_accuracy'][-1]:.4f}")
     progress.close()
@@ -198,7 +200,7 @@ def run(args: argparse.Namespace) -> dict:
     adapter_dir = out / "adapter"
     model.save_pretrained(adapter_dir)
     adapter_bytes = (adapter_dir / "adapter_model.safetensors").stat().st_size
-    ours_logits = predict(model, eval_ids, eval_mask)
+    ours_logits = eval_logits  # the trained model's held-out logits, from the last evaluation
     import peft
 
     reloaded = peft.PeftModel.from_pretrained(load_base(args.seed + 1), str(adapter_dir))
