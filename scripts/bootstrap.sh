@@ -58,5 +58,17 @@ if [ "$(cat "$pkg_stamp" 2>/dev/null)" != "$pkg_want" ]; then
   echo "$pkg_want" > "$pkg_stamp"
 fi
 
+# --- PEFT's own test suite: the tests/ folder of the pinned peft's sdist (PyPI) ------------------
+peft_version=$(sed -n 's/^peft==//p' requirements.txt)
+peft_src=build/peft-src/peft-$peft_version
+if [ ! -f "$peft_src/tests/__init__.py" ]; then
+  log "fetching PEFT $peft_version's test suite (sdist from PyPI)"
+  mkdir -p build/peft-src
+  .venv/bin/python -m pip download -q --no-deps --no-binary :all: "peft==$peft_version" -d build/peft-src
+  tar xzf "build/peft-src/peft-$peft_version.tar.gz" -C build/peft-src
+  # The sdist ships tests/ without __init__.py; its modules import each other relatively.
+  touch "$peft_src/tests/__init__.py"
+fi
+
 # --- Data for the C++ examples: the digits data set scikit-learn ships (no download) ------------
 [ -f build/data/digits.csv ] || .venv/bin/python scripts/export_digits.py build/data/digits.csv

@@ -163,6 +163,7 @@ void FourierFTLayer::update_layer(const std::string& name, const AdapterOptions&
   spectra().insert(name, spectrum, true);
   if (adapters_.contains(name)) adapters_.erase(name);
   adapters_.insert(name, std::move(state));
+  delta_cache_.erase(name);
   // Re-apply the active set so that a new inactive adapter starts frozen (PEFT's set_adapter).
   const auto active = active_adapters_;
   set_adapter(active);
@@ -186,6 +187,7 @@ void FourierFTLayer::delete_adapter(const std::string& name) {
               "base weights would keep its delta_W");
   adapters_.erase(name);
   spectra().erase(name);
+  delta_cache_.erase(name);
   auto it = std::find(active_adapters_.begin(), active_adapters_.end(), name);
   if (it == active_adapters_.end()) return;
   auto remaining_active = active_adapters_;
@@ -205,6 +207,7 @@ void FourierFTLayer::delete_adapter(const std::string& name) {
 void FourierFTLayer::clear_adapters() {
   for (const auto& key : adapters_.keys()) spectra().erase(key);
   adapters_.clear();
+  delta_cache_.clear();
   active_adapters_.clear();
   merged_adapters_.clear();
 }
@@ -309,41 +312,98 @@ ForwardPath FourierFTLayer::resolve_path(const std::string& name, int64_t tokens
   if (options_.forward_path() != ForwardPath::Auto) return options_.forward_path();
   const auto& state = checked_state(name, "resolve_path");
   const auto& spectrum = spectra().at(name);
-  const bool cached = state.cached_delta.defined() &&
-                      state.cached_impl == spectrum.unsafeGetTensorImpl() &&
-                      state.cached_version == static_cast<int64_t>(spectrum._version());
+  const bool frozen = !(torch::GradMode::is_enabled() && spectrum.requires_grad());
+  const bool cached = frozen && delta_cache_.find(name, spectrum, state.scaling).defined();
   return spectral_path_is_cheaper(tokens, out_features_, in_features_, state.n_frequency, cached)
              ? ForwardPath::Spectral
              : ForwardPath::Dense;
 }
 
-torch::Tensor FourierFTLayer::dense_delta(const std::string& name, AdapterState& state) {
+torch::Tensor FourierFTLayer::dense_delta(const std::string& name, const AdapterState& state) {
   const auto& spectrum = spectra().at(name);
   const bool frozen = !(torch::GradMode::is_enabled() && spectrum.requires_grad());
   if (!frozen) return get_delta_weight(name);
-  const auto version = static_cast<int64_t>(spectrum._version());
-  if (!(state.cached_delta.defined() && state.cached_impl == spectrum.unsafeGetTensorImpl() &&
-        state.cached_version == version)) {
+  auto delta = delta_cache_.find(name, spectrum, state.scaling);
+  if (!delta.defined()) {
     torch::NoGradGuard no_grad;
-    state.cached_delta = get_delta_weight(name);
-    state.cached_impl = spectrum.unsafeGetTensorImpl();
-    state.cached_version = version;
+    delta = get_delta_weight(name);
+    delta_cache_.store(name, spectrum, state.scaling, delta);
   }
-  return state.cached_delta;
+  return delta;
 }
 
 torch::Tensor FourierFTLayer::adapter_forward(const std::string& name, const torch::Tensor& x) {
-  checked_state(name, "adapter_forward");
-  AdapterState& state = adapters_[name];
+  const AdapterState& state = checked_state(name, "adapter_forward");
   const auto& spectrum = spectra().at(name);
-  if (state.indices.device() != spectrum.device()) state.indices = state.indices.to(spectrum.device());
+  // Read-only here: forward may run on several threads at once.
+  const auto indices = state.indices.device() == spectrum.device() ? state.indices : state.indices.to(spectrum.device());
   const int64_t tokens = x.numel() / std::max<int64_t>(x.size(-1), 1);
   if (resolve_path(name, tokens) == ForwardPath::Spectral) {
-    return spectral_linear(x, spectrum, state.indices, out_features_, in_features_, state.scaling);
+    return spectral_linear(x, spectrum, indices, out_features_, in_features_, state.scaling);
   }
   auto delta = dense_delta(name, state);
   if (options_.fan_in_fan_out()) delta = delta.t();
   return torch::nn::functional::linear(x.to(delta.scalar_type()), delta).to(x.scalar_type());
+}
+
+// ---------------------------------------------------------------------------------------------
+// DeltaCache
+
+DeltaCache::DeltaCache(const DeltaCache& other) {
+  std::lock_guard<std::mutex> lock(other.mutex_);
+  entries_ = other.entries_;
+}
+
+DeltaCache& DeltaCache::operator=(const DeltaCache& other) {
+  if (this == &other) return *this;
+  std::map<std::string, Entry> copy;
+  {
+    std::lock_guard<std::mutex> lock(other.mutex_);
+    copy = other.entries_;
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  entries_ = std::move(copy);
+  return *this;
+}
+
+torch::Tensor DeltaCache::find(const std::string& name, const torch::Tensor& spectrum, double scaling) const {
+  Entry entry;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = entries_.find(name);
+    if (it == entries_.end()) return {};
+    entry = it->second;
+  }
+  if (entry.scaling != scaling || entry.values.scalar_type() != spectrum.scalar_type() ||
+      entry.values.device() != spectrum.device() || entry.values.sizes() != spectrum.sizes()) {
+    return {};
+  }
+  if (entry.delta.is_inference() && !c10::InferenceMode::is_enabled()) return {};
+  torch::NoGradGuard no_grad;
+  if (!torch::equal(entry.values, spectrum)) return {};
+  return entry.delta;
+}
+
+void DeltaCache::store(const std::string& name, const torch::Tensor& spectrum, double scaling, torch::Tensor delta) {
+  Entry entry;
+  {
+    torch::NoGradGuard no_grad;
+    entry.values = spectrum.detach().clone();
+  }
+  entry.scaling = scaling;
+  entry.delta = std::move(delta);
+  std::lock_guard<std::mutex> lock(mutex_);
+  entries_[name] = std::move(entry);
+}
+
+void DeltaCache::erase(const std::string& name) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  entries_.erase(name);
+}
+
+void DeltaCache::clear() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  entries_.clear();
 }
 
 const torch::Tensor& FourierFTLayer::spectrum(const std::string& name) const {

@@ -444,6 +444,12 @@ std::tuple<at::Tensor, at::Tensor> spectral_linear_forward_cpu(const at::Tensor&
   const int64_t n = spectrum.size(0);
   const auto work = compute_dtype(x.scalar_type(), spectrum.scalar_type());
   const auto x2d = x.reshape({-1, in_features}).to(work);
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = out_features;
+  if (x2d.size(0) == 0) {  // an empty batch, as torch::nn::Linear: no FFT (MKL refuses 0 rows)
+    return {at::zeros(out_shape, x.options()),
+            at::zeros({0, in_features / 2 + 1}, x.options().dtype(c10::toComplexType(work)))};
+  }
   const auto coeff = spectrum.to(work).contiguous();
   const auto idx = indices.contiguous();
   const int64_t* u = idx.const_data_ptr<int64_t>();
@@ -451,8 +457,6 @@ std::tuple<at::Tensor, at::Tensor> spectral_linear_forward_cpu(const at::Tensor&
   auto x_spec = at::fft_rfft(x2d, c10::nullopt, -1).contiguous();
   auto y = spectral_apply(x_spec, coeff, v, in_features, u, out_features,
                           scaling / static_cast<double>(in_features));
-  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
-  out_shape.back() = out_features;
   return {y.to(x.scalar_type()).view(out_shape), x_spec};
 }
 
@@ -474,6 +478,13 @@ std::tuple<at::Tensor, at::Tensor> spectral_linear_backward_cpu(
                   (x_spec.dim() == 2 && x_spec.size(0) == rows && x_spec.size(1) == in_features / 2 + 1),
               "fourierft._spectral_linear_backward: saved input spectrum has shape ",
               x_spec.sizes(), ", expected [", rows, ", ", in_features / 2 + 1, "]");
+  if (rows == 0) {  // an empty batch: nothing flows back
+    std::vector<int64_t> shape(grad_out.sizes().begin(), grad_out.sizes().end());
+    shape.back() = in_features;
+    return {need_grad_x ? at::zeros(shape, grad_out.options().dtype(x_dtype))
+                        : at::empty({0}, grad_out.options().dtype(x_dtype)),
+            need_grad_spectrum ? at::zeros_like(spectrum) : at::empty({0}, spectrum.options())};
+  }
   const auto coeff = spectrum.to(work).contiguous();
   const auto idx = indices.contiguous();
   const int64_t* u = idx.const_data_ptr<int64_t>();

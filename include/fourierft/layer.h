@@ -18,6 +18,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <ostream>
 #include <string>
@@ -92,10 +94,32 @@ struct AdapterState {
   double scaling = 0.0;
   int64_t random_loc_seed = 0;
   torch::Tensor indices;  // int64 [2, n_frequency], on the spectrum's device
-  // delta_W cache for the dense path while the spectrum does not change (frozen / inference).
-  torch::Tensor cached_delta;
-  const void* cached_impl = nullptr;
-  int64_t cached_version = -1;
+};
+
+/// delta_W of frozen spectra for the dense forward path, shared by every thread that runs the layer.
+/// An entry is used only while the spectrum holds exactly the values it was computed from (a copy
+/// of the n values is compared, O(n)): a version counter misses `spectrum.data().mul_()` and similar
+/// writes. A delta_W made under InferenceMode is not reused outside it (autograd cannot save it).
+class DeltaCache {
+ public:
+  DeltaCache() = default;
+  DeltaCache(const DeltaCache& other);  // copies the entries, not the mutex
+  DeltaCache& operator=(const DeltaCache& other);
+
+  /// The cached delta_W of `name` if it was computed from `spectrum`'s current values with `scaling`.
+  torch::Tensor find(const std::string& name, const torch::Tensor& spectrum, double scaling) const;
+  void store(const std::string& name, const torch::Tensor& spectrum, double scaling, torch::Tensor delta);
+  void erase(const std::string& name);
+  void clear();
+
+ private:
+  struct Entry {
+    torch::Tensor values;
+    double scaling = 0.0;
+    torch::Tensor delta;
+  };
+  mutable std::mutex mutex_;
+  std::map<std::string, Entry> entries_;
 };
 
 /// PEFT's FourierFT layer semantics over one base weight: the adapters (spectra, entry matrices,
@@ -181,9 +205,10 @@ class FourierFTLayer {
   std::vector<std::string> adapters_to_merge(const std::vector<std::string>& names) const;
   /// W0 + sum of their delta_W (a new tensor); with `check`, throws if it is not finite.
   torch::Tensor merged_weight(const std::vector<std::string>& present, bool check) const;
-  torch::Tensor dense_delta(const std::string& name, AdapterState& state);
+  torch::Tensor dense_delta(const std::string& name, const AdapterState& state);
 
   torch::OrderedDict<std::string, AdapterState> adapters_{"FourierFT adapter"};
+  DeltaCache delta_cache_;
   std::vector<std::string> active_adapters_;
   std::vector<std::string> merged_adapters_;
   bool disabled_ = false;

@@ -1,26 +1,31 @@
-"""fourierft: FourierFT fine-tuning with PEFT's API on matrix-free C++ kernels.
+"""fourierft: FourierFT fine-tuning on PEFT's own machinery, with matrix-free C++ kernels.
 
-Quick start (the same three lines as PEFT)::
+Importing ``fourierft`` makes PEFT build fourierft's FourierFT layers (``fourierft.register``): the
+models are PEFT's own ``PeftModel`` objects, only the math runs on ``torch.ops.fourierft.*``::
 
     import fourierft
     config = fourierft.FourierFTConfig(n_frequency=1000, scaling=150.0, target_modules=["query", "value"])
-    model = fourierft.get_peft_model(base_model, config)
+    model = fourierft.get_peft_model(base_model, config)      # a peft.PeftModel
 
-PEFT users can keep peft and switch its FourierFT layers to our kernels with one line::
+A PEFT model built before the import (or with ``fourierft.register(False)``) switches with one line::
 
     peft_model = fourierft.accelerate(peft_model)
 """
-import os as _os
+from ._build_info import check_torch as _check_torch
 
-import torch as _torch  # noqa: F401  (loads LibTorch before the extension that links it)
+_check_torch()
 
-from . import _C
-from . import ops
-from . import optim
-from .config import FourierFTConfig
-from .layer import FourierFTLinear, ModulesToSaveWrapper
-from .model import FourierFTModel, get_peft_model
-from .peft_compat import accelerate, is_accelerated
+import os as _os  # noqa: E402
+
+import torch as _torch  # noqa: E402,F401  (loads LibTorch before the extension that links it)
+from peft import FourierFTConfig  # noqa: E402
+
+from . import _C  # noqa: E402
+from . import ops  # noqa: E402
+from . import optim  # noqa: E402
+from .layer import BASE_ADAPTER, FourierFTLinear  # noqa: E402
+from .model import (FourierFTModel, accelerate, check_checkpoint, get_peft_model, is_accelerated,  # noqa: E402
+                    is_registered, load_adapter, register, registered)
 
 __version__ = _C.__version__
 
@@ -28,16 +33,23 @@ __version__ = _C.__version__
 #: (the C++ library, headers and CMake config ship inside the package).
 cmake_prefix_path = _os.path.join(_os.path.dirname(__file__), "lib", "cmake")
 
+register()
+
 __all__ = [
+    "BASE_ADAPTER",
     "FourierFTConfig",
     "FourierFTLinear",
     "FourierFTModel",
-    "ModulesToSaveWrapper",
     "accelerate",
+    "check_checkpoint",
     "cmake_prefix_path",
     "get_peft_model",
     "is_accelerated",
+    "is_registered",
+    "load_adapter",
     "ops",
     "optim",
+    "register",
+    "registered",
     "__version__",
 ]

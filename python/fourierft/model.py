@@ -1,564 +1,393 @@
-"""``FourierFTModel`` / ``get_peft_model``: PEFT's model-level API for FourierFT.
+"""fourierft on PEFT's own machinery: a registered tuner subclass, and the entry points.
 
-A ``FourierFTModel`` wraps any ``nn.Module`` (e.g. a transformers model) the way ``peft.PeftModel``
-does: ``base_model.model`` is the user's model with ``FourierFTLinear`` layers put in place of the
-matched targets, so parameter and state-dict names are PEFT's
-(``base_model.model.<path>.fourierft_spectrum.<adapter>``). Target matching, config validation
-and the safetensors files come from the C++ core (one implementation for C++ and Python).
+PEFT looks the tuner of every FourierFT model up in ``peft.mapping.PEFT_TYPE_TO_TUNER_MAPPING`` (the
+registry ``peft.utils.register_peft_method`` fills): ``get_peft_model``, ``PeftModel.from_pretrained``,
+``load_adapter``, ``add_adapter``, ``inject_adapter_in_model`` and the ``AutoPeftModel`` classes all go
+through it. ``register()`` (run when ``fourierft`` is imported) puts :class:`FourierFTModel` there: PEFT's
+``FourierFTModel`` with one change, the layers it creates are :class:`fourierft.FourierFTLinear`.
+Everything else (walking the model, adapters, task heads, saving, loading, merging) is PEFT's code.
+
+On top of PEFT, and only here: a checkpoint is checked by the strict C++ safetensors reader before PEFT
+touches the model (:func:`check_checkpoint`), a failed load leaves the model as it was, and
+``merge_and_unload(safe_merge=True)`` / ``merge_adapter(safe_merge=True)`` check every layer before
+changing any (PEFT leaves the earlier layers merged when a later one fails).
 """
 from __future__ import annotations
 
 import contextlib
-import copy
+import functools
 import os
-import warnings
-from typing import Any, Optional, Union
+from typing import Iterator, Optional, Union
 
+import peft
 import torch
+from peft import get_peft_model as _peft_get_peft_model
+from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
+from peft.tuners.fourierft.layer import FourierFTLinear as PeftFourierFTLinear
+from peft.tuners.fourierft.model import FourierFTModel as PeftFourierFTModel
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils import PeftType
+from peft.utils.other import AuxiliaryTrainingWrapper, transpose
 from torch import nn
 
 from . import _C
-from .config import FourierFTConfig
-from .layer import FourierFTLinear, ModulesToSaveWrapper, is_conv1d
-from .target_modules import DEFAULT_TARGET_MODULES
+from .layer import BASE_ADAPTER, FourierFTKernels, FourierFTLinear
+
+__all__ = ["FourierFTModel", "get_peft_model", "load_adapter", "register", "registered", "is_registered",
+           "accelerate", "is_accelerated", "check_checkpoint"]
 
 SAFETENSORS_WEIGHTS_NAME = "adapter_model.safetensors"
-WEIGHTS_NAME = "adapter_model.bin"
-SPECTRUM = "fourierft_spectrum"
-
-# PEFT adds the task's head to modules_to_save for these task types.
-_TASK_HEADS = {"SEQ_CLS": ["classifier", "score"], "TOKEN_CLS": ["classifier", "score"], "QUESTION_ANS": ["qa_outputs"]}
+_PREFIX = "base_model.model."
+_SPECTRUM = "fourierft_spectrum"
 
 
-def _as_config(config) -> FourierFTConfig:
-    if isinstance(config, FourierFTConfig):
-        return copy.deepcopy(config)
-    if type(config).__name__ == "FourierFTConfig" and hasattr(config, "to_dict"):
-        return FourierFTConfig.from_peft_config(config)
-    raise TypeError(f"expected a fourierft.FourierFTConfig or peft.FourierFTConfig, got {type(config).__name__}")
-
-
-def _parent(model: nn.Module, key: str) -> tuple[nn.Module, str]:
-    if "." in key:
-        parent_name, name = key.rsplit(".", 1)
-        return model.get_submodule(parent_name), name
-    return model, key
-
-
-class _Passthrough(nn.Module):
-    """Attributes the module lacks are read from its child ``_inner`` (as PEFT's wrappers do)."""
-
-    _inner = "model"
-
-    def __getattr__(self, name: str):
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            if name == self._inner:
-                raise
-            return getattr(super().__getattr__(self._inner), name)
-
-
-class _TunerModel(_Passthrough):
-    """Holds the adapted model as ``.model`` (PEFT's ``base_model.model`` names) and forwards to it."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, *args, **kwargs):
-        return self.model(*args, **kwargs)
-
-
-class FourierFTModel(_Passthrough):
-    """A model with FourierFT adapters (PEFT's ``PeftModel`` for FourierFT).
-
-    Build it with :func:`get_peft_model` or :meth:`from_pretrained`. Attributes the wrapper does
-    not have are looked up on the wrapped model (``model.config``, ...)."""
-
-    def __init__(self, model: nn.Module, peft_config, adapter_name: str = "default",
-                 autocast_adapter_dtype: bool = True) -> None:
-        super().__init__()
-        config = _as_config(peft_config)
-        if config.base_model_name_or_path is None:
-            config.base_model_name_or_path = model.__dict__.get("name_or_path", None)
-        self.peft_config: dict[str, FourierFTConfig] = {}
-        self.active_adapter: str = adapter_name
-        self.base_model = _TunerModel(model)
-        self._inject(adapter_name, config)
-        if autocast_adapter_dtype:
-            self._cast_adapter_dtype(adapter_name)
-
-    _inner = "base_model"
-
-    def get_base_model(self) -> nn.Module:
-        """The wrapped model (with the adapter layers in place)."""
-        return self.base_model.model
-
-    def forward(self, *args: Any, **kwargs: Any):
-        return self.base_model.model(*args, **kwargs)
-
-    def generate(self, *args: Any, **kwargs: Any):
-        return self.base_model.model.generate(*args, **kwargs)
-
-    @property
-    def active_adapters(self) -> list[str]:
-        return [self.active_adapter]
-
-    # ---- building adapters --------------------------------------------------------------------
-    def _fourierft_layers(self) -> list[tuple[str, FourierFTLinear]]:
-        return [(k, m) for k, m in self.base_model.model.named_modules() if isinstance(m, FourierFTLinear)]
-
-    def _wrappers(self) -> list[tuple[str, ModulesToSaveWrapper]]:
-        return [(k, m) for k, m in self.base_model.model.named_modules() if isinstance(m, ModulesToSaveWrapper)]
-
-    def _prepare_config(self, config: FourierFTConfig) -> FourierFTConfig:
-        model = self.base_model.model
-        if config.target_modules is None:
-            model_type = getattr(getattr(model, "config", None), "model_type", None)
-            if model_type not in DEFAULT_TARGET_MODULES:
-                raise ValueError("Please specify `target_modules` in `peft_config`")
-            default = DEFAULT_TARGET_MODULES[model_type]
-            config.target_modules = set(default) if isinstance(default, list) else default
-        heads = _TASK_HEADS.get(config.task_type or "")
-        if heads:
-            config.modules_to_save = list(config.modules_to_save or []) + [
-                h for h in heads if h not in (config.modules_to_save or [])]
-        config.validate()
-        return config
-
-    def _inject(self, adapter_name: str, config: FourierFTConfig) -> None:
-        """Adds adapter ``adapter_name`` everywhere ``config`` matches. On any error the model is
-        left as it was (new layers removed, the adapter deleted from existing ones)."""
-        if not isinstance(adapter_name, str) or not adapter_name:
-            raise ValueError(f"adapter_name must be a non-empty string, got {adapter_name!r}")
-        if adapter_name in self.peft_config:
-            raise ValueError(f"Adapter with name {adapter_name!r} already exists.")
-        config = self._prepare_config(config)
-        model = self.base_model.model
-        core = config._core()
-        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-
-        created: list[tuple[nn.Module, str, nn.Module]] = []  # (parent, name, original) to undo
-        updated: list[FourierFTLinear] = []
-        self.peft_config[adapter_name] = config
-        try:
-            skip_prefixes: list[str] = []
-            for key, module in list(model.named_modules()):
-                if not key or any(key.startswith(p) for p in skip_prefixes):
-                    continue
-                if isinstance(module, (FourierFTLinear, ModulesToSaveWrapper)):
-                    skip_prefixes.append(key + ".")
-                is_linear = isinstance(module, (nn.Linear, FourierFTLinear)) or is_conv1d(module)
-                matched, _excluded, n_frequency = core.match(key, is_linear, head is not None and module is head)
-                if not matched:
-                    continue
-                if isinstance(module, ModulesToSaveWrapper):
-                    continue
-                if isinstance(module, FourierFTLinear):
-                    updated.append(module)
-                    module.update_layer(adapter_name, n_frequency, config=config)
-                    continue
-                new_module = self._create_new_module(config, adapter_name, module, n_frequency, key)
-                if adapter_name != self.active_adapter:
-                    new_module.requires_grad_(False)
-                parent, name = _parent(model, key)
-                setattr(parent, name, new_module)
-                created.append((parent, name, module))
-            if not created and not updated:
-                targets = config.target_modules
-                raise ValueError(
-                    f"Target modules {targets} not found in the base model. "
-                    "Please check the target modules and try again."
-                )
-            self._set_modules_to_save(adapter_name, config)
-        except BaseException:
-            for parent, name, original in reversed(created):
-                setattr(parent, name, original)
-            for layer in updated:
-                layer.delete_adapter(adapter_name)
-            for _, wrapper in self._wrappers():
-                wrapper.delete_adapter(adapter_name)
-            del self.peft_config[adapter_name]
-            raise
-        self._mark_trainable(adapter_name)
+class FourierFTModel(PeftFourierFTModel):
+    """PEFT's FourierFT tuner whose layers are :class:`fourierft.FourierFTLinear` (PEFT's layer on our
+    kernels), with an all-or-nothing ``safe_merge``. Registered for ``PeftType.FOURIERFT`` by
+    :func:`register`; users reach it through ``get_peft_model`` / ``PeftModel`` as usual."""
 
     @staticmethod
-    def _create_new_module(config: FourierFTConfig, adapter_name: str, target: nn.Module, n_frequency: int,
-                           key: str) -> FourierFTLinear:
-        if isinstance(target, nn.Linear):
-            if config.fan_in_fan_out:
-                warnings.warn(
-                    "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. "
-                    "Setting fan_in_fan_out to False."
-                )
-                config.fan_in_fan_out = False
-        elif is_conv1d(target):
-            if not config.fan_in_fan_out:
-                warnings.warn(
-                    "fan_in_fan_out is set to False but the target module is `Conv1D`. Setting fan_in_fan_out to True."
-                )
-                config.fan_in_fan_out = True
-        else:
-            raise TypeError(
-                f"Target module {target} is not supported. Currently, only the following modules are supported: "
-                f"`torch.nn.Linear` (and transformers' `Conv1D`). (module '{key}', adapter '{adapter_name}')"
-            )
+    def _create_new_module(fourierft_config, adapter_name, target, **kwargs):
+        module = PeftFourierFTModel._create_new_module(fourierft_config, adapter_name, target, **kwargs)
+        if type(module) is PeftFourierFTLinear:
+            module.__class__ = FourierFTLinear
+        return module
+
+    def _create_and_replace(self, fourierft_config, adapter_name, target, target_name, parent, current_key,
+                            **optional_kwargs):
+        """PEFT's, with the module and the adapter named in its errors (PEFT's say only the numbers)."""
         try:
-            return FourierFTLinear(target, adapter_name, config=config, n_frequency=n_frequency)
-        except ValueError as error:
-            raise ValueError(f"module '{key}', adapter '{adapter_name}': {error}") from None
+            super()._create_and_replace(fourierft_config, adapter_name, target, target_name, parent, current_key,
+                                        **optional_kwargs)
+        except (ValueError, TypeError) as error:
+            if type(error) not in (ValueError, TypeError):
+                raise
+            raise type(error)(f"{error} (module {current_key!r}, adapter {adapter_name!r})") from error
 
-    def _set_modules_to_save(self, adapter_name: str, config: FourierFTConfig) -> None:
-        names = config.modules_to_save
-        if not names:
-            return
-        model = self.base_model.model
-        for key, module in list(model.named_modules()):
-            if not any(key.endswith(name) for name in names):
+    def _check_safe_merge(self, adapter_names: Optional[list[str]]) -> None:
+        """Raises, changing nothing, if merging would put NaN/inf into any layer's weights."""
+        for key, module in self.model.named_modules():
+            if not isinstance(module, PeftFourierFTLinear):
                 continue
-            parent, name = _parent(model, key)
-            if isinstance(parent, (ModulesToSaveWrapper, FourierFTLinear)) or ".modules_to_save." in key \
-                    or ".original_module" in key:
+            names = module.active_adapters if adapter_names is None else adapter_names
+            todo = [a for a in names if a in module.fourierft_spectrum and a not in module.merged_adapters]
+            if not todo:
                 continue
-            if isinstance(module, ModulesToSaveWrapper):
-                module.update(adapter_name)
-                module.set_adapter(module.active_adapter or [], inference_mode=config.inference_mode)
-            elif isinstance(module, FourierFTLinear):
-                continue
-            else:
-                wrapper = ModulesToSaveWrapper(module, adapter_name)
-                if adapter_name == self.active_adapter:
-                    wrapper.set_adapter(adapter_name, inference_mode=config.inference_mode)
-                else:
-                    wrapper.set_adapter([], inference_mode=config.inference_mode)
-                setattr(parent, name, wrapper)
-
-    def _mark_trainable(self, adapter_name: str) -> None:
-        """PEFT's rule: only adapter spectra train; biases per ``bias``; modules_to_save copies of
-        the active adapter train; nothing of ``adapter_name`` trains in inference mode."""
-        model = self.base_model.model
-        for name, param in model.named_parameters():
-            if SPECTRUM not in name:
-                param.requires_grad_(False)
-        active = self.peft_config[self.active_adapter]
-        if active.bias == "all":
-            for name, param in model.named_parameters():
-                if "bias" in name:
-                    param.requires_grad_(True)
-        elif active.bias == "fourier_only":
-            for _, layer in self._fourierft_layers():
-                if getattr(layer.base_layer, "bias", None) is not None:
-                    layer.base_layer.bias.requires_grad_(True)
-        if self.peft_config[adapter_name].inference_mode:
-            for name, param in model.named_parameters():
-                if f"{SPECTRUM}.{adapter_name}" in name:
-                    param.requires_grad_(False)
-        for _, wrapper in self._wrappers():
-            if self.active_adapter in wrapper.modules_to_save:
-                wrapper.set_adapter(self.active_adapter, inference_mode=active.inference_mode)
-
-    def _cast_adapter_dtype(self, adapter_name: str) -> None:
-        """As PEFT's ``autocast_adapter_dtype=True``: float16/bfloat16 spectra are kept in float32."""
-        for _, layer in self._fourierft_layers():
-            if adapter_name in layer.fourierft_spectrum:
-                spectrum = layer.fourierft_spectrum[adapter_name]
-                if spectrum.dtype in (torch.float16, torch.bfloat16):
-                    spectrum.data = spectrum.data.float()
-
-    def add_adapter(self, adapter_name: str, peft_config, low_cpu_mem_usage: bool = False) -> None:
-        """Adds a second (third, ...) adapter; it is not active (nor trainable) until
-        :meth:`set_adapter`."""
-        self._inject(adapter_name, _as_config(peft_config))
-
-    def set_adapter(self, adapter_name: str, inference_mode: bool = False) -> None:
-        """Makes ``adapter_name`` the active (and trainable) adapter."""
-        if adapter_name not in self.peft_config:
-            raise ValueError(f"Adapter {adapter_name} not found.")
-        for _, layer in self._fourierft_layers():
-            if layer.merged:
-                warnings.warn("Adapter cannot be set when the model is merged. Unmerging the model first.")
-                layer.unmerge()
-            layer.set_adapter(adapter_name, inference_mode=inference_mode)
-        for _, wrapper in self._wrappers():
-            if adapter_name in wrapper.modules_to_save:
-                wrapper.set_adapter(adapter_name, inference_mode=inference_mode)
-            else:
-                wrapper.set_adapter([], inference_mode=inference_mode)
-        self.active_adapter = adapter_name
-
-    def delete_adapter(self, adapter_name: str) -> None:
-        """Removes ``adapter_name`` everywhere; if it was active, the first remaining one becomes active."""
-        if adapter_name not in self.peft_config:
-            raise ValueError(f"Adapter {adapter_name} does not exist")
-        del self.peft_config[adapter_name]
-        for _, layer in self._fourierft_layers():
-            layer.delete_adapter(adapter_name)
-        for _, wrapper in self._wrappers():
-            wrapper.delete_adapter(adapter_name)
-        if self.active_adapter == adapter_name:
-            remaining = list(self.peft_config)
-            self.active_adapter = remaining[0] if remaining else None
-            if remaining:
-                warnings.warn(f"Adapter {adapter_name} was active which is now deleted. "
-                              f"Setting active adapter to {remaining[0]}.")
-                self.set_adapter(remaining[0])
-
-    # ---- enabling / disabling -----------------------------------------------------------------
-    def _enable_adapter_layers(self, enabled: bool) -> None:
-        for _, layer in self._fourierft_layers():
-            layer.enable_adapters(enabled)
-        for _, wrapper in self._wrappers():
-            wrapper.enable_adapters(enabled)
-
-    def enable_adapter_layers(self) -> None:
-        self._enable_adapter_layers(True)
-
-    def disable_adapter_layers(self) -> None:
-        bias = self.peft_config[self.active_adapter].bias if self.active_adapter in self.peft_config else "none"
-        if bias != "none":
-            warnings.warn(
-                f"Careful, disabling adapter layers with bias configured to be '{bias}' does not produce the "
-                "same output as the base model would without adaption."
-            )
-        self._enable_adapter_layers(False)
-
-    @contextlib.contextmanager
-    def disable_adapter(self):
-        """``with model.disable_adapter(): ...`` runs the base model (merged adapters are unmerged)."""
-        self.disable_adapter_layers()
-        try:
-            yield
-        finally:
-            self.enable_adapter_layers()
-
-    # ---- merging ---------------------------------------------------------------------------------
-    def _check_merge(self, adapter_names: Optional[list[str]]) -> None:
-        """All-or-nothing safe merge: every layer's ``W0 + delta_W`` is checked before any changes."""
-        for key, layer in self._fourierft_layers():
-            names = layer.active_adapters if adapter_names is None else adapter_names
-            for name in names:
-                if name in layer.fourierft_spectrum and name not in layer.merged_adapters:
-                    with torch.no_grad():
-                        if not torch.isfinite(layer.merged_weight(name)).all():
-                            raise ValueError(
-                                f"NaNs detected in the merged weights. The adapter {name} seems to be broken "
-                                f"(module '{key}'); nothing was merged"
-                            )
-
-    def _check_adapter_names(self, adapter_names: Optional[list[str]]) -> None:
-        if adapter_names is None:
-            return
-        if isinstance(adapter_names, str):
-            raise ValueError(f"adapter_names should be a list of strings, got {adapter_names!r}.")
-        unknown = [n for n in adapter_names if n not in self.peft_config]
-        if unknown:
-            raise ValueError(f"Adapter(s) {unknown} not found, available: {list(self.peft_config)}")
+            weight = module.get_base_layer().weight
+            with torch.no_grad():
+                merged = weight.detach().clone()
+                for adapter in todo:
+                    merged += transpose(module.get_delta_weight(adapter), module.fan_in_fan_out).to(weight.dtype)
+                if not torch.isfinite(merged).all():
+                    raise ValueError(
+                        f"NaNs detected in the merged weights of {key!r}. The adapter(s) {','.join(todo)} seem to be "
+                        "broken; nothing was merged (safe_merge checks every layer before changing any)")
 
     def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
-        """Adds ``delta_W`` into the base weights (active adapters by default)."""
-        self._check_adapter_names(adapter_names)
+        """PEFT's ``merge_adapter``; with ``safe_merge`` every layer is checked before any is merged."""
         if safe_merge:
-            self._check_merge(adapter_names)
-        for _, layer in self._fourierft_layers():
-            layer.merge(safe_merge=safe_merge, adapter_names=adapter_names)
-
-    def unmerge_adapter(self) -> None:
-        for _, layer in self._fourierft_layers():
-            if layer.merged:
-                layer.unmerge()
-
-    def _unload_and_optionally_merge(self, merge: bool, progressbar: bool, safe_merge: bool,
-                                     adapter_names: Optional[list[str]]) -> nn.Module:
-        from tqdm.auto import tqdm
-
-        if merge:
-            self._check_adapter_names(adapter_names)
-            if safe_merge:
-                self._check_merge(adapter_names)
-        model = self.base_model.model
-        keys = [k for k, m in model.named_modules() if isinstance(m, (FourierFTLinear, ModulesToSaveWrapper))]
-        desc = "Unloading " + ("and merging " if merge else "") + "model"
-        for key in tqdm(keys, disable=not progressbar, desc=desc):
-            target = model.get_submodule(key)
-            parent, name = _parent(model, key)
-            if isinstance(target, FourierFTLinear):
-                if merge:
-                    target.merge(safe_merge=safe_merge, adapter_names=adapter_names)
-                setattr(parent, name, target.get_base_layer())
-            else:
-                setattr(parent, name, target._active_module())
-        return model
+            self._check_safe_merge(adapter_names)
+        super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
 
     def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
                          adapter_names: Optional[list[str]] = None) -> nn.Module:
-        """Merges the adapters into the base weights and returns the plain base model (FourierFT
-        layers replaced by their base layers, modules_to_save by the active copy)."""
-        return self._unload_and_optionally_merge(True, progressbar, safe_merge, adapter_names)
+        """PEFT's ``merge_and_unload``; with ``safe_merge`` every layer is checked before any is merged."""
+        if safe_merge:
+            self._check_safe_merge(adapter_names)
+        return super().merge_and_unload(progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names)
 
-    def unload(self) -> nn.Module:
-        """Returns the base model without merging (FourierFT layers replaced by their base layers)."""
-        return self._unload_and_optionally_merge(False, False, False, None)
-
-    # ---- parameters ------------------------------------------------------------------------------
-    def get_nb_trainable_parameters(self) -> tuple[int, int]:
-        trainable, total = 0, 0
-        for _, param in self.named_parameters():
-            total += param.numel()
-            if param.requires_grad:
-                trainable += param.numel()
-        return trainable, total
-
-    def print_trainable_parameters(self) -> None:
-        trainable, total = self.get_nb_trainable_parameters()
-        print(f"trainable params: {trainable:,d} || all params: {total:,d} || "
-              f"trainable%: {100 * trainable / total:.4f}")
-
-    # ---- checkpoints -----------------------------------------------------------------------------
-    def _adapter_key_map(self, adapter_name: str, state_keys) -> dict[str, str]:
-        """PEFT's checkpoint key (adapter name removed) -> this model's state-dict key, for every tensor
-        saved with ``adapter_name``: the spectra, the modules_to_save copies, and the trained biases
-        for ``bias != "none"``. Saving and loading both go through this one map."""
-        if adapter_name not in self.peft_config:
-            raise ValueError(f"Adapter {adapter_name} not found.")
-        bias = self.peft_config[adapter_name].bias
-        suffix = f".{SPECTRUM}.{adapter_name}"
-        marker = f".modules_to_save.{adapter_name}."
-        out: dict[str, str] = {}
-        for key in state_keys:
-            if key.endswith(suffix):
-                out[key[: -len(adapter_name) - 1]] = key
-            elif marker in key:
-                out[key.replace(marker, ".")] = key
-            elif bias == "all" and key.endswith(".bias") and ".modules_to_save." not in key \
-                    and ".original_module." not in key:
-                out[key] = key
-        if bias == "fourier_only":
-            for name, layer in self._fourierft_layers():
-                if getattr(layer.base_layer, "bias", None) is not None:
-                    key = f"base_model.model.{name}.base_layer.bias"
-                    out[key] = key
-        return out
-
-    def get_adapter_state_dict(self, adapter_name: Optional[str] = None) -> dict[str, torch.Tensor]:
-        """The tensors PEFT saves for ``adapter_name`` under PEFT's keys (adapter name removed):
-        ``base_model.model.<path>.fourierft_spectrum``, modules_to_save as
-        ``base_model.model.<path>.<param>``, and the trained biases for ``bias != "none"``."""
-        state = self.state_dict()
-        key_map = self._adapter_key_map(adapter_name or self.active_adapter, state.keys())
-        return {checkpoint_key: state[model_key] for checkpoint_key, model_key in key_map.items()}
-
-    def save_pretrained(self, save_directory: Union[str, os.PathLike], safe_serialization: bool = True,
-                        selected_adapters: Optional[list[str]] = None, is_main_process: bool = True,
-                        **kwargs: Any) -> None:
-        """Writes each adapter in PEFT's layout: ``adapter_config.json`` + ``adapter_model.safetensors``
-        in ``save_directory`` for ``default``, in ``save_directory/<name>`` for the others. Files
-        are replaced atomically."""
-        if os.path.isfile(save_directory):
-            raise ValueError(f"Provided path ({save_directory}) should be a directory, not a file")
-        if not safe_serialization:
-            raise ValueError("fourierft writes safetensors only (safe_serialization=False is not supported)")
-        selected = list(self.peft_config) if selected_adapters is None else list(selected_adapters)
-        unknown = [n for n in selected if n not in self.peft_config]
-        if unknown:
-            raise ValueError(f"You passed an invalid `selected_adapters` arguments, current supported adapter "
-                             f"names are {list(self.peft_config)} - got {unknown}.")
-        if not is_main_process:
+    @contextlib.contextmanager
+    def _enable_peft_forward_hooks(self, *args, **kwargs):
+        """``model(..., adapter_names=[one per row])`` (and ``generate``): each row through its own adapter,
+        ``"__base__"`` for none; inference only, unknown names raise before any compute (PEFT's LoRA rules)."""
+        adapter_names = kwargs.pop("adapter_names", None)
+        if adapter_names is None:
+            yield
             return
-        for adapter_name in selected:
-            out_dir = os.fspath(save_directory)
-            if adapter_name != "default":
-                out_dir = os.path.join(out_dir, adapter_name)
-            os.makedirs(out_dir, exist_ok=True)
-            tensors = {k: v.detach().to("cpu").contiguous() for k, v in self.get_adapter_state_dict(adapter_name).items()}
-            _C.save_safetensors(os.path.join(out_dir, SAFETENSORS_WEIGHTS_NAME), tensors, {"format": "pt"})
-            config = copy.deepcopy(self.peft_config[adapter_name])
-            config.inference_mode = True
-            config.save_pretrained(out_dir)
+        if self.training:
+            raise ValueError("Cannot pass `adapter_names` when the model is in training mode.")
+        if not isinstance(adapter_names, (list, tuple)) or not all(isinstance(n, str) for n in adapter_names):
+            raise TypeError(f"Got adapter names of type {type(adapter_names)}, expected a list of str.")
+        known = set()
+        for layer in self.modules():
+            if isinstance(layer, PeftFourierFTLinear):
+                known |= set(layer.fourierft_spectrum.keys())
+        unknown = {n for n in adapter_names if n != BASE_ADAPTER} - known
+        if unknown:
+            raise ValueError(f"Trying to infer with non-existing adapter(s): {', '.join(sorted(unknown))}")
+        original = list(adapter_names)
+        num_beams = kwargs.get("num_beams")
+        if isinstance(num_beams, int) and num_beams > 1:  # generate repeats every row num_beams times
+            adapter_names = [n for n in adapter_names for _ in range(num_beams)]
+        handles = []
+
+        def hook_all(modules, names):
+            for module in modules:
+                if isinstance(module, (PeftFourierFTLinear, AuxiliaryTrainingWrapper)):
+                    handles.append(module.register_forward_pre_hook(
+                        functools.partial(_adapter_names_hook, adapter_names=names), with_kwargs=True))
+
+        hook_all(self.modules(), list(adapter_names))
+        encoder = _get_encoder(self.model)
+        if encoder is not None and len(adapter_names) != len(original):  # the encoder sees the rows once
+            hook_all(encoder.modules(), original)
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, model_id: Union[str, os.PathLike], adapter_name: str = "default",
-                        is_trainable: bool = False, config: Optional[FourierFTConfig] = None,
-                        autocast_adapter_dtype: bool = True, **kwargs: Any) -> "FourierFTModel":
-        """Loads an adapter directory written by PEFT or by us onto ``model``."""
-        config = FourierFTConfig.from_pretrained(model_id) if config is None else _as_config(config)
-        config.inference_mode = not is_trainable
-        peft_model = cls(model, config, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
+                        is_trainable: bool = False, config: Optional[peft.PeftConfig] = None,
+                        **kwargs) -> peft.PeftModel:
+        """``peft.PeftModel.from_pretrained`` with fourierft's layers and guarantees: the checkpoint is
+        checked first (:func:`check_checkpoint`), and if loading fails ``model`` is left as it was.
+        Returns PEFT's task-specific ``PeftModel`` (in eval mode unless ``is_trainable``)."""
+        check_checkpoint(model, model_id, subfolder=kwargs.get("subfolder"))
+        snapshot = _Snapshot(model)
         try:
-            peft_model._load_adapter_weights(model_id, adapter_name)
+            with registered():
+                peft_model = peft.PeftModel.from_pretrained(model, model_id, adapter_name=adapter_name,
+                                                            is_trainable=is_trainable, config=config, **kwargs)
+            _check_loaded(peft_model, model_id, adapter_name, kwargs.get("subfolder"))
         except BaseException:
-            peft_model._inject_undo_all()
+            snapshot.restore()
             raise
         return peft_model
 
-    def _inject_undo_all(self) -> None:
-        """Restores the user's model after a failed from_pretrained."""
-        for name in list(self.peft_config):
-            self.delete_adapter(name)
-        self.unload()
 
-    def load_adapter(self, model_id: Union[str, os.PathLike], adapter_name: str, is_trainable: bool = False,
-                     **kwargs: Any) -> None:
-        """Adds the adapter stored in ``model_id`` as ``adapter_name`` (not made active). A failed
-        load leaves the model exactly as it was."""
-        if adapter_name in self.peft_config:
-            raise ValueError(f"Adapter with name {adapter_name!r} already exists.")
-        config = FourierFTConfig.from_pretrained(model_id)
-        config.inference_mode = not is_trainable
-        self.add_adapter(adapter_name, config)
-        try:
-            self._load_adapter_weights(model_id, adapter_name)
-        except BaseException:
-            self.delete_adapter(adapter_name)
-            raise
-        self.set_adapter(self.active_adapter)
-
-    def _load_adapter_weights(self, model_id: Union[str, os.PathLike], adapter_name: str) -> None:
-        path = os.fspath(model_id)
-        file = os.path.join(path, SAFETENSORS_WEIGHTS_NAME)
-        if not os.path.isfile(file):
-            if os.path.isfile(os.path.join(path, WEIGHTS_NAME)):
-                raise ValueError(f"{path}: only {SAFETENSORS_WEIGHTS_NAME} is read; {WEIGHTS_NAME} (a pickle) is "
-                                 "refused. Re-save it with peft's save_pretrained(safe_serialization=True).")
-            raise ValueError(f"Can't find '{SAFETENSORS_WEIGHTS_NAME}' at '{path}'")
-        tensors, _ = _C.load_safetensors(file)
-        self.set_adapter_state_dict(tensors, adapter_name, source=file)
-
-    def set_adapter_state_dict(self, tensors: dict[str, torch.Tensor], adapter_name: str,
-                               source: str = "<state dict>") -> None:
-        """Copies PEFT-keyed tensors into adapter ``adapter_name``. Every key, shape and dtype is
-        checked first; nothing is written unless all are valid."""
-        state = self.state_dict(keep_vars=True)
-        model_keys = self._adapter_key_map(adapter_name, state.keys())
-        missing = sorted(k for k in model_keys if k not in tensors)
-        unexpected = sorted(k for k in tensors if k not in model_keys)
-        if missing or unexpected:
-            raise ValueError(
-                f"{source}: the checkpoint does not fit adapter '{adapter_name}' of this model: "
-                f"missing keys {missing[:8]}{' ...' if len(missing) > 8 else ''}, "
-                f"unexpected keys {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"
-            )
-        for key, tensor in tensors.items():
-            target = state[model_keys[key]]
-            if tuple(tensor.shape) != tuple(target.shape):
-                raise ValueError(
-                    f"{source}: '{key}' has shape {tuple(tensor.shape)} but adapter '{adapter_name}' of this model "
-                    f"needs {tuple(target.shape)} (n_frequency or the base layer differs)"
-                )
-            if not (tensor.dtype.is_floating_point or tensor.dtype.is_complex):
-                raise ValueError(f"{source}: '{key}' has dtype {tensor.dtype}, expected a floating-point tensor")
-        with torch.no_grad():
-            for key, tensor in tensors.items():
-                state[model_keys[key]].copy_(tensor)
+def _adapter_names_hook(module, args, kwargs, adapter_names):
+    kwargs["adapter_names"] = adapter_names
+    return args, kwargs
 
 
-def get_peft_model(model: nn.Module, peft_config, adapter_name: str = "default", mixed: bool = False,
-                   autocast_adapter_dtype: bool = True, **kwargs: Any) -> FourierFTModel:
-    """Adds a FourierFT adapter to ``model`` (PEFT's ``get_peft_model`` for a ``FourierFTConfig``;
-    a ``peft.FourierFTConfig`` is accepted too).
+def _get_encoder(model: nn.Module) -> Optional[nn.Module]:
+    get_encoder = getattr(model, "get_encoder", None)
+    if not callable(get_encoder):
+        return None
+    try:
+        return get_encoder()
+    except (AttributeError, NotImplementedError, TypeError):
+        return None
 
-    >>> model = get_peft_model(base, FourierFTConfig(target_modules=["query", "value"]))
+
+# ---- registration ---------------------------------------------------------------------------------
+_PEFT_TUNER = PEFT_TYPE_TO_TUNER_MAPPING.get(PeftType.FOURIERFT, PeftFourierFTModel)
+
+
+def register(enabled: bool = True) -> bool:
+    """Makes PEFT build fourierft's layers for every FourierFT adapter (``enabled=False``: PEFT's own
+    layers again). Runs when ``fourierft`` is imported. Returns whether it was registered before.
+    Models built earlier keep their layers (see :func:`accelerate`)."""
+    before = is_registered()
+    PEFT_TYPE_TO_TUNER_MAPPING[PeftType.FOURIERFT] = FourierFTModel if enabled else _PEFT_TUNER
+    return before
+
+
+def is_registered() -> bool:
+    """True while PEFT builds fourierft's layers for FourierFT adapters."""
+    return PEFT_TYPE_TO_TUNER_MAPPING.get(PeftType.FOURIERFT) is FourierFTModel
+
+
+@contextlib.contextmanager
+def registered(enabled: bool = True) -> Iterator[None]:
+    """``with fourierft.registered(False): ...`` builds PEFT's own layers inside the block (e.g. a
+    reference model); the previous registration is restored after it."""
+    before = register(enabled)
+    try:
+        yield
+    finally:
+        register(before)
+
+
+def get_peft_model(model: nn.Module, peft_config: peft.PeftConfig, adapter_name: str = "default",
+                   **kwargs) -> peft.PeftModel:
+    """``peft.get_peft_model`` with fourierft's layers: returns PEFT's (task-specific) ``PeftModel``;
+    ``kwargs`` are PEFT's (``mixed``, ``autocast_adapter_dtype``, ``revision``, ``low_cpu_mem_usage``).
+    If PEFT raises (a bad target, ``n_frequency`` too large for a layer, ...), ``model`` is left as it
+    was (PEFT leaves the layers it had already replaced)."""
+    snapshot = _Snapshot(model)
+    try:
+        with registered():
+            return _peft_get_peft_model(model, peft_config, adapter_name=adapter_name, **kwargs)
+    except BaseException:
+        snapshot.restore()
+        raise
+
+
+def load_adapter(peft_model: peft.PeftModel, model_id: Union[str, os.PathLike], adapter_name: str,
+                 is_trainable: bool = False, **kwargs):
+    """``peft_model.load_adapter(model_id, adapter_name, ...)`` with fourierft's guarantees: the checkpoint
+    is checked first (:func:`check_checkpoint`) and a failed load leaves ``peft_model`` as it was (no
+    half-loaded adapter, trainability and active adapter unchanged). Returns PEFT's load result."""
+    if adapter_name in peft_model.peft_config:
+        raise ValueError(f"load_adapter: adapter {adapter_name!r} already exists; delete it first or pick another name")
+    check_checkpoint(peft_model, model_id, subfolder=kwargs.get("subfolder"))
+    snapshot = _Snapshot(peft_model)
+    active = peft_model.active_adapter
+    try:
+        with registered():
+            result = peft_model.load_adapter(model_id, adapter_name, is_trainable=is_trainable, **kwargs)
+        _check_loaded(peft_model, model_id, adapter_name, kwargs.get("subfolder"))
+    except BaseException:
+        if adapter_name in peft_model.peft_config:
+            with contextlib.suppress(Exception):
+                peft_model.delete_adapter(adapter_name)
+            peft_model.peft_config.pop(adapter_name, None)
+        snapshot.restore()
+        if peft_model.active_adapter != active:
+            peft_model.set_adapter(active)
+            snapshot.restore()
+        raise
+    return result
+
+
+# ---- accelerate: switch an existing PEFT model's layers -------------------------------------------
+def is_accelerated(module: nn.Module) -> bool:
+    """True when ``module`` is a PEFT FourierFT layer running on fourierft's kernels."""
+    return isinstance(module, FourierFTKernels)
+
+
+def accelerate(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Switches every PEFT FourierFT layer inside ``model`` to fourierft's kernels, in place
+    (``enabled=False``: back to PEFT's). Objects, parameters, outputs, gradients and checkpoints stay
+    PEFT's. Returns ``model``; raises ``ValueError`` if it holds no PEFT FourierFT layer.
+
+    >>> peft_model = fourierft.accelerate(peft.get_peft_model(base, peft.FourierFTConfig(...)))
     """
-    if mixed:
-        raise ValueError("fourierft.get_peft_model: mixed adapter types are not supported")
-    return FourierFTModel(model, peft_config, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype)
+    found = 0
+    for module in model.modules():
+        if isinstance(module, PeftFourierFTModel):  # the tuner: mixed-adapter batches, all-or-nothing safe merge
+            module.__class__ = FourierFTModel if enabled else _PEFT_TUNER
+            continue
+        if not isinstance(module, PeftFourierFTLinear):
+            continue
+        found += 1
+        if enabled and type(module) is PeftFourierFTLinear:
+            module.__class__ = FourierFTLinear
+        elif not enabled and type(module) is FourierFTLinear:
+            module.__dict__.pop("_fourierft_cache", None)
+            module.__class__ = PeftFourierFTLinear
+    if not found:
+        raise ValueError(
+            f"fourierft.accelerate: no peft FourierFT layer in {type(model).__name__}; build the model with "
+            "peft.get_peft_model(model, peft.FourierFTConfig(...)) or fourierft.get_peft_model first")
+    return model
+
+
+# ---- checkpoints: strict checks before PEFT loads, and undo when it fails ---------------------------
+def _inner_model(model: nn.Module) -> nn.Module:
+    return model.base_model.model if isinstance(model, peft.PeftModel) else model
+
+
+def _peft_name(name: str) -> str:
+    """A parameter name as PEFT writes it in a checkpoint (wrappers' segments dropped)."""
+    parts = name.split(".")
+    out = []
+    i = 0
+    while i < len(parts):
+        if parts[i] in ("base_layer", "original_module"):
+            i += 1
+        elif parts[i] == "modules_to_save" and i + 1 < len(parts):
+            i += 2
+        else:
+            out.append(parts[i])
+            i += 1
+    return ".".join(out)
+
+
+def _adapter_dir(model_id, subfolder) -> str:
+    return os.path.join(str(model_id), subfolder) if subfolder else str(model_id)
+
+
+def check_checkpoint(model: nn.Module, model_id: Union[str, os.PathLike], subfolder: Optional[str] = None) -> None:
+    """Checks a local FourierFT adapter directory against ``model`` (a base model or a ``PeftModel``)
+    without changing anything: ``adapter_config.json`` is a FourierFT config; ``adapter_model.safetensors``
+    passes the strict C++ reader (header, offsets, dtypes, sizes); every spectrum belongs to a linear
+    module of ``model`` and has 1..in*out floating point values; every other tensor has the shape of
+    the parameter it replaces. Raises ``ValueError`` naming the file, the tensor and the numbers.
+    Hub ids (no such local directory) are left to PEFT."""
+    directory = _adapter_dir(model_id, subfolder)
+    if not os.path.isdir(directory):
+        return
+    config = peft.PeftConfig.from_pretrained(directory)
+    if config.peft_type != PeftType.FOURIERFT:
+        raise ValueError(f"{directory}: not a FourierFT adapter (peft_type={getattr(config.peft_type, 'value', config.peft_type)})")
+    file = os.path.join(directory, SAFETENSORS_WEIGHTS_NAME)
+    if not os.path.isfile(file):
+        return  # PEFT's pickled adapter_model.bin, or nothing: PEFT reports it
+    tensors, _ = _C.load_safetensors(file)
+    inner = _inner_model(model)
+    modules = {_peft_name(name): module for name, module in inner.named_modules()}
+    params = {_peft_name(name): p for name, p in inner.named_parameters() if f".{_SPECTRUM}." not in f".{name}"}
+    for key, tensor in tensors.items():
+        if not key.startswith(_PREFIX):
+            raise ValueError(f"{file}: tensor {key!r} does not start with {_PREFIX!r} (not a PEFT adapter file)")
+        name = key[len(_PREFIX):]
+        if name.endswith("." + _SPECTRUM):
+            path = name[: -len(_SPECTRUM) - 1]
+            module = modules.get(path)
+            if isinstance(module, BaseTunerLayer):
+                module = module.get_base_layer()
+            weight = getattr(module, "weight", None)
+            if module is None or weight is None or weight.dim() != 2:
+                raise ValueError(f"{file}: spectrum {key!r} is for module {path!r}, which the model "
+                                 f"({type(inner).__name__}) has no linear layer at")
+            size = weight.shape[0] * weight.shape[1]
+            if tensor.dim() != 1 or not tensor.is_floating_point() or not 1 <= tensor.numel() <= size:
+                raise ValueError(f"{file}: spectrum {key!r} has shape {list(tensor.shape)} and dtype {tensor.dtype}; "
+                                 f"expected 1-D floating point with 1..{size} values for {path!r} "
+                                 f"(weight {list(weight.shape)})")
+        else:
+            param = params.get(name)
+            if param is None:
+                raise ValueError(f"{file}: tensor {key!r} matches no parameter of the model ({type(inner).__name__})")
+            if tuple(param.shape) != tuple(tensor.shape):
+                raise ValueError(f"{file}: tensor {key!r} has shape {list(tensor.shape)}, the model's {name!r} "
+                                 f"has {list(param.shape)}")
+
+
+def _check_loaded(peft_model: peft.PeftModel, model_id, adapter_name: str, subfolder: Optional[str]) -> None:
+    """After PEFT loaded: every layer holding the adapter got its spectrum from the file (PEFT only
+    warns about missing keys and keeps the random initial spectra)."""
+    file = os.path.join(_adapter_dir(model_id, subfolder), SAFETENSORS_WEIGHTS_NAME)
+    if not os.path.isfile(file):
+        return
+    saved = set(_C.load_safetensors(file)[0])
+    for name, module in peft_model.base_model.model.named_modules():
+        if isinstance(module, PeftFourierFTLinear) and adapter_name in module.fourierft_spectrum:
+            key = f"{_PREFIX}{_peft_name(name)}.{_SPECTRUM}"
+            if key not in saved:
+                raise ValueError(f"{file}: no spectrum for the targeted module {_peft_name(name)!r} "
+                                 f"(missing tensor {key!r}); the adapter was not loaded")
+
+
+class _Snapshot:
+    """What loading an adapter may change in a model, to put it back when the load fails: the module
+    tree (PEFT replaces targets by tuner layers and heads by wrappers), ``requires_grad``, train/eval
+    and the ``peft_config`` attribute."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.children = {id(m): dict(m._modules) for m in model.modules()}
+        self.modules = list(model.modules())
+        self.requires_grad = [(p, p.requires_grad) for p in model.parameters()]
+        self.training = [(m, m.training) for m in self.modules]
+        self.peft_config = model.__dict__.get("peft_config", _MISSING)
+
+    def restore(self) -> None:
+        for module in self.modules:
+            module._modules.clear()
+            module._modules.update(self.children[id(module)])
+        for p, flag in self.requires_grad:
+            p.requires_grad_(flag)
+        for m, flag in self.training:
+            m.training = flag
+        if self.peft_config is _MISSING:
+            self.model.__dict__.pop("peft_config", None)
+        else:
+            self.model.__dict__["peft_config"] = self.peft_config
+
+
+_MISSING = object()

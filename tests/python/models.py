@@ -111,17 +111,23 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, tolerance: float 
     assert error <= tolerance * scale, f"max error {error:.3g} > {tolerance:g} x {scale:.3g}"
 
 
+def plain_peft_model(model, config, **kwargs):
+    """peft.get_peft_model with PEFT's own layers (the reference), although fourierft is imported."""
+    import fourierft
+
+    with fourierft.registered(False):
+        return peft.get_peft_model(model, config, **kwargs)
+
+
 def build_pair(case: Case, seed: int = 0):
-    """(peft model, fourierft model) from the same base weights and the same seeds."""
+    """(plain peft model, fourierft model) from the same base weights and the same seeds."""
     import fourierft
 
     torch.manual_seed(1234)
     base = case.build().eval()
     twin = copy.deepcopy(base)
-    peft_config = peft.FourierFTConfig(**copy.deepcopy(case.config))
-    ours_config = fourierft.FourierFTConfig(**copy.deepcopy(case.config))
     torch.manual_seed(seed)
-    peft_model = peft.get_peft_model(base, peft_config)
+    peft_model = plain_peft_model(base, peft.FourierFTConfig(**copy.deepcopy(case.config)))
     torch.manual_seed(seed)
-    ours = fourierft.get_peft_model(twin, ours_config)
+    ours = fourierft.get_peft_model(twin, fourierft.FourierFTConfig(**copy.deepcopy(case.config)))
     return peft_model, ours

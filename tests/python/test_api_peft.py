@@ -1,20 +1,16 @@
-"""The Python API against peft: config fields and files, checkpoints both ways, errors, adapters,
-accelerate() on PEFT's own models."""
+"""The Python API against plain peft (PEFT's own layers): registration and loader paths, errors,
+adapters, checkpoints both ways and broken ones, all-or-nothing safe merge, accelerate()."""
 import copy
-import dataclasses
 import inspect
-import json
 import warnings
 
 import peft
 import pytest
 import torch
 from peft.tuners.fourierft.layer import FourierFTLinear as PeftFourierFTLinear
-from peft.utils.constants import TRANSFORMERS_MODELS_TO_FOURIERFT_TARGET_MODULES_MAPPING
 
 import fourierft
-from fourierft.target_modules import DEFAULT_TARGET_MODULES
-from models import CASES, assert_close, build_pair, first_tensor
+from models import CASES, assert_close, build_pair, first_tensor, plain_peft_model
 
 CASE = {case.name: case for case in CASES}
 
@@ -40,95 +36,75 @@ def mlp():
 # ---- package --------------------------------------------------------------------------------
 def test_package_metadata_and_docstrings():
     assert fourierft.__version__ == "0.1.0"
-    assert (fourierft.cmake_prefix_path + "/fourierft/fourierftConfig.cmake")
     import os
     assert os.path.isfile(os.path.join(fourierft.cmake_prefix_path, "fourierft", "fourierftConfig.cmake"))
     for name in fourierft.__all__:
         obj = getattr(fourierft, name)
         if callable(obj) or inspect.ismodule(obj):
             assert inspect.getdoc(obj), f"fourierft.{name} has no docstring"
-    for name, member in inspect.getmembers(fourierft.FourierFTModel, inspect.isfunction):
-        if not name.startswith("_") and name not in ("forward", "generate", "get_base_model", "enable_adapter_layers",
-                                                      "unmerge_adapter", "get_nb_trainable_parameters",
-                                                      "print_trainable_parameters", "disable_adapter_layers"):
+    for name, member in vars(fourierft.FourierFTModel).items():
+        if inspect.isfunction(member) and not name.startswith("__"):
             assert inspect.getdoc(member), f"FourierFTModel.{name} has no docstring"
 
 
-def test_default_target_modules_equal_peft():
-    assert DEFAULT_TARGET_MODULES == TRANSFORMERS_MODELS_TO_FOURIERFT_TARGET_MODULES_MAPPING
+def test_config_is_peft_config():
+    assert fourierft.FourierFTConfig is peft.FourierFTConfig
 
 
-# ---- config ---------------------------------------------------------------------------------
-def test_config_fields_and_defaults_equal_peft():
-    ours = {f.name: f for f in dataclasses.fields(fourierft.FourierFTConfig)}
-    theirs = {f.name: f for f in dataclasses.fields(peft.FourierFTConfig) if f.name != "peft_version"}
-    assert set(ours) == set(theirs)
-    a, b = fourierft.FourierFTConfig(), peft.FourierFTConfig()
-    for name in ours:
-        if name == "peft_type":
-            assert getattr(b, name).value == getattr(a, name)
-        else:
-            assert getattr(a, name) == getattr(b, name), name
+def test_torch_version_check_refuses_another_torch(monkeypatch):
+    from fourierft import _build_info
+    _build_info.check_torch()  # the running torch is the one it was built with
+    monkeypatch.setattr(torch, "__version__", "2.4.0+cu121")
+    with pytest.raises(ImportError, match=r"built against torch .* but torch 2\.4\.0\+cu121 is installed"):
+        _build_info.check_torch()
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(target_modules=["q", "v"], n_frequency=77, scaling=12.5, random_loc_seed=3, bias="fourier_only"),
-    dict(target_modules=".*(q|v)$", exclude_modules=["x"], modules_to_save=["classifier"], init_weights=True),
-    dict(target_modules=["q"], layers_to_transform=[0, 2], layers_pattern="layers",
-         n_frequency_pattern={"q": 5, "layers.1.q": 9}, task_type="SEQ_CLS"),
-])
-def test_config_file_equals_peft(tmp_path, kwargs):
-    ours = fourierft.FourierFTConfig(**copy.deepcopy(kwargs))
-    theirs = peft.FourierFTConfig(**copy.deepcopy(kwargs))
-    ours.save_pretrained(tmp_path / "ours")
-    theirs.save_pretrained(tmp_path / "theirs")
-    a = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
-    b = json.loads((tmp_path / "theirs" / "adapter_config.json").read_text())
-    b.pop("peft_version")
-    for key in ("target_modules", "exclude_modules"):
-        if isinstance(b[key], list):
-            b[key] = sorted(b[key])
-    assert a == b
-    # Each reads the other's file.
-    assert fourierft.FourierFTConfig.from_pretrained(tmp_path / "theirs") == ours
-    assert peft.FourierFTConfig.from_pretrained(str(tmp_path / "ours")).to_dict() | {"peft_version": None} == \
-        theirs.to_dict() | {"peft_version": None}
-    # Conversions.
-    assert fourierft.FourierFTConfig.from_peft_config(theirs) == ours
-    assert ours.to_peft_config().to_dict() == theirs.to_dict()
+def test_registration_switches_what_peft_builds():
+    assert fourierft.is_registered()
+    with fourierft.registered(False):
+        assert not fourierft.is_registered()
+        plain = peft.get_peft_model(mlp(), peft.FourierFTConfig(target_modules=["q"], n_frequency=10))
+        # fourierft.get_peft_model builds ours even while registration is off
+        ours = fourierft.get_peft_model(mlp(), peft.FourierFTConfig(target_modules=["q"], n_frequency=10))
+    assert fourierft.is_registered()
+    assert type(plain.base_model.model.q) is PeftFourierFTLinear
+    assert type(ours.base_model.model.q) is fourierft.FourierFTLinear
+    assert type(peft.get_peft_model(mlp(), peft.FourierFTConfig(target_modules=["q"], n_frequency=10))
+                .base_model.model.q) is fourierft.FourierFTLinear
 
 
-@pytest.mark.parametrize("kwargs", [
-    dict(target_modules=".*q", layers_to_transform=1),
-    dict(target_modules=".*q", layers_pattern="layers"),
-    dict(target_modules=["q"], layers_pattern="layers"),
-])
-def test_config_errors_like_peft(kwargs):
-    with pytest.raises(ValueError) as theirs:
-        peft.FourierFTConfig(**kwargs)
-    with pytest.raises(ValueError) as ours:
-        fourierft.FourierFTConfig(**kwargs)
-    assert str(ours.value) == str(theirs.value)
+def test_every_peft_loader_path_builds_our_layers(tmp_path):
+    config = peft.FourierFTConfig(target_modules=["q", "v"], n_frequency=20)
+    model = peft.get_peft_model(mlp(), config)
+    model.save_pretrained(tmp_path)
+    ours = fourierft.FourierFTLinear
 
+    def layers(m):
+        return [type(x) for x in m.modules() if isinstance(x, PeftFourierFTLinear)]
 
-@pytest.mark.parametrize("kwargs, words", [
-    (dict(target_modules=["q"], n_frequency=0), ["n_frequency", "0"]),
-    (dict(target_modules=["q"], bias="some"), ["bias", "some"]),
-    (dict(target_modules="(?P<x>q)"), ["(?P<x>q)"]),
-    (dict(target_modules=["q"], scaling=float("nan")), ["scaling"]),
-])
-def test_config_validation_from_cpp_names_field_and_value(kwargs, words):
-    with pytest.raises(ValueError) as error:
-        fourierft.FourierFTConfig(**kwargs)
-    for word in words:
-        assert word in str(error.value)
+    loaded = peft.PeftModel.from_pretrained(mlp(), tmp_path)
+    assert layers(loaded) == [ours, ours]
+    loaded.load_adapter(tmp_path, "second")
+    loaded.add_adapter("third", peft.FourierFTConfig(target_modules=["classifier"], n_frequency=5))
+    assert layers(loaded) == [ours, ours, ours]
+    injected = peft.inject_adapter_in_model(config, mlp())
+    assert layers(injected) == [ours, ours]
+    # AutoPeftModel on a transformers model saved next to its adapter
+    base = CASE["bert"].build()
+    auto_dir = tmp_path / "auto"
+    base.save_pretrained(auto_dir / "base")
+    adapter = peft.get_peft_model(base, peft.FourierFTConfig(task_type="SEQ_CLS", n_frequency=30))
+    adapter.peft_config["default"].base_model_name_or_path = str(auto_dir / "base")
+    adapter.save_pretrained(auto_dir / "adapter")
+    auto = peft.AutoPeftModelForSequenceClassification.from_pretrained(auto_dir / "adapter")
+    assert layers(auto) and set(layers(auto)) == {ours}
 
 
 # ---- errors PEFT raises too -----------------------------------------------------------------
 def both(build_config, **kwargs):
-    """Runs peft and fourierft get_peft_model on the same MLP; returns both exceptions."""
+    """Runs plain peft and fourierft get_peft_model on the same MLP; returns both exceptions."""
     errors = []
-    for make in (lambda m: peft.get_peft_model(m, peft.FourierFTConfig(**build_config)),
+    for make in (lambda m: plain_peft_model(m, peft.FourierFTConfig(**build_config)),
                  lambda m: fourierft.get_peft_model(m, fourierft.FourierFTConfig(**build_config))):
         with pytest.raises(Exception) as error:
             make(mlp())
@@ -150,21 +126,28 @@ def test_unsupported_layer_type_is_a_type_error():
 
 def test_no_target_found_is_a_value_error():
     theirs, ours = both(dict(target_modules=["nothing_like_this"]))
-    assert isinstance(theirs, ValueError) and type(ours) is ValueError
+    assert isinstance(theirs, ValueError) and type(ours) is type(theirs)
     assert "nothing_like_this" in str(ours)
 
 
 def test_failed_injection_leaves_model_unchanged():
+    # PEFT leaves q adapted when v fails; fourierft.get_peft_model puts the model back.
+    theirs = mlp()
+    with pytest.raises(ValueError):
+        plain_peft_model(theirs, peft.FourierFTConfig(target_modules=["q", "v"], n_frequency=500))
+    assert type(theirs.q) is not torch.nn.Linear
     model = mlp()
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [p.requires_grad for p in model.parameters()]
     with pytest.raises(ValueError):  # q is fine, v is too small: q must be restored
         fourierft.get_peft_model(model, fourierft.FourierFTConfig(target_modules=["q", "v"], n_frequency=500))
     assert type(model.q) is torch.nn.Linear and type(model.v) is torch.nn.Linear
     assert model.state_dict().keys() == before.keys()
+    assert [p.requires_grad for p in model.parameters()] == flags
 
 
 def test_adapter_name_errors_like_peft():
-    theirs = peft.get_peft_model(mlp(), peft.FourierFTConfig(target_modules=["q"], n_frequency=10))
+    theirs = plain_peft_model(mlp(), peft.FourierFTConfig(target_modules=["q"], n_frequency=10))
     ours = fourierft.get_peft_model(mlp(), fourierft.FourierFTConfig(target_modules=["q"], n_frequency=10))
     for model in (theirs, ours):
         with pytest.raises(ValueError, match="nope"):
@@ -174,7 +157,7 @@ def test_adapter_name_errors_like_peft():
 
 
 def test_merging_a_merged_adapter_warns_like_peft():
-    for model in (peft.get_peft_model(mlp(), peft.FourierFTConfig(target_modules=["q"], n_frequency=10)),
+    for model in (plain_peft_model(mlp(), peft.FourierFTConfig(target_modules=["q"], n_frequency=10)),
                   fourierft.get_peft_model(mlp(), fourierft.FourierFTConfig(target_modules=["q"], n_frequency=10))):
         model.merge_adapter()
         weight = model.base_model.model.q.base_layer.weight.clone()
@@ -183,26 +166,38 @@ def test_merging_a_merged_adapter_warns_like_peft():
         assert torch.equal(model.base_model.model.q.base_layer.weight, weight)
 
 
-def test_safe_merge_of_a_broken_adapter_changes_nothing():
+@pytest.mark.parametrize("how", ["merge_adapter", "merge_and_unload"])
+def test_safe_merge_of_a_broken_adapter_changes_nothing(how):
+    # PEFT merges q, then fails on v and leaves q merged; ours checks every layer first.
+    theirs = plain_peft_model(mlp(), peft.FourierFTConfig(target_modules=["q", "v"], n_frequency=10))
+    with torch.no_grad():
+        theirs.base_model.model.v.fourierft_spectrum["default"][0] = float("inf")
+    q_weight = theirs.base_model.model.q.get_base_layer().weight
+    q_before = q_weight.detach().clone()
+    with pytest.raises(ValueError):
+        getattr(theirs, how)(safe_merge=True)
+    assert not torch.equal(q_weight, q_before)  # PEFT merged q before failing on v
     model = fourierft.get_peft_model(mlp(), fourierft.FourierFTConfig(target_modules=["q", "v"], n_frequency=10))
     with torch.no_grad():
         model.base_model.model.v.fourierft_spectrum["default"][0] = float("inf")
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match="default"):
-        model.merge_adapter(safe_merge=True)
+    with pytest.raises(ValueError, match=r"'v'.*default"):
+        getattr(model, how)(safe_merge=True)
     for key, value in model.state_dict().items():
         assert torch.equal(value, before[key]), key
     assert not model.base_model.model.q.merged
+    assert type(model.base_model.model.q) is fourierft.FourierFTLinear
 
 
 # ---- multiple adapters --------------------------------------------------------------------
 def test_add_set_delete_adapter_like_peft():
     x = torch.randn(5, 24)
     results = []
-    for lib in (peft, fourierft):
+    for build in (plain_peft_model, fourierft.get_peft_model):
         torch.manual_seed(3)
-        model = lib.get_peft_model(mlp(), lib.FourierFTConfig(target_modules=["q", "v"], n_frequency=20))
-        model.add_adapter("other", lib.FourierFTConfig(target_modules=["q"], n_frequency=30, scaling=7.0))
+        with fourierft.registered(build is fourierft.get_peft_model):
+            model = build(mlp(), peft.FourierFTConfig(target_modules=["q", "v"], n_frequency=20))
+            model.add_adapter("other", peft.FourierFTConfig(target_modules=["q"], n_frequency=30, scaling=7.0))
         trainable_before = sorted(n for n, p in model.named_parameters() if p.requires_grad)
         y_default = model(x)
         model.set_adapter("other")
@@ -236,7 +231,9 @@ def test_checkpoint_saved_by_fourierft_loads_in_peft(tmp_path, name):
         ours.save_pretrained(tmp_path)
         torch.manual_seed(1234)
         base = case.build().eval()
-        loaded = peft.PeftModel.from_pretrained(base, str(tmp_path))
+        with fourierft.registered(False):
+            loaded = peft.PeftModel.from_pretrained(base, str(tmp_path))
+    assert not any(isinstance(m, fourierft.FourierFTLinear) for m in loaded.modules())
     inputs = case.inputs()
     with torch.no_grad():
         assert_close(first_tensor(loaded(**inputs)), first_tensor(ours(**inputs)))
@@ -254,6 +251,8 @@ def test_checkpoint_saved_by_peft_loads_in_fourierft(tmp_path, name):
         base = case.build().eval()
         loaded = fourierft.FourierFTModel.from_pretrained(base, tmp_path)
     assert not any(p.requires_grad for p in loaded.parameters())  # inference mode, as PEFT
+    assert not loaded.training and not any(m.training for m in loaded.modules())
+    assert isinstance(loaded, peft.PeftModel)
     inputs = case.inputs()
     with torch.no_grad():
         assert_close(first_tensor(loaded(**inputs)), first_tensor(theirs(**inputs)))
@@ -270,25 +269,83 @@ def test_load_adapter_second_adapter_and_failed_load_changes_nothing(tmp_path):
     (tmp_path / "wrong_size" / "adapter_config.json").write_text(
         (tmp_path / "good" / "adapter_config.json").read_text())
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"fourierft_spectrum.*\(21,\).*\(20,\)"):
-        model.load_adapter(tmp_path / "wrong_size", "bad")
-    assert list(model.peft_config) == ["default"]
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    with pytest.raises(RuntimeError, match=r"size mismatch.*fourierft_spectrum.*21.*20"):
+        fourierft.load_adapter(model, tmp_path / "wrong_size", "bad")
+    assert list(model.peft_config) == ["default"] and model.active_adapter == "default"
     assert model.state_dict().keys() == before.keys()
-    model.load_adapter(tmp_path / "good", "twin")
+    assert sorted(n for n, p in model.named_parameters() if p.requires_grad) == trainable
+    fourierft.load_adapter(model, tmp_path / "good", "twin")
     x = torch.randn(4, 24)
     y = model(x)
     model.set_adapter("twin")
     assert_close(model(x), y)
-    # from_pretrained failure restores the user's module
-    base = mlp()
-    with pytest.raises(ValueError):
+    # from_pretrained failure restores the user's module, its trainability and its mode
+    base = mlp().train()
+    flags = [p.requires_grad for p in base.parameters()]
+    with pytest.raises(RuntimeError, match="size mismatch"):
         fourierft.FourierFTModel.from_pretrained(base, tmp_path / "wrong_size")
     assert type(base.q) is torch.nn.Linear and type(base.classifier) is torch.nn.Linear
+    assert [p.requires_grad for p in base.parameters()] == flags and base.training
+    assert not hasattr(base, "peft_config")
+
+
+def test_load_adapter_is_trainable_like_peft(tmp_path):
+    fourierft.get_peft_model(mlp(), peft.FourierFTConfig(target_modules=["q"], n_frequency=20)).save_pretrained(tmp_path)
+    for is_trainable in (False, True):
+        flags = []
+        for load in ("plain", "fourierft"):
+            with fourierft.registered(load == "fourierft"):
+                model = peft.get_peft_model(mlp(), peft.FourierFTConfig(target_modules=["q"], n_frequency=20))
+                if load == "plain":
+                    model.load_adapter(tmp_path, "other", is_trainable=is_trainable)
+                else:
+                    fourierft.load_adapter(model, tmp_path, "other", is_trainable=is_trainable)
+            flags.append(sorted((n, p.requires_grad) for n, p in model.named_parameters()))
+            flags.append(model.peft_config["other"].inference_mode)
+        assert flags[0] == flags[2] and flags[1] == flags[3] == (not is_trainable)
+        assert dict(flags[2])["base_model.model.q.fourierft_spectrum.other"] is is_trainable
+
+
+@pytest.mark.parametrize("breakage, words", [
+    ("truncate", ["adapter_model.safetensors"]),
+    ("unknown_key", ["base_model.model.nothing.fourierft_spectrum", "no linear layer"]),
+    ("head_shape", ["classifier.weight", "[3, 17]", "[3, 16]"]),
+    ("spectrum_2d", ["base_model.model.q.fourierft_spectrum", "[4, 5]"]),
+    ("missing", ["base_model.model.v.fourierft_spectrum", "missing"]),
+])
+def test_broken_checkpoint_is_refused_and_changes_nothing(tmp_path, breakage, words):
+    from safetensors.torch import load_file, save_file
+    model = fourierft.get_peft_model(mlp(), peft.FourierFTConfig(target_modules=["q", "v"], n_frequency=20,
+                                                                  modules_to_save=["classifier"]))
+    model.save_pretrained(tmp_path)
+    file = tmp_path / "adapter_model.safetensors"
+    tensors = load_file(file)
+    if breakage == "truncate":
+        file.write_bytes(file.read_bytes()[:-7])
+    else:
+        if breakage == "unknown_key":
+            tensors["base_model.model.nothing.fourierft_spectrum"] = torch.zeros(3)
+        elif breakage == "head_shape":
+            tensors["base_model.model.classifier.weight"] = torch.zeros(3, 17)
+        elif breakage == "spectrum_2d":
+            tensors["base_model.model.q.fourierft_spectrum"] = torch.zeros(4, 5)
+        elif breakage == "missing":
+            del tensors["base_model.model.v.fourierft_spectrum"]
+        save_file(tensors, file)
+    base = mlp()
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    with pytest.raises(ValueError) as error:
+        fourierft.FourierFTModel.from_pretrained(base, tmp_path)
+    for word in words:
+        assert word in str(error.value)
+    assert type(base.q) is torch.nn.Linear and base.state_dict().keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in base.state_dict().items())
 
 
 def test_bias_modes_train_and_save_biases_like_peft(tmp_path):
     for bias in ("all", "fourier_only"):
-        theirs = peft.get_peft_model(mlp(), peft.FourierFTConfig(target_modules=["q"], n_frequency=10, bias=bias))
+        theirs = plain_peft_model(mlp(), peft.FourierFTConfig(target_modules=["q"], n_frequency=10, bias=bias))
         ours = fourierft.get_peft_model(mlp(), fourierft.FourierFTConfig(target_modules=["q"], n_frequency=10,
                                                                           bias=bias))
         assert sorted(n for n, p in ours.named_parameters() if p.requires_grad) == \

@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import fourierft
+from models import plain_peft_model
 
 
 class Block(torch.nn.Module):
@@ -123,7 +124,7 @@ def test_bfloat16_base_gets_float32_spectra_like_peft():
     torch.manual_seed(1)
     ours = fourierft.get_peft_model(copy.deepcopy(base), fourierft.FourierFTConfig(target_modules=["q"], n_frequency=9))
     torch.manual_seed(1)
-    theirs = peft.get_peft_model(copy.deepcopy(base), peft.FourierFTConfig(target_modules=["q"], n_frequency=9))
+    theirs = plain_peft_model(copy.deepcopy(base), peft.FourierFTConfig(target_modules=["q"], n_frequency=9))
     assert ours.base_model.model.q.fourierft_spectrum["default"].dtype == \
         theirs.base_model.model.q.fourierft_spectrum["default"].dtype == torch.float32
     x = torch.randn(3, 32).to(torch.bfloat16)
