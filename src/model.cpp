@@ -24,10 +24,10 @@ bool is_internal(const std::string& name, const std::vector<std::string>& carrie
   return false;
 }
 
-// How PEFT finds modules_to_save: the module name equals the entry or ends with "." + entry.
+// How PEFT finds modules_to_save (peft.utils.other._set_trainable): the module name ends with the entry,
+// as plain text: "norm" names "embed_norm" too (tests/data/peft_semantics.json).
 bool names_module(const std::string& key, const std::string& entry) {
-  return key == entry || (key.size() > entry.size() &&
-                          key.compare(key.size() - entry.size() - 1, entry.size() + 1, "." + entry) == 0);
+  return key.size() >= entry.size() && key.compare(key.size() - entry.size(), entry.size(), entry) == 0;
 }
 
 std::string join(const std::vector<std::string>& items, const char* separator = ", ") {
@@ -184,13 +184,8 @@ void FourierFTModel::sync_modules_to_save() {
   }
 }
 
-void FourierFTModel::drop_modules_to_save(bool restore_original) {
-  torch::NoGradGuard no_grad;
-  for (auto& [name, saved] : saved_modules_) {
-    if (restore_original) {
-      for (size_t i = 0; i < saved.live.size(); ++i) saved.live[i].copy_(saved.original[i]);
-    }
-  }
+void FourierFTModel::drop_modules_to_save() {
+  // The live parameters hold the active adapter's values (or the original while none saves them).
   saved_modules_.clear();
 }
 
@@ -253,12 +248,20 @@ void FourierFTModel::enable_adapter_layers() {
   disabled_ = false;
   for (auto& [name, layer] : all_layers()) layer->enable_adapters(true);
   sync_modules_to_save();
+  for (auto& [name, saved] : saved_modules_) {  // PEFT's wrapper: the active adapter's copy trains again
+    if (saved.owner.empty()) continue;
+    const bool frozen = configs_.at(saved.owner).inference_mode();
+    for (auto& p : saved.live) p.requires_grad_(!frozen);
+  }
 }
 
 void FourierFTModel::disable_adapter_layers() {
   disabled_ = true;
   for (auto& [name, layer] : all_layers()) layer->enable_adapters(false);
   sync_modules_to_save();
+  for (auto& [name, saved] : saved_modules_) {  // PEFT's wrapper freezes its copies while disabled
+    for (auto& p : saved.live) p.requires_grad_(false);
+  }
 }
 
 void FourierFTModel::merge_adapter(const std::optional<std::vector<std::string>>& adapter_names,
@@ -296,7 +299,7 @@ std::shared_ptr<torch::nn::Module> FourierFTModel::merge_and_unload(
     layers[i].second->clear_adapters();
     if (progressbar) progress("Unloading and merging model", i + 1, layers.size());
   }
-  drop_modules_to_save(/*restore_original=*/false);  // the active adapter's trained values stay
+  drop_modules_to_save();  // the active adapter's trained values stay
   configs_.clear();
   adapter_order_.clear();
   active_adapters_.clear();
@@ -308,7 +311,7 @@ std::shared_ptr<torch::nn::Module> FourierFTModel::unload() {
     if (layer->merged()) layer->unmerge();
     layer->clear_adapters();
   }
-  drop_modules_to_save(/*restore_original=*/true);
+  drop_modules_to_save();  // as PEFT: the active adapter's trained modules_to_save stay
   configs_.clear();
   adapter_order_.clear();
   active_adapters_.clear();
@@ -406,6 +409,55 @@ std::string adapter_dir(const std::string& dir, const std::string& adapter_name)
 }
 }  // namespace
 
+std::map<std::string, torch::Tensor> FourierFTModel::get_adapter_state_dict(const std::string& adapter_name) const {
+  TORCH_CHECK_VALUE(configs_.count(adapter_name), "fourierft: unknown adapter '", adapter_name,
+                    "'; known adapters: ", join(adapter_order_));
+  std::map<std::string, torch::Tensor> out;
+  std::set<std::string> carriers;  // PEFT wraps these: their own parameters live under "<path>.base_layer."
+  for (const auto& [module_name, layer] : all_layers()) {
+    if (!layer->adapter_names().empty()) carriers.insert(module_name);
+    if (layer->has_adapter(adapter_name)) {
+      out[kKeyPrefix + module_name + ".fourierft_spectrum"] = layer->spectrum(adapter_name).detach();
+    }
+  }
+  for (const auto& [module_name, saved] : saved_modules_) {
+    const auto copy = saved.per_adapter.find(adapter_name);
+    if (copy == saved.per_adapter.end()) continue;
+    for (size_t i = 0; i < saved.names.size(); ++i) {
+      out[kKeyPrefix + module_name + "." + saved.names[i]] =
+          (saved.owner == adapter_name ? saved.live[i] : copy->second[i]).detach();
+    }
+  }
+  // Biases, under the names they have in PEFT's wrapped model (its state dict is what PEFT filters):
+  // an adapted layer's bias is "<path>.base_layer.bias"; a modules_to_save module's is
+  // "<path>.original_module.bias" (original values) and "<path>.modules_to_save.bias" (this adapter's copy).
+  const std::string& bias = configs_.at(adapter_name).bias();
+  if (bias == "none") return out;
+  for (const auto& item : model_->named_parameters()) {
+    const std::string& name = item.key();
+    if (!(name == "bias" || (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0))) continue;
+    const std::string path = name.size() > 5 ? name.substr(0, name.size() - 5) : "";
+    const std::string prefix = kKeyPrefix + (path.empty() ? "" : path + ".");
+    if (carriers.count(path)) {
+      out[prefix + "base_layer.bias"] = item.value().detach();
+    } else if (bias == "all") {
+      const auto saved = saved_modules_.find(path);
+      if (saved == saved_modules_.end()) {
+        out[prefix + "bias"] = item.value().detach();
+        continue;
+      }
+      const auto& s = saved->second;
+      const size_t i = std::find(s.names.begin(), s.names.end(), "bias") - s.names.begin();
+      out[prefix + "original_module.bias"] = s.original[i].detach();
+      const auto copy = s.per_adapter.find(adapter_name);
+      if (copy != s.per_adapter.end()) {
+        out[prefix + "modules_to_save.bias"] = (s.owner == adapter_name ? s.live[i] : copy->second[i]).detach();
+      }
+    }
+  }
+  return out;
+}
+
 void FourierFTModel::save_pretrained(const std::string& dir,
                                      const std::optional<std::vector<std::string>>& adapter_names,
                                      bool safe_serialization) const {
@@ -417,20 +469,8 @@ void FourierFTModel::save_pretrained(const std::string& dir,
                       "'; known adapters: ", join(adapter_order_));
   }
   for (const auto& name : names) {
-    safetensors::TensorMap tensors;
-    for (const auto& [module_name, layer] : all_layers()) {
-      if (layer->has_adapter(name)) {
-        tensors[kKeyPrefix + module_name + ".fourierft_spectrum"] = layer->spectrum(name).detach();
-      }
-    }
-    for (const auto& [module_name, saved] : saved_modules_) {
-      const auto copy = saved.per_adapter.find(name);
-      if (copy == saved.per_adapter.end()) continue;
-      for (size_t i = 0; i < saved.names.size(); ++i) {
-        tensors[kKeyPrefix + module_name + "." + saved.names[i]] =
-            (saved.owner == name ? saved.live[i] : copy->second[i]).detach();
-      }
-    }
+    const auto state = get_adapter_state_dict(name);
+    safetensors::TensorMap tensors(state.begin(), state.end());
     const auto out = adapter_dir(dir, name);
     std::filesystem::create_directories(out);
     auto config = configs_.at(name);
@@ -489,9 +529,42 @@ void FourierFTModel::load_adapter(const std::string& dir, const std::string& ada
       }
     }
   }
+  // Biases (bias "all" / "fourier_only"), under the names get_adapter_state_dict (= PEFT) writes them:
+  // "<path>.base_layer.bias" of an adapted layer, "<path>.bias" elsewhere; a modules_to_save module's
+  // "original_module.bias" / "modules_to_save.bias" duplicate values its "<path>.bias" key already carries.
+  std::map<std::string, torch::Tensor> biases;  // checkpoint key -> the model's bias parameter
+  if (config.bias() != "none") {
+    std::set<std::string> carriers;
+    for (const auto& target : plan) carriers.insert(target.name);
+    for (const auto& [name, layer] : all_layers()) {
+      if (!layer->adapter_names().empty()) carriers.insert(name);
+    }
+    for (const auto& item : model_->named_parameters()) {
+      const std::string& name = item.key();
+      if (!(name == "bias" || (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0))) continue;
+      const std::string path = name.size() > 5 ? name.substr(0, name.size() - 5) : "";
+      const std::string prefix = kKeyPrefix + (path.empty() ? "" : path + ".");
+      if (carriers.count(path)) {
+        biases[prefix + "base_layer.bias"] = item.value();
+      } else if (config.bias() == "all") {
+        biases[prefix + "bias"] = item.value();
+        expected.insert(prefix + "original_module.bias");
+        expected.insert(prefix + "modules_to_save.bias");
+      }
+    }
+    for (const auto& [key, param] : biases) {
+      const auto it = file.tensors.find(key);
+      if (it == file.tensors.end()) continue;
+      TORCH_CHECK_VALUE(it->second.sizes() == param.sizes(), weights_path, ": '", key, "' has shape ",
+                        it->second.sizes(), " but the model's bias has ", param.sizes());
+      expected.insert(key);
+    }
+  }
   std::vector<std::string> missing, unexpected;
   for (const auto& key : expected) {
-    if (!file.tensors.count(key)) missing.push_back(key);
+    const bool optional = key.size() > 12 && (key.find(".original_module.bias") != std::string::npos ||
+                                              key.find(".modules_to_save.bias") != std::string::npos);
+    if (!file.tensors.count(key) && !optional && !biases.count(key)) missing.push_back(key);
   }
   for (const auto& [key, tensor] : file.tensors) {
     if (!expected.count(key)) unexpected.push_back(key);
@@ -512,6 +585,12 @@ void FourierFTModel::load_adapter(const std::string& dir, const std::string& ada
     if (copy == saved.per_adapter.end()) continue;
     for (size_t i = 0; i < saved.names.size(); ++i) {
       copy->second[i].copy_(file.tensors.at(kKeyPrefix + module_name + "." + saved.names[i]));
+    }
+  }
+  for (auto& [key, param] : biases) {
+    const auto it = file.tensors.find(key);
+    if (it != file.tensors.end() && !saved_modules_.count(key.substr(0, key.size() - 5).substr(std::string(kKeyPrefix).size()))) {
+      param.copy_(it->second);
     }
   }
   if (active_adapters_.empty()) active_adapters_ = {adapter_name};

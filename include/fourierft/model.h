@@ -18,7 +18,7 @@
 //
 // modules_to_save (e.g. a classifier head) get one copy per adapter, as PEFT's wrapper keeps them:
 // the live module holds the active adapter's values, the original values come back while adapters
-// are disabled and after unload(); merge_and_unload() keeps the active adapter's values.
+// are disabled; unload() and merge_and_unload() keep the active adapter's values (as PEFT).
 #pragma once
 
 #include <fourierft/config.h>
@@ -83,7 +83,8 @@ class FourierFTModel {
   std::shared_ptr<torch::nn::Module> merge_and_unload(
       bool progressbar = false, bool safe_merge = false,
       const std::optional<std::vector<std::string>>& adapter_names = std::nullopt);
-  /// Removes every adapter without merging (merged adapters are unmerged first): the original model.
+  /// Removes every adapter without merging (merged adapters are unmerged first): the original weights,
+  /// with the active adapter's trained modules_to_save kept, as PEFT's unload().
   std::shared_ptr<torch::nn::Module> unload();
 
   /// Parameters that require grad (what an optimizer should get).
@@ -93,6 +94,11 @@ class FourierFTModel {
   /// "trainable params: N || all params: M || trainable%: P" (PEFT's line).
   void print_trainable_parameters(std::ostream& out = std::cout) const;
 
+  /// What save_pretrained writes for `adapter_name` (PEFT's get_peft_model_state_dict): keys
+  /// `base_model.model.<module path>.fourierft_spectrum`, the modules_to_save parameters
+  /// `base_model.model.<module path>.<parameter>`, and with bias "all" / "fourier_only" the biases under
+  /// the names they have in PEFT's wrapped model (`<path>.base_layer.bias` for an adapted layer).
+  std::map<std::string, torch::Tensor> get_adapter_state_dict(const std::string& adapter_name = "default") const;
   /// PEFT's checkpoint layout: for each adapter (default: all), `adapter_config.json` and
   /// `adapter_model.safetensors` in `dir` for "default" and in `dir/<adapter>` otherwise; keys
   /// `base_model.model.<module path>.fourierft_spectrum` and, for modules_to_save,
@@ -127,7 +133,7 @@ class FourierFTModel {
   void mark_trainable();
   void track_modules_to_save(const std::string& adapter_name, const FourierFTConfig& config);
   void sync_modules_to_save();
-  void drop_modules_to_save(bool restore_original);
+  void drop_modules_to_save();
   std::vector<std::pair<std::string, FourierFTLayer*>> all_layers() const;
 
   std::shared_ptr<torch::nn::Module> model_;

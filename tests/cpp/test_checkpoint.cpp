@@ -163,3 +163,44 @@ TEST(Checkpoint, PickleFormatIsRefusedClearly) {
 }
 
 }  // namespace
+
+namespace {
+
+// bias="all" / "fourier_only": the trained biases are saved under PEFT's names (which keys: asserted
+// against peft in tests/cpp/test_semantics.cpp) and come back on load.
+TEST(Checkpoint, BiasModesSaveAndLoadTheTrainedBiases) {
+  for (const std::string bias : {"all", "fourier_only"}) {
+    SCOPED_TRACE(bias);
+    auto twin = twin_with_base_weights();
+    auto peft = fourierft::get_peft_model(twin.ptr(), FourierFTConfig().target_modules({"q", "v"}).n_frequency(40)
+                                                          .bias(bias).modules_to_save(std::vector<std::string>{"classifier"}));
+    {
+      torch::NoGradGuard no_grad;
+      for (auto& p : twin->parameters()) {
+        if (p.requires_grad()) p.add_(0.5);  // stands for training
+      }
+    }
+    const auto trained = snapshot(*twin);
+    const auto keys = peft.get_adapter_state_dict();
+    EXPECT_TRUE(keys.count("base_model.model.block.q.base_layer.bias"));
+    EXPECT_EQ(keys.count("base_model.model.block.fc.bias"), bias == "all" ? 1u : 0u);
+    const auto dir = scratch_dir("bias_" + bias);
+    peft.save_pretrained(dir);
+    EXPECT_EQ(st::load(dir + "/adapter_model.safetensors").tensors.size(), keys.size());
+
+    auto fresh = twin_with_base_weights();
+    auto loaded = FourierFTModel::from_pretrained(fresh.ptr(), dir);
+    const auto base = snapshot(*twin_with_base_weights());
+    int restored = 0;
+    for (const auto& [name, value] : snapshot(*fresh)) {
+      const bool is_bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+      if (!is_bias || torch::equal(trained.at(name), base.at(name))) continue;  // not trained
+      EXPECT_TRUE(torch::equal(value, trained.at(name))) << name;
+      ++restored;
+    }
+    EXPECT_EQ(restored, bias == "all" ? 4 : 3);  // q, v (+ fc) and the classifier's copy
+    std::filesystem::remove_all(dir);
+  }
+}
+
+}  // namespace
