@@ -47,10 +47,15 @@ void SpectrumDictImpl::pretty_print(std::ostream& stream) const {
   stream << ")";
 }
 
+void check_adapter_name(const std::string& name, const std::string& where) {
+  TORCH_CHECK_VALUE(!name.empty() && name.find('.') == std::string::npos, where,
+                    ": an adapter name must be non-empty and contain no '.' (it becomes a parameter name), got '",
+                    name, "'");
+}
+
 torch::Tensor& SpectrumDictImpl::insert(const std::string& name, torch::Tensor value,
                                         bool requires_grad) {
-  TORCH_CHECK(!name.empty() && name.find('.') == std::string::npos,
-              "fourierft: adapter name must be non-empty and contain no '.', got '", name, "'");
+  check_adapter_name(name, "fourierft::SpectrumDict");
   if (parameters_.contains(name)) parameters_.erase(name);
   return register_parameter(name, std::move(value), requires_grad);
 }
@@ -82,11 +87,6 @@ void FourierFTLinearImpl::init_base(torch::nn::Linear base) {
   base_layer = register_module("base_layer", std::move(base));
   out_features_ = base_layer->weight.size(0);
   in_features_ = base_layer->weight.size(1);
-  if (options_.fan_in_fan_out()) {
-    TORCH_WARN("fan_in_fan_out is set to True but the target module is `torch::nn::Linear`. "
-               "Setting fan_in_fan_out to False.");
-    options_.fan_in_fan_out(false);
-  }
   fourierft_spectrum = register_module("fourierft_spectrum", SpectrumDict());
 }
 
@@ -127,6 +127,8 @@ const AdapterState& FourierFTLayer::adapter_state(const std::string& name) const
 }
 
 void FourierFTLayer::update_layer(const std::string& name, const AdapterOptions& options) {
+  // Every check comes before the first change: a refused call leaves the layer as it was.
+  check_adapter_name(name, describe());
   const int64_t n = options.n_frequency();
   const int64_t size = in_features_ * out_features_;
   TORCH_CHECK(n > 0, describe(), ", adapter '", name,
@@ -171,7 +173,7 @@ void FourierFTLayer::update_layer(const std::string& name, const AdapterOptions&
 }
 
 void FourierFTLayer::set_adapter(const std::vector<std::string>& names) {
-  for (const auto& key : spectra().keys()) {
+  for (const auto& key : adapters_.keys()) {
     const bool active = std::find(names.begin(), names.end(), key) != names.end();
     spectra().at(key).requires_grad_(active && !disabled_);
   }
@@ -188,6 +190,7 @@ void FourierFTLayer::delete_adapter(const std::string& name) {
   adapters_.erase(name);
   spectra().erase(name);
   delta_cache_.erase(name);
+  if (adapters_.is_empty()) release_spectra();
   auto it = std::find(active_adapters_.begin(), active_adapters_.end(), name);
   if (it == active_adapters_.end()) return;
   auto remaining_active = active_adapters_;
@@ -207,6 +210,7 @@ void FourierFTLayer::delete_adapter(const std::string& name) {
 void FourierFTLayer::clear_adapters() {
   for (const auto& key : adapters_.keys()) spectra().erase(key);
   adapters_.clear();
+  release_spectra();
   delta_cache_.clear();
   active_adapters_.clear();
   merged_adapters_.clear();
@@ -218,7 +222,7 @@ void FourierFTLayer::enable_adapters(bool enabled) {
     const auto active = active_adapters_;
     set_adapter(active);
   } else {
-    for (const auto& key : spectra().keys()) {
+    for (const auto& key : adapters_.keys()) {
       spectra().at(key).requires_grad_(false);
     }
     disabled_ = true;
@@ -230,7 +234,7 @@ torch::Tensor FourierFTLayer::get_delta_weight(const std::string& name) const {
   const auto& spectrum = spectra().at(name);
   auto delta = delta_weight(spectrum, state.indices.to(spectrum.device()), out_features_,
                             in_features_, state.scaling);
-  return options_.fan_in_fan_out() ? delta.t() : delta;
+  return delta;
 }
 
 void FourierFTLayer::merge(bool safe_merge,
@@ -341,8 +345,7 @@ torch::Tensor FourierFTLayer::adapter_forward(const std::string& name, const tor
   if (resolve_path(name, tokens) == ForwardPath::Spectral) {
     return spectral_linear(x, spectrum, indices, out_features_, in_features_, state.scaling);
   }
-  auto delta = dense_delta(name, state);
-  if (options_.fan_in_fan_out()) delta = delta.t();
+  const auto delta = dense_delta(name, state);
   return torch::nn::functional::linear(x.to(delta.scalar_type()), delta).to(x.scalar_type());
 }
 
@@ -458,11 +461,6 @@ LinearImpl::LinearImpl(const torch::nn::LinearOptions& linear_options,
                        FourierFTLinearOptions layer_options)
     : options(linear_options) {
   FourierFTLayer::options_ = layer_options;
-  if (FourierFTLayer::options_.fan_in_fan_out()) {
-    TORCH_WARN("fan_in_fan_out is set to True but fourierft::Linear stores its weight as "
-               "(out, in). Setting fan_in_fan_out to False.");
-    FourierFTLayer::options_.fan_in_fan_out(false);
-  }
   reset();
 }
 
@@ -474,7 +472,11 @@ void LinearImpl::reset() {
   } else {
     bias = register_parameter("bias", {}, /*requires_grad=*/false);
   }
-  fourierft_spectrum = register_module("fourierft_spectrum", SpectrumDict());
+  // The spectrum dict is registered with the first adapter (spectra()) and dropped with the last
+  // (release_spectra()): a layer without adapters has exactly torch::nn::Linear's state dict, so
+  // torch::save / torch::load checkpoints move between the two module types. Through clone() the
+  // holder is already set and the copy gets its dict.
+  if (fourierft_spectrum) fourierft_spectrum = register_module("fourierft_spectrum", SpectrumDict());
   out_features_ = options.out_features();
   in_features_ = options.in_features();
   reset_parameters();
@@ -496,6 +498,17 @@ void LinearImpl::pretty_print(std::ostream& stream) const {
          << options.bias() << ", ";
   print_adapters(stream);
   stream << ")";
+}
+
+SpectrumDictImpl& LinearImpl::spectra() {
+  if (!fourierft_spectrum) fourierft_spectrum = register_module("fourierft_spectrum", SpectrumDict());
+  return *fourierft_spectrum;
+}
+
+void LinearImpl::release_spectra() {
+  if (!fourierft_spectrum) return;
+  unregister_module("fourierft_spectrum");
+  fourierft_spectrum = nullptr;
 }
 
 torch::Tensor LinearImpl::forward(const torch::Tensor& input) {

@@ -92,11 +92,25 @@ std::vector<FourierFTModel::Planned> FourierFTModel::plan_injection(const Fourie
                         "') is a torch::nn::Linear, which cannot carry adapters: its parent calls it "
                         "through a member holder, so it cannot be replaced after construction. Declare it "
                         "as fourierft::Linear (same options, parameter names and initialisation, so "
-                        "pretrained weights load unchanged) or wrap it in fourierft::FourierFTLinear.");
+                        "pretrained weights load unchanged), or declare the member as fourierft::FourierFTLinear "
+                        "wrapping it; replace_module() alone changes only the registry, not what forward calls.");
       TORCH_CHECK_VALUE(false, "fourierft: target module '", name, "' (adapter '", adapter_name,
                         "') of type ", module->name(),
                         " is not supported. Currently, only fourierft::Linear and "
                         "fourierft::FourierFTLinear are supported.");
+    }
+    if (auto* wrapper = dynamic_cast<FourierFTLinearImpl*>(module)) {
+      // DESIGN.md section 3: parent->replace_module("fc", FourierFTLinear(fc)) changes only the registry;
+      // the parent's member holder still points at the base layer, so its forward would never reach the
+      // adapter. Such a base has one more owner than a wrapper's own: its member holder, its registry
+      // entry and the named_modules() listing being walked here.
+      const auto owners = wrapper->base_layer.ptr().use_count();
+      TORCH_CHECK_VALUE(owners <= 3, "fourierft: target module '", name, "' (adapter '", adapter_name,
+                        "') is a fourierft::FourierFTLinear whose base torch::nn::Linear is also held elsewhere (",
+                        owners - 3, " more reference(s)), e.g. by the parent's member holder after replace_module(): "
+                        "the parent's forward would call the base directly and the adapter would never run "
+                        "(replace_module() changes only the registry). Declare the member as "
+                        "fourierft::FourierFTLinear (or the layer as fourierft::Linear) so that forward calls it.");
     }
     const int64_t size = layer->in_features() * layer->out_features();
     TORCH_CHECK_VALUE(match.n_frequency > 0 && match.n_frequency <= size, "fourierft: module '", name,
@@ -120,9 +134,16 @@ std::vector<FourierFTModel::Planned> FourierFTModel::plan_injection(const Fourie
   return plan;
 }
 
-void FourierFTModel::inject(const std::string& adapter_name, const FourierFTConfig& config) {
+void FourierFTModel::inject(const std::string& adapter_name, const FourierFTConfig& requested) {
+  check_adapter_name(adapter_name, "fourierft::FourierFTModel");
   TORCH_CHECK_VALUE(!configs_.count(adapter_name), "fourierft: an adapter named '", adapter_name,
                     "' already exists");
+  FourierFTConfig config = requested;
+  if (config.fan_in_fan_out()) {  // PEFT's words; every C++ layer stores its weight as (out, in)
+    TORCH_WARN("fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. "
+               "Setting fan_in_fan_out to False.");
+    config.fan_in_fan_out(false);
+  }
   // Everything is checked before the first layer changes: a failure leaves the model as it was.
   const auto plan = plan_injection(config, adapter_name);
   for (const auto& target : plan) {
@@ -286,9 +307,13 @@ void FourierFTModel::merge_adapter(const std::optional<std::vector<std::string>>
 }
 
 void FourierFTModel::unmerge_adapter() {
+  bool any = false;
   for (auto& [name, layer] : all_layers()) {
-    if (layer->merged()) layer->unmerge();
+    if (!layer->merged()) continue;
+    layer->unmerge();
+    any = true;
   }
+  if (!any) TORCH_WARN("Already unmerged. Nothing to do.");  // PEFT warns (once per layer)
 }
 
 std::shared_ptr<torch::nn::Module> FourierFTModel::merge_and_unload(
@@ -390,11 +415,12 @@ std::vector<std::string> FourierFTModel::adapted_modules(const std::string& adap
 }
 
 FourierFTLayer& FourierFTModel::layer(const std::string& module_name) const {
+  FourierFTLayer* found = nullptr;
   for (const auto& [name, layer] : all_layers()) {
-    if (name == module_name) return *layer;
+    if (name == module_name) found = layer;
   }
-  TORCH_CHECK_VALUE(false, "fourierft: no adapter-carrying layer at '", module_name, "'");
-  throw;  // unreachable
+  TORCH_CHECK_VALUE(found != nullptr, "fourierft: no adapter-carrying layer at '", module_name, "'");
+  return *found;
 }
 
 FourierFTModel::FourierFTModel(std::shared_ptr<torch::nn::Module> model) : model_(std::move(model)) {
@@ -472,7 +498,11 @@ void FourierFTModel::save_pretrained(const std::string& dir,
     const auto state = get_adapter_state_dict(name);
     safetensors::TensorMap tensors(state.begin(), state.end());
     const auto out = adapter_dir(dir, name);
-    std::filesystem::create_directories(out);
+    std::error_code error;
+    std::filesystem::create_directories(out, error);
+    TORCH_CHECK_VALUE(!error && std::filesystem::is_directory(out), "fourierft: save_pretrained cannot create the "
+                      "directory '", out, "' for adapter '", name, "': ",
+                      error ? error.message() : std::string("a file of that name exists"));
     auto config = configs_.at(name);
     config.inference_mode(true);  // as PEFT writes it
     safetensors::save((std::filesystem::path(out) / "adapter_model.safetensors").string(), tensors,

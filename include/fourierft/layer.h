@@ -39,6 +39,10 @@ enum class ForwardPath {
 
 std::ostream& operator<<(std::ostream& os, ForwardPath path);
 
+/// Throws c10::ValueError unless `name` can name an adapter: non-empty and without '.' (a parameter
+/// name segment, as in PEFT's ParameterDict). `where` says who asks, for the message.
+void check_adapter_name(const std::string& name, const std::string& where);
+
 /// Hyper-parameters of one adapter, as in PEFT's `FourierFTLayer.update_layer`.
 struct AdapterOptions {
   /// Number of learnable spectral coefficients; 0 < n_frequency <= out_features * in_features.
@@ -53,11 +57,9 @@ struct AdapterOptions {
   TORCH_ARG(bool, inference_mode) = false;
 };
 
-/// Options of the layer itself.
+/// Options of the layer itself. (PEFT's `fan_in_fan_out` has no place here: both C++ layer kinds store
+/// their weight as (out, in), like torch::nn::Linear; a config asking for it gets PEFT's warning.)
 struct FourierFTLinearOptions {
-  /// The base stores its weight as (in, out), like GPT-2's Conv1D. A torch::nn::Linear never
-  /// does, so the flag is reset to false with a warning there, as PEFT does for nn.Linear.
-  TORCH_ARG(bool, fan_in_fan_out) = false;
   TORCH_ARG(ForwardPath, forward_path) = ForwardPath::Auto;
 };
 
@@ -167,7 +169,7 @@ class FourierFTLayer {
   void enable_adapters(bool enabled);
   bool disable_adapters() const { return disabled_; }
 
-  /// delta_W of `name` in the weight's layout (transposed when fan_in_fan_out).
+  /// delta_W of `name`, [out_features, in_features] like the base weight.
   torch::Tensor get_delta_weight(const std::string& name) const;
   /// x @ delta_W^T for one adapter through the configured forward path.
   torch::Tensor adapter_forward(const std::string& name, const torch::Tensor& x);
@@ -185,10 +187,12 @@ class FourierFTLayer {
   std::string describe() const;
 
  protected:
-  /// The frozen base weight the adapters merge into ([out, in], or [in, out] for fan_in_fan_out).
+  /// The frozen base weight the adapters merge into, [out_features, in_features].
   virtual torch::Tensor& base_weight() = 0;
   const torch::Tensor& base_weight() const { return const_cast<FourierFTLayer*>(this)->base_weight(); }
   virtual SpectrumDictImpl& spectra() = 0;
+  /// Called when the last adapter is gone (delete_adapter, clear_adapters).
+  virtual void release_spectra() {}
   const SpectrumDictImpl& spectra() const { return const_cast<FourierFTLayer*>(this)->spectra(); }
   virtual const char* kind() const = 0;
   /// PEFT's forward: base output, plus every active adapter unless disabled or merged.

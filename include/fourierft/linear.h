@@ -29,8 +29,9 @@ class LinearImpl : public torch::nn::Cloneable<LinearImpl>, public FourierFTLaye
   explicit LinearImpl(const torch::nn::LinearOptions& options,
                       FourierFTLinearOptions layer_options = {});
 
-  /// Registers `weight`, `bias` and the (initially empty) `fourierft_spectrum` dict, and
-  /// initialises them exactly as torch::nn::Linear does (same random draws).
+  /// Registers `weight` and `bias` and initialises them exactly as torch::nn::Linear does (same random
+  /// draws). The `fourierft_spectrum` dict is registered with the first adapter and dropped with the
+  /// last, so a layer without adapters saves and loads exactly like torch::nn::Linear.
   void reset() override;
   void reset_parameters();
   void pretty_print(std::ostream& stream) const override;
@@ -42,11 +43,13 @@ class LinearImpl : public torch::nn::Cloneable<LinearImpl>, public FourierFTLaye
   torch::nn::LinearOptions options;
   torch::Tensor weight;
   torch::Tensor bias;
+  /// The adapters' spectra (`fourierft_spectrum.<adapter>`); empty holder while there are none.
   SpectrumDict fourierft_spectrum{nullptr};
 
  protected:
   torch::Tensor& base_weight() override { return weight; }
-  SpectrumDictImpl& spectra() override { return *fourierft_spectrum; }
+  SpectrumDictImpl& spectra() override;
+  void release_spectra() override;
   const char* kind() const override { return "fourierft::Linear"; }
 };
 TORCH_MODULE(Linear);

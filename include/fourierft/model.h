@@ -129,7 +129,7 @@ class FourierFTModel {
   };
   explicit FourierFTModel(std::shared_ptr<torch::nn::Module> model);  // no adapter yet
   std::vector<Planned> plan_injection(const FourierFTConfig& config, const std::string& adapter_name) const;
-  void inject(const std::string& adapter_name, const FourierFTConfig& config);
+  void inject(const std::string& adapter_name, const FourierFTConfig& requested);
   void mark_trainable();
   void track_modules_to_save(const std::string& adapter_name, const FourierFTConfig& config);
   void sync_modules_to_save();

@@ -1,6 +1,8 @@
 // FourierFTLinear: PEFT's layer semantics, both forward paths, merge safety, state dict names.
 #include "test_helpers.h"
 
+#include <optional>
+
 using fourierft::AdapterOptions;
 using fourierft::FourierFTLinear;
 using fourierft::FourierFTLinearOptions;
@@ -246,9 +248,28 @@ TEST(FourierFTLinear, SpectrumFollowsBaseDtype) {
   EXPECT_EQ(layer(x).scalar_type(), torch::kDouble);
 }
 
-TEST(FourierFTLinear, FanInFanOutIsResetForLinearWithAWarning) {
-  FourierFTLinear layer(torch::nn::LinearOptions(4, 3), FourierFTLinearOptions().fan_in_fan_out(true));
-  EXPECT_FALSE(layer->options().fan_in_fan_out());
+// PEFT: "fan_in_fan_out is set to True but the target module is `torch.nn.Linear`. Setting fan_in_fan_out
+// to False." The C++ layers are all (out, in): the flag is warned about, dropped from the stored config,
+// and merging stays correct (a transposed delta_W would corrupt the weights).
+TEST(FourierFTLinear, FanInFanOutConfigIsWarnedAndIgnored) {
+  struct Collector : c10::WarningHandler {
+    std::string text;
+    void process(const c10::Warning& warning) override { text += warning.msg(); }
+  } collector;
+  auto net = std::make_shared<torch::nn::Module>();
+  fourierft::Linear fc = net->register_module("fc", fourierft::Linear(6, 4));
+  std::optional<fourierft::FourierFTModel> peft;
+  {
+    c10::WarningUtils::WarningHandlerGuard guard(&collector);
+    peft.emplace(fourierft::get_peft_model(net, fourierft::FourierFTConfig().target_modules({"fc"}).n_frequency(9)
+                                                    .fan_in_fan_out(true)));
+  }
+  EXPECT_NE(collector.text.find("fan_in_fan_out is set to True"), std::string::npos) << collector.text;
+  EXPECT_FALSE(peft->peft_config().at("default").fan_in_fan_out());
+  const auto x = torch::randn({3, 6});
+  const auto adapted = fc(x).detach();
+  peft->merge_and_unload();
+  EXPECT_LE(fourierft::testing::relative_error(fc(x), adapted), 1e-5);
 }
 
 TEST(FourierFTLinear, PrettyPrintNamesAdapters) {

@@ -83,6 +83,13 @@ CASES = [
         {"op": "delete_adapter", "adapter": "default"},
         {"op": "unmerge_adapter"},
         {"op": "delete_adapter", "adapter": "default"}]},
+    {"name": "unmerge with nothing merged warns", "tree": MLP, "steps": [
+        {"op": "get_peft_model", "config": {"target_modules": ["q"], "n_frequency": 10}},
+        {"op": "unmerge_adapter"}]},
+    {"name": "an adapter name with a dot is refused and leaves no trace", "tree": MLP, "steps": [
+        {"op": "get_peft_model", "config": {"target_modules": ["q"], "n_frequency": 10}},
+        {"op": "add_adapter", "adapter": "a.b", "config": {"target_modules": ["v"], "n_frequency": 10}},
+        {"op": "set_adapter", "adapter": "a.b"}]},
     {"name": "disable and enable keep trainability", "tree": MLP, "steps": [
         {"op": "get_peft_model", "config": {"target_modules": ["q"], "n_frequency": 10,
                                             "modules_to_save": ["classifier"]}},
