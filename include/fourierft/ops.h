@@ -39,6 +39,12 @@ at::Tensor delta_weight(const at::Tensor& spectrum, const at::Tensor& indices, i
 at::Tensor spectral_linear(const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices,
                            int64_t out_features, int64_t in_features, double scaling);
 
+/// Runs the device-generic implementation (ATen operations only, the one registered for CUDA) for CPU
+/// tensors too, instead of the fused CPU kernels: slower, for testing the generic path where no GPU is
+/// available (the tests hold both to PEFT's formula). Process-wide; off by default.
+void set_generic_kernels(bool enabled);
+bool generic_kernels();
+
 /// The forward-path cost model (calibrated on CPU, docs/benchmarks.md): true when the matrix-free
 /// spectral path is expected to be cheaper than materialising delta_W and doing one GEMM, for
 /// `tokens` rows through an `out_features x in_features` layer with `n_frequency` coefficients.

@@ -8,11 +8,14 @@ coefficients (PEFT's ``fourierft_spectrum``), ``E`` the 2 x n entry matrix, ``al
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 
 from . import _C  # noqa: F401  (loads libfourierft.so, which registers the ops)
 
-__all__ = ["entry_indices", "delta_weight", "spectral_linear"]
+__all__ = ["entry_indices", "delta_weight", "spectral_linear", "generic_kernels"]
 
 
 def entry_indices(out_features: int, in_features: int, n_frequency: int, random_loc_seed: int) -> torch.Tensor:
@@ -48,3 +51,20 @@ def spectral_linear(
     in float32 and returned in ``x``'s dtype. Differentiable with respect to ``x`` and ``spectrum``;
     nothing of size ``d1 x d2`` is allocated, forward or backward."""
     return torch.ops.fourierft.spectral_linear(x, spectrum, indices, out_features, in_features, float(scaling))
+
+
+@contextlib.contextmanager
+def generic_kernels(enabled: bool = True) -> Iterator[None]:
+    """Inside the block, CPU tensors run the device-generic implementation of the ops (ATen operations
+    only: the code registered for CUDA) instead of the fused CPU kernels. For testing the GPU code path
+    on a machine without a GPU; process-wide while active, restored afterwards.
+
+    >>> with fourierft.ops.generic_kernels():
+    ...     y = fourierft.ops.spectral_linear(x, spectrum, indices, out_features, in_features, scaling)
+    """
+    before = _C.generic_kernels()
+    _C.set_generic_kernels(enabled)
+    try:
+        yield
+    finally:
+        _C.set_generic_kernels(before)

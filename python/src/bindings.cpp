@@ -104,6 +104,10 @@ PYBIND11_MODULE(_C, m) {
         fourierft::safetensors::write_file_atomically(path, contents);
       },
       py::arg("path"), py::arg("contents"), "Atomically replaces `path` with `contents`.");
+  m.def("set_generic_kernels", &fourierft::set_generic_kernels, py::arg("enabled"),
+        "CPU tensors run the device-generic implementation (the one registered for CUDA) instead of the fused "
+        "CPU kernels.");
+  m.def("generic_kernels", &fourierft::generic_kernels, "Whether set_generic_kernels(True) is in effect.");
   m.def("spectral_path_is_cheaper", &fourierft::spectral_path_is_cheaper, py::arg("tokens"),
         py::arg("out_features"), py::arg("in_features"), py::arg("n_frequency"),
         py::arg("delta_cached"),

@@ -2,6 +2,7 @@
 // under InferenceMode then autograd, empty batches and odd shapes and dtypes, bad adapter names,
 // checkpoints of models written with torch::nn::Linear, and the replace_module() trap.
 #include "test_helpers.h"
+#include "test_threads_helpers.h"
 
 #include <atomic>
 #include <filesystem>
@@ -12,94 +13,11 @@ using fourierft::AdapterOptions;
 using fourierft::ForwardPath;
 using fourierft::FourierFTConfig;
 using fourierft::testing::reference_delta_weight;
+using fourierft::testing::reference_forward;
 using fourierft::testing::relative_error;
 
 namespace {
 
-// base(x) + x @ delta_W^T with PEFT's formula in float64 (independent of our kernels).
-torch::Tensor reference_forward(fourierft::Linear& layer, const torch::Tensor& x, const std::string& name = "default") {
-  torch::NoGradGuard no_grad;
-  const auto& state = layer->adapter_state(name);
-  const auto delta = reference_delta_weight(layer->spectrum(name), state.indices, layer->out_features(),
-                                            layer->in_features(), state.scaling);
-  const auto xd = x.to(torch::kDouble);
-  return torch::nn::functional::linear(xd, layer->weight.to(torch::kDouble), layer->bias.to(torch::kDouble)) +
-         xd.matmul(delta.t());
-}
-
-fourierft::Linear frozen_layer(ForwardPath path) {
-  torch::manual_seed(3);
-  fourierft::Linear layer(torch::nn::LinearOptions(24, 20), fourierft::FourierFTLinearOptions().forward_path(path));
-  layer->update_layer("default", AdapterOptions().n_frequency(60).scaling(20.0));
-  layer->spectrum("default").requires_grad_(false);
-  return layer;
-}
-
-// The serving case: one adapted layer, many threads, inference. Every result must equal the reference
-// (no torn or stale delta_W), on every path. Runs under AddressSanitizer too (tests/CMakeLists.txt).
-TEST(Robustness, ThreadsShareOneLayerForInference) {
-  for (const auto path : {ForwardPath::Dense, ForwardPath::Spectral, ForwardPath::Auto}) {
-    auto layer = frozen_layer(path);
-    std::vector<torch::Tensor> inputs, expected;
-    for (int i = 0; i < 8; ++i) {
-      inputs.push_back(torch::randn({64 * (i % 3 + 1), 24}));
-      expected.push_back(reference_forward(layer, inputs.back()));
-    }
-    std::atomic<int> failures{0};
-    std::vector<std::thread> threads;
-    for (int t = 0; t < 8; ++t) {
-      threads.emplace_back([&, t] {
-        for (int round = 0; round < 25; ++round) {
-          const int i = (t + round) % 8;
-          torch::Tensor y;
-          if (round % 2 == 0) {
-            c10::InferenceMode guard;
-            y = layer(inputs[i]);
-          } else {
-            torch::NoGradGuard guard;
-            y = layer(inputs[i]);
-          }
-          if (relative_error(y, expected[i]) > 1e-5) ++failures;
-          if (round == 10 && t == 0) {  // a writer among the readers: the cache must follow
-            torch::NoGradGuard guard;
-            layer->spectrum("default").mul_(1.0);
-          }
-        }
-      });
-    }
-    for (auto& thread : threads) thread.join();
-    EXPECT_EQ(failures.load(), 0) << "path " << path;
-  }
-}
-
-TEST(Robustness, CacheFollowsWritesTheVersionCounterMisses) {
-  auto layer = frozen_layer(ForwardPath::Dense);
-  const auto x = torch::randn({16, 24});
-  torch::NoGradGuard no_grad;
-  layer(x);
-  layer->spectrum("default").data().mul_(3.0);  // .data() has its own version counter
-  EXPECT_LE(relative_error(layer(x), reference_forward(layer, x)), 1e-6);
-  layer->spectrum("default").set_data(torch::randn({60}));
-  EXPECT_LE(relative_error(layer(x), reference_forward(layer, x)), 1e-6);
-}
-
-TEST(Robustness, DeltaCachedUnderInferenceModeThenAForwardWithGradients) {
-  auto layer = frozen_layer(ForwardPath::Dense);
-  const auto x = torch::randn({16, 24});
-  {
-    c10::InferenceMode guard;
-    layer(x);
-  }
-  auto input = x.clone().requires_grad_(true);
-  layer(input).square().sum().backward();  // a saliency map: gradient with respect to the input
-  auto reference_input = x.to(torch::kDouble).requires_grad_(true);
-  const auto& state = layer->adapter_state("default");
-  const auto delta = reference_delta_weight(layer->spectrum("default").detach(), state.indices, 20, 24, state.scaling);
-  (torch::nn::functional::linear(reference_input, layer->weight.detach().to(torch::kDouble) + delta,
-                                 layer->bias.detach().to(torch::kDouble)))
-      .square().sum().backward();
-  EXPECT_LE(relative_error(input.grad(), reference_input.grad()), 1e-5);
-}
 
 TEST(Robustness, EmptyBatchesAnyShapeAndDtypeOnEveryPath) {
   for (const auto path : {ForwardPath::Dense, ForwardPath::Spectral}) {

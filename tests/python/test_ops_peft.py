@@ -1,13 +1,19 @@
-"""The compiled ops against the installed PEFT package (the reference implementation)."""
-import itertools
-import warnings
-
+"""The compiled ops against the installed PEFT package (the reference implementation), for both
+implementations: the fused CPU kernels and the device-generic one (ATen operations, registered for
+CUDA), run on CPU through fourierft.ops.generic_kernels()."""
 import pytest
 import torch
 from torch import nn
 
+import fourierft
 import peft
 from peft.tuners.fourierft.layer import FourierFTLinear as PeftFourierFTLinear
+
+
+@pytest.fixture(params=["fused", "generic"])
+def kernels(request):
+    with fourierft.ops.generic_kernels(request.param == "generic"):
+        yield request.param
 
 
 def peft_layer(out_features, in_features, n_frequency, seed=777, scaling=150.0, dtype=torch.float32):
@@ -35,7 +41,7 @@ def test_entry_indices_equal_peft(ops, shape, seed):
 
 
 @pytest.mark.parametrize("shape,n", [((7, 13), 50), ((64, 48), 3072), ((768, 768), 1000), ((3072, 768), 3000), ((1, 1), 1)])
-def test_delta_weight_equals_peft(ops, shape, n):
+def test_delta_weight_equals_peft(ops, kernels, shape, n):
     out_features, in_features = shape
     torch.manual_seed(0)
     layer = peft_layer(out_features, in_features, n, scaling=77.0)
@@ -48,7 +54,7 @@ def test_delta_weight_equals_peft(ops, shape, n):
 
 @pytest.mark.parametrize("shape,n", [((7, 13), 50), ((64, 48), 1000), ((768, 768), 1000), ((3072, 768), 3000), ((768, 3072), 3000)])
 @pytest.mark.parametrize("leading", [(5,), (2, 3)])
-def test_spectral_linear_matches_peft_forward_and_gradients(ops, shape, n, leading):
+def test_spectral_linear_matches_peft_forward_and_gradients(ops, kernels, shape, n, leading):
     out_features, in_features = shape
     torch.manual_seed(1)
     layer = peft_layer(out_features, in_features, n)
@@ -69,20 +75,46 @@ def test_spectral_linear_matches_peft_forward_and_gradients(ops, shape, n, leadi
     assert (gc - expected_gc).norm() / expected_gc.norm() < 1e-4
 
 
-def test_half_precision_runs_where_peft_needs_float32(ops):
+def test_half_precision_runs_where_peft_needs_float32(ops, kernels):
+    # PEFT's own formula in float32 is the reference; ours computes bf16/fp16 inputs in float32 inside.
     torch.manual_seed(2)
     layer = peft_layer(64, 96, 300)
     indices = layer.indices["default"]
     x = torch.randn(4, 96)
     spectrum = layer.fourierft_spectrum["default"].detach()
-    reference = ops.spectral_linear(x, spectrum, indices, 64, 96, 150.0)
+    with torch.no_grad():
+        reference = x @ layer.get_delta_weight("default").T
     for dtype, tol in [(torch.bfloat16, 2e-2), (torch.float16, 3e-3)]:
         y = ops.spectral_linear(x.to(dtype), spectrum.to(dtype), indices, 64, 96, 150.0)
         assert y.dtype == dtype
         assert ((y.float() - reference).norm() / reference.norm()).item() < tol
 
 
-def test_gradcheck_spectral_linear(ops):
+def test_generic_and_fused_kernels_agree_and_the_switch_is_scoped(ops):
+    torch.manual_seed(4)
+    indices = ops.entry_indices(40, 56, 500, 777)
+    x = torch.randn(3, 7, 56, requires_grad=True)
+    c = torch.randn(500, requires_grad=True)
+    results = []
+    for generic in (False, True):
+        with fourierft.ops.generic_kernels(generic):
+            assert fourierft._C.generic_kernels() is generic
+            y = ops.spectral_linear(x, c, indices, 40, 56, 30.0)
+            gx, gc = torch.autograd.grad(y.square().sum(), [x, c])
+            results.append((y, gx, gc, ops.delta_weight(c, indices, 40, 56, 30.0)))
+    assert fourierft._C.generic_kernels() is False
+    for fused, generic in zip(*results):
+        torch.testing.assert_close(generic, fused, rtol=1e-5, atol=1e-5 * fused.abs().max().item())
+
+
+def test_cuda_kernels_are_registered_in_every_build():
+    for op in ("delta_weight", "_delta_weight_backward", "spectral_linear", "_spectral_linear_forward",
+               "_spectral_linear_backward"):
+        table = torch._C._dispatch_dump(f"fourierft::{op}")
+        assert any(line.startswith("CUDA: registered") for line in table.splitlines()), (op, table)
+
+
+def test_gradcheck_spectral_linear(ops, kernels):
     torch.manual_seed(3)
     for out_features, in_features, n in [(5, 6, 12), (7, 4, 28), (9, 8, 5)]:
         indices = ops.entry_indices(out_features, in_features, n, 11)
@@ -93,14 +125,14 @@ def test_gradcheck_spectral_linear(ops):
         )
 
 
-def test_gradcheck_delta_weight(ops):
+def test_gradcheck_delta_weight(ops, kernels):
     indices = ops.entry_indices(6, 10, 30, 5)
     c = torch.randn(30, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda c: ops.delta_weight(c, indices, 6, 10, 3.0), (c,))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_opcheck_spectral_linear(ops, dtype):
+def test_opcheck_spectral_linear(ops, kernels, dtype):
     indices = ops.entry_indices(12, 10, 40, 777)
     for requires_grad in [(True, True), (False, True), (True, False)]:
         x = torch.randn(2, 3, 10, dtype=dtype, requires_grad=requires_grad[0])
@@ -108,7 +140,7 @@ def test_opcheck_spectral_linear(ops, dtype):
         torch.library.opcheck(ops.spectral_linear.default, (x, c, indices, 12, 10, 150.0))
 
 
-def test_opcheck_delta_weight_and_internal_ops(ops):
+def test_opcheck_delta_weight_and_internal_ops(ops, kernels):
     indices = ops.entry_indices(12, 10, 40, 777)
     c = torch.randn(40, requires_grad=True)
     torch.library.opcheck(ops.delta_weight.default, (c, indices, 12, 10, 150.0))

@@ -1,0 +1,141 @@
+// Autograd: C++ autograd functions registered at the Autograd key. The kernels they call go through
+// the dispatcher, so that tracing (torch.compile) sees the backward ops too; so do the public C++
+// entry points (include/fourierft/ops.h).
+#include "internal.h"
+
+#include <fourierft/ops.h>
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+
+namespace fourierft {
+namespace detail {
+
+const c10::TypedOperatorHandle<decltype(spectral_linear_forward_cpu)>& forward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fourierft::_spectral_linear_forward", "")
+                             .typed<decltype(spectral_linear_forward_cpu)>();
+  return op;
+}
+const c10::TypedOperatorHandle<decltype(spectral_linear_backward_cpu)>& backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fourierft::_spectral_linear_backward", "")
+                             .typed<decltype(spectral_linear_backward_cpu)>();
+  return op;
+}
+const c10::TypedOperatorHandle<decltype(delta_weight_cpu)>& delta_weight_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fourierft::delta_weight", "")
+                             .typed<decltype(delta_weight_cpu)>();
+  return op;
+}
+const c10::TypedOperatorHandle<decltype(delta_weight_backward_cpu)>& delta_weight_backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fourierft::_delta_weight_backward", "")
+                             .typed<decltype(delta_weight_backward_cpu)>();
+  return op;
+}
+const c10::TypedOperatorHandle<decltype(spectral_linear_cpu)>& spectral_linear_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fourierft::spectral_linear", "")
+                             .typed<decltype(spectral_linear_cpu)>();
+  return op;
+}
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+class SpectralLinearFunction : public torch::autograd::Function<SpectralLinearFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& spectrum,
+                            const at::Tensor& indices, int64_t out_features, int64_t in_features,
+                            double scaling) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [y, x_spec] = forward_op().call(x, spectrum, indices, out_features, in_features, scaling);
+    // x_spec is what the spectrum gradient needs; the input gradient needs only the spectrum.
+    ctx->save_for_backward({spectrum.requires_grad() ? x_spec : at::Tensor(), spectrum, indices});
+    ctx->saved_data["out_features"] = out_features;
+    ctx->saved_data["in_features"] = in_features;
+    ctx->saved_data["scaling"] = scaling;
+    ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
+    return y;
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    const bool need_x = ctx->needs_input_grad(0);
+    const bool need_spectrum = ctx->needs_input_grad(1);
+    const int64_t in_features = ctx->saved_data["in_features"].toInt();
+    at::Tensor x_spec = saved[0];
+    if (!x_spec.defined()) {  // spectrum frozen: grad_x alone, which never reads the input spectrum
+      x_spec = at::empty({0}, grad_outputs[0].options().dtype(c10::toComplexType(compute_dtype(
+                                  static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt()),
+                                  saved[1].scalar_type()))));
+    }
+    auto [grad_x, grad_spectrum] = backward_op().call(
+        grad_outputs[0].contiguous(), x_spec, saved[1], saved[2],
+        ctx->saved_data["out_features"].toInt(), in_features, ctx->saved_data["scaling"].toDouble(),
+        static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt()), need_x,
+        need_spectrum && saved[0].defined());
+    return {need_x ? grad_x : at::Tensor(), need_spectrum ? grad_spectrum : at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+class DeltaWeightFunction : public torch::autograd::Function<DeltaWeightFunction> {
+ public:
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& spectrum,
+                            const at::Tensor& indices, int64_t out_features, int64_t in_features,
+                            double scaling) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({spectrum, indices});
+    ctx->saved_data["out_features"] = out_features;
+    ctx->saved_data["in_features"] = in_features;
+    ctx->saved_data["scaling"] = scaling;
+    return delta_weight_op().call(spectrum, indices, out_features, in_features, scaling);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    auto grad = delta_weight_backward_op().call(
+        grad_outputs[0].contiguous(), saved[0], saved[1], ctx->saved_data["out_features"].toInt(),
+        ctx->saved_data["in_features"].toInt(), ctx->saved_data["scaling"].toDouble());
+    return {grad, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor spectral_linear_autograd(const at::Tensor& x, const at::Tensor& spectrum,
+                                    const at::Tensor& indices, int64_t out_features,
+                                    int64_t in_features, double scaling) {
+  return SpectralLinearFunction::apply(x, spectrum, indices, out_features, in_features, scaling);
+}
+
+at::Tensor delta_weight_autograd(const at::Tensor& spectrum, const at::Tensor& indices,
+                                 int64_t out_features, int64_t in_features, double scaling) {
+  return DeltaWeightFunction::apply(spectrum, indices, out_features, in_features, scaling);
+}
+
+}  // namespace detail
+
+using namespace detail;
+
+at::Tensor entry_indices(int64_t out_features, int64_t in_features, int64_t n_frequency,
+                         int64_t random_loc_seed) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fourierft::entry_indices", "")
+                             .typed<decltype(detail::entry_indices_impl)>();
+  return op.call(out_features, in_features, n_frequency, random_loc_seed);
+}
+
+at::Tensor delta_weight(const at::Tensor& spectrum, const at::Tensor& indices, int64_t out_features,
+                        int64_t in_features, double scaling) {
+  return delta_weight_op().call(spectrum, indices, out_features, in_features, scaling);
+}
+
+at::Tensor spectral_linear(const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices,
+                           int64_t out_features, int64_t in_features, double scaling) {
+  return spectral_linear_op().call(x, spectrum, indices, out_features, in_features, scaling);
+}
+
+}  // namespace fourierft

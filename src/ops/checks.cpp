@@ -1,0 +1,74 @@
+// Argument checks shared by every op. Messages name the op and the offending values.
+#include "internal.h"
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+
+namespace fourierft::detail {
+
+void check_dims(const char* op, int64_t out_features, int64_t in_features) {
+  TORCH_CHECK(out_features > 0 && in_features > 0, "fourierft.", op,
+              ": out_features and in_features must be positive, got out_features=", out_features,
+              ", in_features=", in_features);
+}
+
+void check_spectrum_and_indices(const char* op, const at::Tensor& spectrum,
+                                const at::Tensor& indices, int64_t out_features,
+                                int64_t in_features) {
+  check_dims(op, out_features, in_features);
+  TORCH_CHECK(spectrum.dim() == 1, "fourierft.", op,
+              ": spectrum must be 1-D with n_frequency entries, got shape ", spectrum.sizes());
+  TORCH_CHECK(at::isFloatingType(spectrum.scalar_type()), "fourierft.", op,
+              ": spectrum must be a floating point tensor, got dtype ", spectrum.scalar_type());
+  const int64_t n = spectrum.size(0);
+  TORCH_CHECK(n >= 1 && n <= out_features * in_features, "fourierft.", op,
+              ": n_frequency must be in [1, out_features * in_features] = [1, ",
+              out_features * in_features, "], got n_frequency=", n, " (out_features=", out_features,
+              ", in_features=", in_features, ")");
+  TORCH_CHECK(indices.scalar_type() == at::kLong, "fourierft.", op,
+              ": indices must be int64 (as returned by entry_indices), got dtype ",
+              indices.scalar_type());
+  TORCH_CHECK(indices.dim() == 2 && indices.size(0) == 2 && indices.size(1) == n, "fourierft.",
+              op, ": indices must have shape [2, n_frequency] = [2, ", n, "], got shape ",
+              indices.sizes());
+  TORCH_CHECK(indices.device() == spectrum.device(), "fourierft.", op,
+              ": indices and spectrum must be on the same device, got indices on ",
+              indices.device(), " and spectrum on ", spectrum.device());
+  if (indices.device().is_cpu()) {
+    const auto idx = indices.contiguous();
+    const int64_t* row = idx.data_ptr<int64_t>();
+    const auto [u_min, u_max] = std::minmax_element(row, row + n);
+    const auto [v_min, v_max] = std::minmax_element(row + n, row + 2 * n);
+    TORCH_CHECK(*u_min >= 0 && *u_max < out_features, "fourierft.", op,
+                ": indices[0] (output frequencies) must lie in [0, out_features) = [0, ",
+                out_features, "), got values in [", *u_min, ", ", *u_max, "]");
+    TORCH_CHECK(*v_min >= 0 && *v_max < in_features, "fourierft.", op,
+                ": indices[1] (input frequencies) must lie in [0, in_features) = [0, ", in_features,
+                "), got values in [", *v_min, ", ", *v_max, "]");
+  }
+}
+
+void check_input(const char* op, const at::Tensor& x, const at::Tensor& spectrum,
+                 int64_t in_features) {
+  TORCH_CHECK(x.dim() >= 1 && x.size(-1) == in_features, "fourierft.", op,
+              ": input must have last dimension in_features=", in_features, ", got shape ",
+              x.sizes());
+  TORCH_CHECK(at::isFloatingType(x.scalar_type()), "fourierft.", op,
+              ": input must be floating point (float32, float64, float16 or bfloat16), got dtype ",
+              x.scalar_type());
+  TORCH_CHECK(x.device() == spectrum.device(), "fourierft.", op,
+              ": input and spectrum must be on the same device, got input on ", x.device(),
+              " and spectrum on ", spectrum.device());
+}
+
+void check_cpu(const char* op, const at::Tensor& t) {
+  TORCH_CHECK(t.device().is_cpu(), "fourierft.", op,
+              ": only CPU tensors are supported by this build, got a tensor on ", t.device());
+}
+
+at::ScalarType compute_dtype(at::ScalarType a, at::ScalarType b) {
+  return (a == at::kDouble || b == at::kDouble) ? at::kDouble : at::kFloat;
+}
+
+}  // namespace fourierft::detail

@@ -1,0 +1,64 @@
+// Internal declarations shared by the op files of src/ops/ (not installed).
+//
+// Layout, one concern per file (in the manner of pytorch_scatter's csrc/<op>.cpp + csrc/cpu/<op>_cpu.cpp):
+//   checks.cpp                 argument checks shared by every op (messages name the op and the values)
+//   cpu/spectral_linear_cpu.cpp the matrix-free spectral path: blocked SIMD gather/scatter kernels, forward, backward
+//   cpu/delta_weight_cpu.cpp   entry_indices (PEFT's draw), delta_weight and its backward
+//   generic.cpp                the same ops from ATen operations only: registered for CUDA, and on CPU
+//                              behind fourierft::set_generic_kernels(true) (the parity reference)
+//   meta.cpp                   shapes and dtypes for FakeTensor / torch.compile / opcheck
+//   autograd.cpp               autograd Functions at the Autograd key, the public C++ entry points
+//   registration.cpp           TORCH_LIBRARY schemas and the per-key kernel tables
+//   cost_model.cpp             spectral vs dense forward path, with its calibrated constants
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+#include <tuple>
+
+namespace fourierft::detail {
+
+// ---- checks.cpp ------------------------------------------------------------------------------
+void check_dims(const char* op, int64_t out_features, int64_t in_features);
+void check_spectrum_and_indices(const char* op, const at::Tensor& spectrum, const at::Tensor& indices,
+                                int64_t out_features, int64_t in_features);
+void check_input(const char* op, const at::Tensor& x, const at::Tensor& spectrum, int64_t in_features);
+void check_cpu(const char* op, const at::Tensor& t);
+/// float32 for half/bfloat16/float32, float64 when either operand is float64.
+at::ScalarType compute_dtype(at::ScalarType a, at::ScalarType b);
+
+// ---- kernels: one signature per op, implemented for CPU (fused), generically (ATen) and Meta ------
+at::Tensor entry_indices_impl(int64_t out_features, int64_t in_features, int64_t n_frequency, int64_t random_loc_seed);
+
+#define FOURIERFT_DECLARE_KERNELS(suffix)                                                                   \
+  at::Tensor delta_weight_##suffix(const at::Tensor& spectrum, const at::Tensor& indices, int64_t out_features, \
+                                   int64_t in_features, double scaling);                                    \
+  at::Tensor delta_weight_backward_##suffix(const at::Tensor& grad, const at::Tensor& spectrum,            \
+                                            const at::Tensor& indices, int64_t out_features,                \
+                                            int64_t in_features, double scaling);                           \
+  std::tuple<at::Tensor, at::Tensor> spectral_linear_forward_##suffix(                                      \
+      const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices, int64_t out_features,     \
+      int64_t in_features, double scaling);                                                                 \
+  std::tuple<at::Tensor, at::Tensor> spectral_linear_backward_##suffix(                                     \
+      const at::Tensor& grad_out, const at::Tensor& x_spec, const at::Tensor& spectrum,                     \
+      const at::Tensor& indices, int64_t out_features, int64_t in_features, double scaling,                 \
+      at::ScalarType x_dtype, bool need_grad_x, bool need_grad_spectrum);                                   \
+  at::Tensor spectral_linear_##suffix(const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices, \
+                                      int64_t out_features, int64_t in_features, double scaling);
+FOURIERFT_DECLARE_KERNELS(cpu)
+FOURIERFT_DECLARE_KERNELS(generic)
+FOURIERFT_DECLARE_KERNELS(meta)
+#undef FOURIERFT_DECLARE_KERNELS
+
+/// The CPU kernels run the generic implementation instead of the fused one (set_generic_kernels).
+bool generic_kernels_on_cpu();
+
+// ---- autograd.cpp ------------------------------------------------------------------------------
+at::Tensor spectral_linear_autograd(const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices,
+                                    int64_t out_features, int64_t in_features, double scaling);
+at::Tensor delta_weight_autograd(const at::Tensor& spectrum, const at::Tensor& indices, int64_t out_features,
+                                 int64_t in_features, double scaling);
+
+}  // namespace fourierft::detail

@@ -1,0 +1,108 @@
+// Several threads through one adapted layer, and the delta_W cache under writes the version counter
+// misses and under InferenceMode. Built twice: into the main test binary, and with AddressSanitizer +
+// UBSan (fourierft_sanitized_tests, tests/CMakeLists.txt) together with src/layer.cpp, where the
+// unsynchronised cache write of an earlier version corrupted the heap ("unaligned tcache chunk").
+#include "test_threads_helpers.h"
+
+#include <atomic>
+#include <thread>
+
+using fourierft::ForwardPath;
+using fourierft::testing::frozen_layer;
+using fourierft::testing::reference_delta_weight;
+using fourierft::testing::reference_forward;
+using fourierft::testing::relative_error;
+
+namespace {
+
+// The serving case: one adapted layer, many threads, inference. Every result must equal the reference
+// (no torn or stale delta_W), on every path. Runs under AddressSanitizer too (tests/CMakeLists.txt).
+TEST(Threads, ThreadsShareOneLayerForInference) {
+  for (const auto path : {ForwardPath::Dense, ForwardPath::Spectral, ForwardPath::Auto}) {
+    auto layer = frozen_layer(path);
+    std::vector<torch::Tensor> inputs, expected;
+    for (int i = 0; i < 8; ++i) {
+      inputs.push_back(torch::randn({64 * (i % 3 + 1), 24}));
+      expected.push_back(reference_forward(layer, inputs.back()));
+    }
+    std::atomic<int> failures{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 8; ++t) {
+      threads.emplace_back([&, t] {
+        for (int round = 0; round < 25; ++round) {
+          const int i = (t + round) % 8;
+          torch::Tensor y;
+          if (round % 2 == 0) {
+            c10::InferenceMode guard;
+            y = layer(inputs[i]);
+          } else {
+            torch::NoGradGuard guard;
+            y = layer(inputs[i]);
+          }
+          if (relative_error(y, expected[i]) > 1e-5) ++failures;
+          if (round == 10 && t == 0) {  // a writer among the readers: the cache must follow
+            torch::NoGradGuard guard;
+            layer->spectrum("default").mul_(1.0);
+          }
+        }
+      });
+    }
+    for (auto& thread : threads) thread.join();
+    EXPECT_EQ(failures.load(), 0) << "path " << path;
+  }
+}
+
+// Every thread's first forward misses the cache at the same moment and stores into it: many fresh layers,
+// all threads released together. Without the cache's lock this corrupts the heap (caught by ASan).
+TEST(Threads, ConcurrentFirstForwardsStoreTheCacheSafely) {
+  const auto x = torch::randn({32, 24});
+  for (int trial = 0; trial < 60; ++trial) {
+    auto layer = frozen_layer(ForwardPath::Dense);
+    const auto expected = reference_forward(layer, x);
+    std::atomic<int> ready{0}, failures{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 6; ++t) {
+      threads.emplace_back([&] {
+        ready.fetch_add(1);
+        while (ready.load() < 6) {
+        }
+        torch::NoGradGuard guard;
+        if (relative_error(layer(x), expected) > 1e-5) failures.fetch_add(1);
+      });
+    }
+    for (auto& thread : threads) thread.join();
+    ASSERT_EQ(failures.load(), 0) << "trial " << trial;
+  }
+}
+
+TEST(Threads, CacheFollowsWritesTheVersionCounterMisses) {
+  auto layer = frozen_layer(ForwardPath::Dense);
+  const auto x = torch::randn({16, 24});
+  torch::NoGradGuard no_grad;
+  layer(x);
+  layer->spectrum("default").data().mul_(3.0);  // .data() has its own version counter
+  EXPECT_LE(relative_error(layer(x), reference_forward(layer, x)), 1e-6);
+  layer->spectrum("default").set_data(torch::randn({60}));
+  EXPECT_LE(relative_error(layer(x), reference_forward(layer, x)), 1e-6);
+}
+
+TEST(Threads, DeltaCachedUnderInferenceModeThenAForwardWithGradients) {
+  auto layer = frozen_layer(ForwardPath::Dense);
+  const auto x = torch::randn({16, 24});
+  {
+    c10::InferenceMode guard;
+    layer(x);
+  }
+  auto input = x.clone().requires_grad_(true);
+  layer(input).square().sum().backward();  // a saliency map: gradient with respect to the input
+  auto reference_input = x.to(torch::kDouble).requires_grad_(true);
+  const auto& state = layer->adapter_state("default");
+  const auto delta = reference_delta_weight(layer->spectrum("default").detach(), state.indices, 20, 24, state.scaling);
+  (torch::nn::functional::linear(reference_input, layer->weight.detach().to(torch::kDouble) + delta,
+                                 layer->bias.detach().to(torch::kDouble)))
+      .square().sum().backward();
+  EXPECT_LE(relative_error(input.grad(), reference_input.grad()), 1e-5);
+}
+
+
+}  // namespace
