@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -79,10 +80,12 @@ struct Entry {
   uint64_t begin, end;
 };
 
-}  // namespace
-
-File parse(const std::string& bytes, const std::string& source) {
-  const uint64_t size = bytes.size();
+// Validates the header of a file of `size` bytes whose first bytes are `prefix` (at least the 8-byte
+// length and the header itself, when the file is that long): every entry, and that the tensors tile
+// the data section exactly. Entries come back sorted by offset.
+std::vector<Entry> parse_header(const std::string& prefix, uint64_t size, const std::string& source,
+                                Metadata& metadata, uint64_t& data_start) {
+  const std::string& bytes = prefix;
   TORCH_CHECK_VALUE(size >= 8, source, ": not a safetensors file: ", size,
                     " bytes, fewer than the 8-byte header length");
   const uint64_t header_len = read_u64_le(bytes.data());
@@ -93,7 +96,7 @@ File parse(const std::string& bytes, const std::string& source) {
                     " runs past the end of the file (", size - 8, " bytes after the length field)");
   const std::string header_text = bytes.substr(8, header_len);
   const uint64_t data_size = size - 8 - header_len;
-  const char* data = bytes.data() + 8 + header_len;
+  data_start = 8 + header_len;
 
   // Duplicate top-level names would be silently merged by a JSON object: detect them while parsing.
   std::set<std::string> seen;
@@ -113,7 +116,6 @@ File parse(const std::string& bytes, const std::string& source) {
   TORCH_CHECK_VALUE(duplicate.empty(), source, ": tensor name '", duplicate, "' appears twice in the header");
   TORCH_CHECK_VALUE(header.is_object(), source, ": the header must be a JSON object, got ", header.type_name());
 
-  File file;
   std::vector<Entry> entries;
   for (const auto& [name, info] : header.items()) {
     if (name == "__metadata__") {
@@ -122,7 +124,7 @@ File parse(const std::string& bytes, const std::string& source) {
       for (const auto& [key, value] : info.items()) {
         TORCH_CHECK_VALUE(value.is_string(), source, ": __metadata__['", key, "'] must be a string, got ",
                           value.dump());
-        file.metadata[key] = value.get<std::string>();
+        metadata[key] = value.get<std::string>();
       }
       continue;
     }
@@ -176,7 +178,16 @@ File parse(const std::string& bytes, const std::string& source) {
   }
   TORCH_CHECK_VALUE(cursor == data_size, source, ": the tensors cover ", cursor, " of the ", data_size,
                     " data bytes; the rest is unaccounted for");
+  return entries;
+}
 
+}  // namespace
+
+File parse(const std::string& bytes, const std::string& source) {
+  File file;
+  uint64_t data_start = 0;
+  const auto entries = parse_header(bytes, bytes.size(), source, file.metadata, data_start);
+  const char* data = bytes.data() + data_start;
   for (const auto& e : entries) {
     auto tensor = at::empty(e.shape, at::TensorOptions(e.dtype->type));
     if (e.end > e.begin) std::memcpy(tensor.data_ptr(), data + e.begin, e.end - e.begin);
@@ -221,27 +232,15 @@ std::string serialize(const TensorMap& tensors, const Metadata& metadata) {
   return out;
 }
 
-namespace detail {
-// Test hook: when >= 0, write_file_atomically fails after writing this many bytes.
-int64_t fail_writes_after = -1;
-}  // namespace detail
-
 void write_file_atomically(const std::string& path, const std::string& contents) {
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   TORCH_CHECK(fd >= 0, path, ": cannot create ", tmp, " (", std::strerror(errno), ")");
   uint64_t written = 0;
-  const uint64_t limit = detail::fail_writes_after >= 0 ? static_cast<uint64_t>(detail::fail_writes_after)
-                                                        : std::numeric_limits<uint64_t>::max();
   bool ok = true;
   std::string why;
   while (written < contents.size()) {
-    if (written >= limit) {
-      ok = false;
-      why = "simulated write failure";
-      break;
-    }
-    const size_t chunk = std::min<uint64_t>(contents.size() - written, std::min<uint64_t>(limit - written, 1 << 20));
+    const size_t chunk = std::min<uint64_t>(contents.size() - written, 1 << 20);
     const ssize_t n = ::write(fd, contents.data() + written, chunk);
     if (n < 0) {
       if (errno == EINTR) continue;
@@ -269,6 +268,138 @@ void write_file_atomically(const std::string& path, const std::string& contents)
 
 void save(const std::string& path, const TensorMap& tensors, const Metadata& metadata) {
   write_file_atomically(path, serialize(tensors, metadata));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Streaming reader and writer.
+
+namespace {
+void pread_exactly(int fd, char* out, uint64_t size, uint64_t offset, const std::string& path) {
+  uint64_t done = 0;
+  while (done < size) {
+    const ssize_t n = ::pread(fd, out + done, size - done, static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    TORCH_CHECK_VALUE(n > 0, path, ": read failed at byte ", offset + done, " (",
+                      n < 0 ? std::strerror(errno) : "unexpected end of file", ")");
+    done += static_cast<uint64_t>(n);
+  }
+}
+}  // namespace
+
+Reader::Reader(const std::string& path) : path_(path) {
+  fd_ = ::open(path.c_str(), O_RDONLY);
+  TORCH_CHECK_VALUE(fd_ >= 0, path, ": cannot open for reading (", std::strerror(errno), ")");
+  try {
+    struct stat st {};
+    TORCH_CHECK_VALUE(::fstat(fd_, &st) == 0, path, ": cannot stat (", std::strerror(errno), ")");
+    const uint64_t size = static_cast<uint64_t>(st.st_size);
+    std::string prefix(std::min<uint64_t>(size, 8), '\0');
+    pread_exactly(fd_, prefix.data(), prefix.size(), 0, path);
+    if (size >= 8) {  // read the header too (bounded by kMaxHeaderBytes, checked by parse_header)
+      const uint64_t header_len = read_u64_le(prefix.data());
+      const uint64_t want = std::min<uint64_t>(size, 8 + std::min<uint64_t>(header_len, kMaxHeaderBytes + 1));
+      prefix.resize(want);
+      pread_exactly(fd_, prefix.data() + 8, want - 8, 8, path);
+    }
+    const auto entries = parse_header(prefix, size, path, metadata_, data_start_);
+    for (const auto& e : entries) {
+      infos_.push_back({e.name, e.dtype->type, e.shape});
+      spans_[e.name] = {e.begin, e.end};
+    }
+  } catch (...) {
+    ::close(fd_);
+    throw;
+  }
+}
+
+Reader::~Reader() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+bool Reader::contains(const std::string& name) const { return spans_.count(name) > 0; }
+
+const TensorInfo& Reader::info(const std::string& name) const {
+  for (const auto& i : infos_) {
+    if (i.name == name) return i;
+  }
+  TORCH_CHECK_VALUE(false, path_, ": no tensor named '", name, "'");
+}
+
+at::Tensor Reader::tensor(const std::string& name) const {
+  const auto& i = info(name);
+  const auto [begin, end] = spans_.at(name);
+  auto out = at::empty(i.shape, at::TensorOptions(i.dtype));
+  if (end > begin) pread_exactly(fd_, static_cast<char*>(out.data_ptr()), end - begin, data_start_ + begin, path_);
+  return out;
+}
+
+Writer::Writer(const std::string& path, std::vector<TensorInfo> layout, const Metadata& metadata)
+    : path_(path), tmp_(path + ".tmp." + std::to_string(::getpid())), layout_(std::move(layout)) {
+  json header = json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  uint64_t offset = 0;
+  for (const auto& t : layout_) {
+    TORCH_CHECK_VALUE(t.name != "__metadata__" && !header.contains(t.name), path,
+                      ": tensor name '", t.name, "' is reserved or appears twice");
+    const auto& dtype = dtype_by_type(t.dtype, t.name);
+    uint64_t numel = 1;
+    for (const auto d : t.shape) numel *= static_cast<uint64_t>(d);
+    const uint64_t nbytes = numel * dtype.itemsize;
+    header[t.name] = {{"dtype", dtype.name}, {"shape", t.shape}, {"data_offsets", {offset, offset + nbytes}}};
+    offset += nbytes;
+  }
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  std::string head(8, '\0');
+  const uint64_t header_len = text.size();
+  std::memcpy(head.data(), &header_len, sizeof(header_len));
+  head += text;
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  TORCH_CHECK_VALUE(fd_ >= 0, path, ": cannot create ", tmp_, " (", std::strerror(errno), ")");
+  write_bytes(head.data(), head.size());
+}
+
+Writer::~Writer() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    std::remove(tmp_.c_str());
+  }
+}
+
+void Writer::write_bytes(const char* data, uint64_t size) {
+  uint64_t done = 0;
+  while (done < size) {
+    const ssize_t n = ::write(fd_, data + done, std::min<uint64_t>(size - done, 1 << 20));
+    if (n < 0 && errno == EINTR) continue;
+    TORCH_CHECK_VALUE(n > 0, path_, ": writing failed after ", written_ + done, " bytes (", std::strerror(errno),
+                      "); nothing was written to ", path_);
+    done += static_cast<uint64_t>(n);
+  }
+  written_ += size;
+}
+
+void Writer::write(const std::string& name, const at::Tensor& tensor) {
+  TORCH_CHECK_VALUE(next_ < layout_.size(), path_, ": tensor '", name, "' is beyond the ", layout_.size(),
+                    " tensors of the layout");
+  const auto& want = layout_[next_];
+  TORCH_CHECK_VALUE(want.name == name && want.dtype == tensor.scalar_type() && want.shape == tensor.sizes().vec(),
+                    path_, ": expected tensor '", want.name, "' (", want.dtype, ", ", c10::IntArrayRef(want.shape),
+                    ") next, got '", name, "' (", tensor.scalar_type(), ", ", tensor.sizes(), ")");
+  const auto cpu = tensor.detach().to(at::kCPU).contiguous();
+  write_bytes(static_cast<const char*>(cpu.const_data_ptr()), static_cast<uint64_t>(cpu.numel()) * cpu.element_size());
+  ++next_;
+}
+
+void Writer::commit() {
+  TORCH_CHECK_VALUE(next_ == layout_.size(), path_, ": commit after ", next_, " of ", layout_.size(), " tensors");
+  TORCH_CHECK_VALUE(::fsync(fd_) == 0, path_, ": fsync failed (", std::strerror(errno), ")");
+  ::close(fd_);
+  fd_ = -1;
+  if (std::rename(tmp_.c_str(), path_.c_str()) != 0) {
+    const std::string why = std::strerror(errno);
+    std::remove(tmp_.c_str());
+    TORCH_CHECK_VALUE(false, path_, ": cannot rename ", tmp_, " into place (", why, ")");
+  }
 }
 
 }  // namespace fourierft::safetensors
