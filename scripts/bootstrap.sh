@@ -6,8 +6,12 @@
 #   - the CMake build in build/ (LibTorch taken from the torch wheel in .venv)
 #   - the Python package `fourierft` installed into .venv (pip install --no-build-isolation .;
 #     scikit-build-core builds it incrementally in build/python)
+#
+# `bootstrap.sh demo` installs only what the demo needs (the Python package and its dependencies):
+# no C++ test build, no sanitizer builds, no PEFT test suite.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+mode=${1:-all}
 
 log() { printf '[bootstrap] %s\n' "$*" >&2; }
 
@@ -40,17 +44,17 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# --- C++ build -------------------------------------------------------------------------------
-if [ ! -f build/build.ninja ]; then
+# --- C++ build (library, tools, tests, examples) -----------------------------------------------
+if [ "$mode" = all ] && [ ! -f build/build.ninja ]; then
   torch_prefix=$(.venv/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')
   log "configuring build/ against LibTorch in $torch_prefix"
   cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_prefix" >/dev/null
 fi
-cmake --build build
+if [ "$mode" = all ]; then cmake --build build; fi
 
 # --- Python package: reinstalled whenever a file it is built from changed --------------------------
 pkg_stamp=.venv/.fourierft-package
-pkg_want=$(find pyproject.toml CMakeLists.txt cmake include src python -type f -not -path '*/__pycache__/*' \
+pkg_want=$(find pyproject.toml CMakeLists.txt cmake include src python tools -type f -not -path '*/__pycache__/*' \
   -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$pkg_stamp" 2>/dev/null)" != "$pkg_want" ]; then
   log "installing the fourierft Python package into .venv"
@@ -59,6 +63,7 @@ if [ "$(cat "$pkg_stamp" 2>/dev/null)" != "$pkg_want" ]; then
 fi
 
 # --- PEFT's own test suite: the tests/ folder of the pinned peft's sdist (PyPI) ------------------
+if [ "$mode" != all ]; then exit 0; fi
 peft_version=$(sed -n 's/^peft==//p' requirements.txt)
 peft_src=build/peft-src/peft-$peft_version
 if [ ! -f "$peft_src/tests/__init__.py" ]; then

@@ -5,5 +5,5 @@
 # in out/finetune. Extra arguments go to fourierft-finetune (e.g. --epochs 1 --n-frequency 2000).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bash scripts/bootstrap.sh
+bash scripts/bootstrap.sh demo  # the Python package only: no C++ test builds
 .venv/bin/fourierft-finetune --out out/finetune "$@"
