@@ -23,7 +23,9 @@ from peft import FourierFTConfig  # noqa: E402
 from . import _C  # noqa: E402
 from . import ops  # noqa: E402
 from . import optim  # noqa: E402
+from . import serving  # noqa: E402
 from .layer import BASE_ADAPTER, FourierFTLinear  # noqa: E402
+from .serving import hotswap_adapter  # noqa: E402
 from .model import (FourierFTModel, accelerate, check_checkpoint, get_peft_model, is_accelerated,  # noqa: E402
                     is_registered, load_adapter, register, registered)
 
@@ -44,6 +46,7 @@ __all__ = [
     "check_checkpoint",
     "cmake_prefix_path",
     "get_peft_model",
+    "hotswap_adapter",
     "is_accelerated",
     "is_registered",
     "load_adapter",
@@ -51,5 +54,6 @@ __all__ = [
     "optim",
     "register",
     "registered",
+    "serving",
     "__version__",
 ]

@@ -125,7 +125,7 @@ class FourierFTKernels:
 
     def _mixed_batch_forward(self, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any):
         """Each row ``i`` of the batch through adapter ``adapter_names[i]`` (``"__base__"``: none)."""
-        from .serving import mixed_adapter_output  # the batched kernel lives with the serving code
+        from .serving import mixed_adapter_output
 
         result = self.base_layer(x, *args, **kwargs)
         return result + mixed_adapter_output(self, x, adapter_names).to(result.dtype)
@@ -135,3 +135,11 @@ class FourierFTLinear(FourierFTKernels, PeftFourierFTLinear):
     """PEFT's ``FourierFTLinear`` (around an ``nn.Linear`` or a transformers ``Conv1D``) on
     fourierft's kernels: ``y = base_layer(x) + sum over active adapters of x @ delta_W^T``, computed
     without forming ``delta_W`` while training; ``merge`` adds the same ``delta_W`` PEFT would."""
+
+    def update_layer(self, adapter_name, n_frequency, config, **kwargs):
+        """PEFT's ``update_layer``; then adapters with the same seed and ``n_frequency`` share one entry-index
+        tensor, so a resident adapter costs only its spectrum."""
+        super().update_layer(adapter_name, n_frequency, config=config, **kwargs)
+        from .serving import share_entry_indices
+
+        share_entry_indices(self, adapter_name)

@@ -1,15 +1,35 @@
-"""Mixed-adapter batches: every row of a batch through its own adapter (inference only, as PEFT's
-``adapter_names`` for LoRA)."""
+"""Serving FourierFT adapters: mixed-adapter batches, many adapters resident with shared entry matrices, and
+hot-swapping an adapter's spectra in place.
+
+FourierFT adapters are tiny (n floats per layer), which makes them the natural method for serving many
+per-user adapters from one model:
+- ``model(..., adapter_names=[one per row])``: each row through its own adapter (``"__base__"``: none),
+  inference only, as PEFT's LoRA (the tuner's ``_enable_peft_forward_hooks`` routes the names to the layers);
+- adapters of a layer that share ``random_loc_seed`` and ``n_frequency`` share one entry-index tensor
+  (``share_entry_indices``, done by every fourierft layer when an adapter is added), so an extra resident
+  adapter costs its spectrum alone: n floats per layer;
+- ``hotswap_adapter(model, path, adapter_name)`` loads another adapter's spectra into an existing adapter in
+  place: no module changes, no re-injection, and a ``torch.compile``d model does not recompile.
+"""
 from __future__ import annotations
 
+import os
+from typing import Union
+
+import peft
 import torch
 
-__all__ = ["mixed_adapter_output"]
+from . import _C
+
+__all__ = ["mixed_adapter_output", "hotswap_adapter"]
+
+_SPECTRUM = "fourierft_spectrum"
+_PREFIX = "base_model.model."
 
 
 def mixed_adapter_output(layer, x: torch.Tensor, adapter_names) -> torch.Tensor:
-    """``sum`` of nothing for ``"__base__"`` rows, ``x_i @ delta_W(adapter_names[i])^T`` for the others;
-    rows are grouped by adapter so that each adapter runs once."""
+    """``x_i @ delta_W(adapter_names[i])^T`` per row ``i`` of the batch (zero for ``"__base__"`` rows and
+    adapters this layer does not hold). Rows are grouped by adapter, so every row's FFT runs once."""
     from .layer import BASE_ADAPTER
 
     if len(adapter_names) != x.shape[0]:
@@ -23,7 +43,73 @@ def mixed_adapter_output(layer, x: torch.Tensor, adapter_names) -> torch.Tensor:
         if name == BASE_ADAPTER or name not in layer.fourierft_spectrum:
             continue
         spectrum = layer.fourierft_spectrum[name]
+        if len(rows) == x.shape[0]:
+            out = layer._adapter_output(name, x.to(spectrum.dtype)).to(out.dtype)
+            continue
         index = torch.tensor(rows, device=x.device)
         part = layer._adapter_output(name, x.index_select(0, index).to(spectrum.dtype))
         out.index_copy_(0, index, part.to(out.dtype))
     return out
+
+
+def share_entry_indices(layer, adapter_name: str) -> None:
+    """Makes ``adapter_name`` use the entry-index tensor of another adapter of ``layer`` drawn with the same
+    ``random_loc_seed`` and ``n_frequency`` (equal values: PEFT's draw depends on nothing else)."""
+    mine = layer.indices[adapter_name]
+    key = (layer.fourierft_random_loc_seed[adapter_name], layer.fourierft_n_frequency[adapter_name])
+    for other, indices in layer.indices.items():
+        if other != adapter_name and (layer.fourierft_random_loc_seed[other],
+                                      layer.fourierft_n_frequency[other]) == key \
+                and indices.device == mine.device and torch.equal(indices, mine):
+            layer.indices[adapter_name] = indices
+            return
+
+
+def hotswap_adapter(model: peft.PeftModel, model_id: Union[str, os.PathLike], adapter_name: str = "default") -> None:
+    """Loads the FourierFT adapter saved in ``model_id`` into the existing adapter ``adapter_name`` of
+    ``model``, in place: every spectrum (and modules_to_save / bias tensor) is copied into the parameter that
+    holds it, so no module is replaced, nothing is re-injected, optimizer references stay valid and a
+    ``torch.compile``d model runs the new adapter without recompiling.
+
+    The new adapter must have the old one's shape: the same targeted modules, ``n_frequency`` per module,
+    ``random_loc_seed`` and ``scaling`` (these are constants of the compiled graph); anything else raises
+    ``ValueError`` before any value changes."""
+    from .model import check_checkpoint
+
+    if adapter_name not in model.peft_config:
+        raise ValueError(f"hotswap_adapter: the model has no adapter {adapter_name!r}; it has "
+                         f"{sorted(model.peft_config)}")
+    check_checkpoint(model, model_id)
+    old = model.peft_config[adapter_name]
+    new = peft.PeftConfig.from_pretrained(str(model_id))
+    for field in ("random_loc_seed", "scaling", "fan_in_fan_out"):
+        if getattr(new, field) != getattr(old, field):
+            raise ValueError(f"hotswap_adapter: {field} differs ({getattr(old, field)!r} loaded, "
+                             f"{getattr(new, field)!r} in {model_id}); only spectra can be swapped in place")
+    tensors, _ = _C.load_safetensors(os.path.join(str(model_id), "adapter_model.safetensors"))
+    state = model.state_dict(keep_vars=True)
+    targets = {}
+    for key, value in tensors.items():
+        name = key[len(_PREFIX):]
+        if name.endswith("." + _SPECTRUM):
+            live = f"{_PREFIX}{name}.{adapter_name}"
+        else:
+            path, _, param = name.rpartition(".")
+            live = next((k for k in (f"{_PREFIX}{path}.modules_to_save.{adapter_name}.{param}",
+                                     f"{_PREFIX}{path}.base_layer.{param}", key) if k in state), None)
+        if live is None or live not in state:
+            raise ValueError(f"hotswap_adapter: {model_id}: tensor {key!r} has no counterpart in adapter "
+                             f"{adapter_name!r} of the model")
+        if state[live].shape != value.shape:
+            raise ValueError(f"hotswap_adapter: {model_id}: tensor {key!r} has shape {list(value.shape)}, the "
+                             f"model's {live!r} has {list(state[live].shape)}")
+        targets[live] = value
+    loaded = {k for k in targets if k.endswith(f".{_SPECTRUM}.{adapter_name}")}
+    expected = {k for k in state if k.endswith(f".{_SPECTRUM}.{adapter_name}")}
+    if loaded != expected:
+        missing = sorted(expected - loaded)[:5]
+        raise ValueError(f"hotswap_adapter: {model_id} does not adapt the same modules as {adapter_name!r} "
+                         f"(no spectrum for e.g. {missing})")
+    with torch.no_grad():
+        for live, value in targets.items():
+            state[live].copy_(value)
