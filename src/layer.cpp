@@ -435,11 +435,46 @@ void FourierFTLayer::print_adapters(std::ostream& stream) const {
   stream << "], forward_path=" << options_.forward_path();
 }
 
+namespace {
+thread_local const MixedBatch* mixed_batch_on_this_thread = nullptr;
+}  // namespace
+
+const MixedBatch* current_mixed_batch() { return mixed_batch_on_this_thread; }
+
+const MixedBatch* set_current_mixed_batch(const MixedBatch* batch) {
+  const MixedBatch* previous = mixed_batch_on_this_thread;
+  mixed_batch_on_this_thread = batch;
+  return previous;
+}
+
+torch::Tensor FourierFTLayer::mixed_adapter_forward(const MixedBatch& batch, const torch::Tensor& x) {
+  TORCH_CHECK_VALUE(x.dim() >= 2 && x.size(0) == batch.row_adapter.size(0), describe(),
+                    ": a mixed-adapter batch names an adapter for ", batch.row_adapter.size(0),
+                    " rows, but the input has shape ", x.sizes(), " (rows are its first dimension)");
+  auto sizes = x.sizes().vec();
+  sizes.back() = out_features_;
+  auto out = torch::zeros(sizes, x.options());
+  const auto row_adapter = batch.row_adapter.to(x.device());
+  for (size_t k = 0; k < batch.adapters.size(); ++k) {
+    if (!adapters_.contains(batch.adapters[k])) continue;
+    const auto rows = torch::nonzero(row_adapter == static_cast<int64_t>(k)).flatten();
+    if (rows.numel() == 0) continue;
+    out.index_copy_(0, rows, adapter_forward(batch.adapters[k], x.index_select(0, rows)).to(out.scalar_type()));
+  }
+  return out;
+}
+
 torch::Tensor FourierFTLayer::adapted_forward(
     const torch::Tensor& x, const std::function<torch::Tensor(const torch::Tensor&)>& base) {
   if (disabled_) {
     if (merged()) unmerge();
     return base(x);
+  }
+  if (const MixedBatch* batch = current_mixed_batch()) {
+    TORCH_CHECK_VALUE(!merged(), describe(), ": a mixed-adapter batch needs unmerged adapters (merged: ",
+                      merged_adapters_.size(), ")");
+    auto result = base(x);
+    return result + mixed_adapter_forward(*batch, x).to(result.scalar_type());
   }
   if (merged()) return base(x);
   auto result = base(x);

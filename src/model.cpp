@@ -343,6 +343,49 @@ std::shared_ptr<torch::nn::Module> FourierFTModel::unload() {
   return model_;
 }
 
+FourierFTModel::MixedBatchGuard::MixedBatchGuard(MixedBatch batch)
+    : batch_(std::move(batch)), previous_(set_current_mixed_batch(&batch_)) {}
+
+FourierFTModel::MixedBatchGuard::~MixedBatchGuard() { set_current_mixed_batch(previous_); }
+
+std::unique_ptr<FourierFTModel::MixedBatchGuard> FourierFTModel::mixed_batch(
+    const std::vector<std::string>& adapter_names_per_row) const {
+  std::vector<std::string> adapters;
+  std::vector<int64_t> index;
+  for (const auto& name : adapter_names_per_row) {
+    if (name == "__base__") {
+      index.push_back(-1);
+      continue;
+    }
+    auto it = std::find(adapters.begin(), adapters.end(), name);
+    if (it == adapters.end()) it = adapters.insert(adapters.end(), name);
+    index.push_back(it - adapters.begin());
+  }
+  return mixed_batch(torch::tensor(index, torch::kLong), adapters);
+}
+
+std::unique_ptr<FourierFTModel::MixedBatchGuard> FourierFTModel::mixed_batch(
+    const torch::Tensor& row_adapter, const std::vector<std::string>& adapters) const {
+  TORCH_CHECK_VALUE(!model_->is_training(), "fourierft: a mixed-adapter batch is for inference; call "
+                    "model->eval() first (PEFT: \"Cannot pass `adapter_names` when the model is in training mode\")");
+  std::vector<std::string> unknown;
+  for (const auto& name : adapters) {
+    if (!configs_.count(name)) unknown.push_back(name);
+  }
+  TORCH_CHECK_VALUE(unknown.empty(), "Trying to infer with non-existing adapter(s): ", join(unknown),
+                    "; known adapters: ", join(adapter_order_));
+  TORCH_CHECK_VALUE(row_adapter.dim() == 1 && row_adapter.scalar_type() == torch::kLong,
+                    "fourierft: the per-row adapter index must be a 1-D int64 tensor, got ", row_adapter.sizes(), " ",
+                    row_adapter.scalar_type());
+  const auto cpu = row_adapter.to(torch::kCPU);
+  if (cpu.numel() > 0) {
+    const auto low = cpu.min().item<int64_t>(), high = cpu.max().item<int64_t>();
+    TORCH_CHECK_VALUE(low >= -1 && high < static_cast<int64_t>(adapters.size()), "fourierft: per-row adapter "
+                      "indices must lie in [-1, ", adapters.size(), "), got values in [", low, ", ", high, "]");
+  }
+  return std::make_unique<MixedBatchGuard>(MixedBatch{adapters, cpu});
+}
+
 void FourierFTModel::mark_trainable() {
   // PEFT's _mark_only_adapters_as_trainable: everything but the spectra is frozen, then the bias
   // mode and modules_to_save of the active adapters open what they name.

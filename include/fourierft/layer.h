@@ -90,6 +90,18 @@ class SpectrumDictImpl : public torch::nn::Cloneable<SpectrumDictImpl> {
 };
 TORCH_MODULE(SpectrumDict);
 
+/// A mixed-adapter batch for the forwards run on this thread (set by FourierFTModel::mixed_batch): row i of
+/// every adapted layer's input (its first dimension) goes through adapter `adapters[row_adapter[i]]`, or
+/// through none where row_adapter[i] is -1. Inference only.
+struct MixedBatch {
+  std::vector<std::string> adapters;
+  torch::Tensor row_adapter;  // int64 [rows] on the CPU
+};
+/// The mixed batch in effect on this thread, or nullptr.
+const MixedBatch* current_mixed_batch();
+/// Sets (or, with nullptr, clears) this thread's mixed batch; returns the previous one.
+const MixedBatch* set_current_mixed_batch(const MixedBatch* batch);
+
 /// One adapter's fixed (non-trainable) state.
 struct AdapterState {
   int64_t n_frequency = 0;
@@ -173,6 +185,9 @@ class FourierFTLayer {
   torch::Tensor get_delta_weight(const std::string& name) const;
   /// x @ delta_W^T for one adapter through the configured forward path.
   torch::Tensor adapter_forward(const std::string& name, const torch::Tensor& x);
+  /// Sum over the rows of x (first dimension) of x_i @ delta_W(batch adapter of row i)^T; rows of adapters
+  /// this layer does not hold, and rows marked -1, get zeros. Each adapter runs once on its rows.
+  torch::Tensor mixed_adapter_forward(const MixedBatch& batch, const torch::Tensor& x);
   /// The path `adapter_forward` takes for an input with `tokens` rows (Auto resolved).
   ForwardPath resolve_path(const std::string& name, int64_t tokens) const;
 

@@ -74,6 +74,27 @@ class FourierFTModel {
   };
   [[nodiscard]] DisableAdapterGuard disable_adapter() { return DisableAdapterGuard(*this); }
 
+  /// Mixed-adapter batch, as PEFT's `model(..., adapter_names=[...])`: while the guard lives, every forward on
+  /// this thread sends row i (the first dimension of each adapted layer's input) through adapter
+  /// `adapter_names_per_row[i]`, or through none for "__base__". Inference only: the model must be in eval
+  /// mode; unknown names are an error before anything runs.
+  class MixedBatchGuard {
+   public:
+    explicit MixedBatchGuard(MixedBatch batch);
+    MixedBatchGuard(MixedBatchGuard&&) = delete;
+    MixedBatchGuard(const MixedBatchGuard&) = delete;
+    MixedBatchGuard& operator=(const MixedBatchGuard&) = delete;
+    ~MixedBatchGuard();
+
+   private:
+    MixedBatch batch_;
+    const MixedBatch* previous_;
+  };
+  [[nodiscard]] std::unique_ptr<MixedBatchGuard> mixed_batch(const std::vector<std::string>& adapter_names_per_row) const;
+  /// The same with a per-row index tensor (int64 [rows]) into `adapters`, -1 for no adapter.
+  [[nodiscard]] std::unique_ptr<MixedBatchGuard> mixed_batch(const torch::Tensor& row_adapter,
+                                                             const std::vector<std::string>& adapters) const;
+
   /// Merges `adapter_names` (default: the active adapters) into the weights of every layer. With
   /// safe_merge every layer is checked for NaN/Inf before any weight changes.
   void merge_adapter(const std::optional<std::vector<std::string>>& adapter_names = std::nullopt,

@@ -158,3 +158,65 @@ TEST(Robustness, ReplaceModuleTrapIsRefusedNotSilent) {
 }
 
 }  // namespace
+
+namespace {
+
+// Mixed-adapter batches in C++: each row equals that row run alone with its adapter active (PEFT's
+// adapter_names), for the name list and the index-tensor forms; unknown names and training mode refused.
+struct TwoLayerImpl : torch::nn::Module {
+  fourierft::Linear q{nullptr}, v{nullptr};
+  TwoLayerImpl() {
+    q = register_module("q", fourierft::Linear(16, 16));
+    v = register_module("v", fourierft::Linear(16, 12));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return v(torch::tanh(q(x))); }
+};
+TORCH_MODULE(TwoLayer);
+
+TEST(Robustness, MixedAdapterBatchRowsEqualEachRowAlone) {
+  torch::manual_seed(0);
+  TwoLayer net;
+  auto peft = fourierft::get_peft_model(net.ptr(), FourierFTConfig().target_modules({"q", "v"}).n_frequency(40).scaling(30.0));
+  peft.add_adapter("b", FourierFTConfig().target_modules({"q"}).n_frequency(30).scaling(30.0).random_loc_seed(3));
+  peft.add_adapter("c", FourierFTConfig().target_modules({"v"}).n_frequency(20).scaling(30.0).random_loc_seed(4));
+  const std::vector<std::string> names{"b", "__base__", "default", "c", "b"};
+  const auto x = torch::randn({5, 7, 16});
+  EXPECT_ERROR_CONTAINS(peft.mixed_batch(names), "eval()");
+  net->eval();
+  torch::NoGradGuard no_grad;
+  torch::Tensor mixed, mixed_by_index;
+  {
+    auto guard = peft.mixed_batch(names);
+    mixed = net(x);
+  }
+  {
+    auto guard = peft.mixed_batch(torch::tensor({1, -1, 0, 2, 1}, torch::kLong), {"default", "b", "c"});
+    mixed_by_index = net(x);
+  }
+  EXPECT_TRUE(torch::equal(mixed, mixed_by_index));
+  for (size_t row = 0; row < names.size(); ++row) {
+    torch::Tensor alone;
+    if (names[row] == "__base__") {
+      auto guard = peft.disable_adapter();
+      alone = net(x.slice(0, row, row + 1));
+    } else {
+      peft.set_adapter(names[row]);
+      alone = net(x.slice(0, row, row + 1));
+      peft.set_adapter("default");
+    }
+    EXPECT_LE(relative_error(mixed.slice(0, row, row + 1), alone), 1e-5) << "row " << row << " (" << names[row] << ")";
+  }
+  {
+    auto guard = peft.disable_adapter();  // the adapters really change the rows they are named for
+    EXPECT_FALSE(torch::allclose(mixed.slice(0, 0, 1), net(x.slice(0, 0, 1)), 1e-4, 1e-4));
+  }
+  EXPECT_ERROR_CONTAINS(peft.mixed_batch({"b", "nope"}), "non-existing adapter(s): nope");
+  EXPECT_ERROR_CONTAINS(peft.mixed_batch(torch::tensor({0, 3}, torch::kLong), {"b"}), "[-1, 1)", "[0, 3]");
+  {
+    auto guard = peft.mixed_batch(names);
+    EXPECT_ERROR_CONTAINS(net(torch::randn({4, 16})), "5 rows", "[4, 16]");
+  }
+  EXPECT_EQ(fourierft::current_mixed_batch(), nullptr);  // the guard is gone, forwards are normal again
+}
+
+}  // namespace
