@@ -473,6 +473,30 @@ FourierFTModel::FourierFTModel(std::shared_ptr<torch::nn::Module> model) : model
 namespace {
 const char* kKeyPrefix = "base_model.model.";
 
+// The checkpoint key PEFT gives each bias that bias="all" / "fourier_only" saves, as its wrapped model names
+// it: "<path>.base_layer.bias" for an adapted layer (one in `carriers`), "<path>.bias" for any other module
+// (bias "all" only).
+struct BiasKey {
+  std::string key, path;
+  torch::Tensor param;
+  bool carrier;
+};
+
+std::vector<BiasKey> bias_keys(const torch::nn::Module& model, const std::set<std::string>& carriers,
+                               const std::string& bias) {
+  std::vector<BiasKey> keys;
+  if (bias == "none") return keys;
+  for (const auto& item : model.named_parameters()) {
+    const std::string& name = item.key();
+    if (!(name == "bias" || (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0))) continue;
+    const std::string path = name.size() > 5 ? name.substr(0, name.size() - 5) : "";
+    const std::string prefix = kKeyPrefix + (path.empty() ? "" : path + ".");
+    const bool carrier = carriers.count(path) > 0;
+    if (carrier || bias == "all") keys.push_back({prefix + (carrier ? "base_layer.bias" : "bias"), path, item.value(), carrier});
+  }
+  return keys;
+}
+
 std::string adapter_dir(const std::string& dir, const std::string& adapter_name) {
   return adapter_name == "default" ? dir : (std::filesystem::path(dir) / adapter_name).string();
 }
@@ -500,28 +524,19 @@ std::map<std::string, torch::Tensor> FourierFTModel::get_adapter_state_dict(cons
   // Biases, under the names they have in PEFT's wrapped model (its state dict is what PEFT filters):
   // an adapted layer's bias is "<path>.base_layer.bias"; a modules_to_save module's is
   // "<path>.original_module.bias" (original values) and "<path>.modules_to_save.bias" (this adapter's copy).
-  const std::string& bias = configs_.at(adapter_name).bias();
-  if (bias == "none") return out;
-  for (const auto& item : model_->named_parameters()) {
-    const std::string& name = item.key();
-    if (!(name == "bias" || (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0))) continue;
-    const std::string path = name.size() > 5 ? name.substr(0, name.size() - 5) : "";
-    const std::string prefix = kKeyPrefix + (path.empty() ? "" : path + ".");
-    if (carriers.count(path)) {
-      out[prefix + "base_layer.bias"] = item.value().detach();
-    } else if (bias == "all") {
-      const auto saved = saved_modules_.find(path);
-      if (saved == saved_modules_.end()) {
-        out[prefix + "bias"] = item.value().detach();
-        continue;
-      }
-      const auto& s = saved->second;
-      const size_t i = std::find(s.names.begin(), s.names.end(), "bias") - s.names.begin();
-      out[prefix + "original_module.bias"] = s.original[i].detach();
-      const auto copy = s.per_adapter.find(adapter_name);
-      if (copy != s.per_adapter.end()) {
-        out[prefix + "modules_to_save.bias"] = (s.owner == adapter_name ? s.live[i] : copy->second[i]).detach();
-      }
+  for (const auto& b : bias_keys(*model_, carriers, configs_.at(adapter_name).bias())) {
+    const auto saved = saved_modules_.find(b.path);
+    if (b.carrier || saved == saved_modules_.end()) {
+      out[b.key] = b.param.detach();
+      continue;
+    }
+    const auto& s = saved->second;  // PEFT's wrapper also holds the original and this adapter's copy
+    const std::string prefix = kKeyPrefix + b.path + ".";
+    const size_t i = std::find(s.names.begin(), s.names.end(), "bias") - s.names.begin();
+    out[prefix + "original_module.bias"] = s.original[i].detach();
+    const auto copy = s.per_adapter.find(adapter_name);
+    if (copy != s.per_adapter.end()) {
+      out[prefix + "modules_to_save.bias"] = (s.owner == adapter_name ? s.live[i] : copy->second[i]).detach();
     }
   }
   return out;
@@ -612,17 +627,11 @@ void FourierFTModel::load_adapter(const std::string& dir, const std::string& ada
     for (const auto& [name, layer] : all_layers()) {
       if (!layer->adapter_names().empty()) carriers.insert(name);
     }
-    for (const auto& item : model_->named_parameters()) {
-      const std::string& name = item.key();
-      if (!(name == "bias" || (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0))) continue;
-      const std::string path = name.size() > 5 ? name.substr(0, name.size() - 5) : "";
-      const std::string prefix = kKeyPrefix + (path.empty() ? "" : path + ".");
-      if (carriers.count(path)) {
-        biases[prefix + "base_layer.bias"] = item.value();
-      } else if (config.bias() == "all") {
-        biases[prefix + "bias"] = item.value();
-        expected.insert(prefix + "original_module.bias");
-        expected.insert(prefix + "modules_to_save.bias");
+    for (const auto& b : bias_keys(*model_, carriers, config.bias())) {
+      biases[b.key] = b.param;
+      if (!b.carrier) {
+        expected.insert(kKeyPrefix + b.path + ".original_module.bias");
+        expected.insert(kKeyPrefix + b.path + ".modules_to_save.bias");
       }
     }
     for (const auto& [key, param] : biases) {
