@@ -83,8 +83,9 @@ def make_variant(name: str, spec: dict):
         for pname, p in model.named_parameters():
             p.requires_grad_(any(pname.startswith(o) or f".{o}" in pname for o in spec["frozen_open"]))
     elif name.startswith("PEFT FourierFT"):
-        model = peft.get_peft_model(base, peft.FourierFTConfig(task_type=spec["task"], target_modules=spec["targets"],
-                                                               n_frequency=spec["n"], scaling=spec["scaling"]))
+        with fourierft.registered(False):  # PEFT's own layers (importing fourierft registers ours)
+            model = peft.get_peft_model(base, peft.FourierFTConfig(task_type=spec["task"], target_modules=spec["targets"],
+                                                                   n_frequency=spec["n"], scaling=spec["scaling"]))
         if name.endswith("accelerate"):
             fourierft.accelerate(model)
     elif name == "PEFT LoRA r=8":
@@ -198,9 +199,10 @@ def bench_inference(reps: int) -> dict:
     base = minilm_base().eval()
     config = dict(task_type="SEQ_CLS", target_modules=spec["targets"], n_frequency=1000, scaling=150.0)
     torch.manual_seed(1)
-    peft_model = peft.get_peft_model(minilm_base(), peft.FourierFTConfig(**config)).eval()
-    torch.manual_seed(1)
-    accelerated = fourierft.accelerate(peft.get_peft_model(minilm_base(), peft.FourierFTConfig(**config))).eval()
+    with fourierft.registered(False):  # PEFT's own layers (importing fourierft registers ours)
+        peft_model = peft.get_peft_model(minilm_base(), peft.FourierFTConfig(**config)).eval()
+        torch.manual_seed(1)
+        accelerated = fourierft.accelerate(peft.get_peft_model(minilm_base(), peft.FourierFTConfig(**config))).eval()
     torch.manual_seed(1)
     ours = fourierft.get_peft_model(minilm_base(), fourierft.FourierFTConfig(**config)).eval()
     merged = copy.deepcopy(ours).merge_and_unload().eval()

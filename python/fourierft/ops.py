@@ -1,7 +1,7 @@
 """The FourierFT kernels, as ``torch.ops.fourierft.*`` (registered by the C++ library).
 
 Thin wrappers with the math in their docstrings; the implementation (CPU kernels, autograd, fake
-tensors for ``torch.compile``) lives in ``src/ops.cpp`` and is shared with the C++ API.
+tensors for ``torch.compile``) lives in ``src/ops/`` and is shared with the C++ API.
 
 Notation: base weight ``W0`` is ``out_features x in_features`` (d1 x d2), ``c`` the ``n`` learnable
 coefficients (PEFT's ``fourierft_spectrum``), ``E`` the 2 x n entry matrix, ``alpha`` the scaling.
