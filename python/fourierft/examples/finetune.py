@@ -203,7 +203,10 @@ def run(args: argparse.Namespace) -> dict:
     ours_logits = eval_logits  # the trained model's held-out logits, from the last evaluation
     import peft
 
-    reloaded = peft.PeftModel.from_pretrained(load_base(args.seed + 1), str(adapter_dir))
+    import fourierft
+
+    with fourierft.registered(False):  # PEFT's own layers and math read the files: an independent check
+        reloaded = peft.PeftModel.from_pretrained(load_base(args.seed + 1), str(adapter_dir))
     peft_logits = predict(reloaded, eval_ids, eval_mask)
     peft_match = bool(torch.equal(peft_logits.argmax(-1), ours_logits.argmax(-1)))
     peft_max_diff = (peft_logits - ours_logits).abs().max().item()
