@@ -31,6 +31,10 @@ def test_finetune_demo_short_run(tmp_path):
     assert summary["adapter_params"] == 12 * 300 and summary["steps"] == 12
     assert summary["adapter_file_bytes"] == (out / "adapter" / "adapter_model.safetensors").stat().st_size
     assert (out / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The head-only baseline ran with the same recipe and budget, and the run says what the adapter adds.
+    assert len(summary["head_only_eval_accuracy_per_epoch"]) == 2
+    assert 0.0 <= summary["head_only_eval_accuracy_after"] <= 1.0
+    assert "held-out accuracy: head alone" in result.stdout
     # The adapter is PEFT's: peft reads it on its own, with the trained head.
     config = peft.PeftConfig.from_pretrained(str(out / "adapter"))
     assert config.peft_type == peft.PeftType.FOURIERFT and config.n_frequency == 300
