@@ -340,6 +340,10 @@ def check_checkpoint(model: nn.Module, model_id: Union[str, os.PathLike], subfol
                                  f"expected 1-D floating point with 1..{size} values for {path!r} "
                                  f"(weight {list(weight.shape)})")
         else:
+            # PEFT's checkpoint names of biases (bias="all"/"fourier_only") keep its wrappers' segments, without
+            # the adapter name: "<path>.base_layer.bias", "<head>.original_module.bias", "<head>.modules_to_save.bias".
+            name = ".".join(part for part in name.split(".")
+                            if part not in ("base_layer", "original_module", "modules_to_save"))
             param = params.get(name)
             if param is None:
                 raise ValueError(f"{file}: tensor {key!r} matches no parameter of the model ({type(inner).__name__})")

@@ -357,6 +357,22 @@ def test_bias_modes_train_and_save_biases_like_peft(tmp_path):
             sorted(load_file(tmp_path / bias / "theirs" / "adapter_model.safetensors"))
 
 
+@pytest.mark.parametrize("bias", ["all", "fourier_only"])
+def test_checkpoint_with_biases_and_head_loads_with_the_trained_values(tmp_path, bias):
+    with fourierft.registered(False):  # written by PEFT itself
+        theirs = peft.get_peft_model(mlp(), peft.FourierFTConfig(target_modules=["q", "v"], n_frequency=10, bias=bias,
+                                                                 modules_to_save=["classifier"]))
+    with torch.no_grad():
+        for name, p in theirs.named_parameters():
+            if p.requires_grad:
+                p.add_(0.25)  # stands for training
+    theirs.save_pretrained(str(tmp_path))
+    loaded = fourierft.FourierFTModel.from_pretrained(mlp(), tmp_path)
+    x = torch.randn(4, 24)
+    with torch.no_grad():
+        assert_close(loaded(x), theirs.eval()(x))
+
+
 def test_state_dict_round_trip_with_torch_save(tmp_path):
     model = fourierft.get_peft_model(mlp(), fourierft.FourierFTConfig(target_modules=["q", "v"], n_frequency=20))
     torch.save(model.state_dict(), tmp_path / "state.pt")
