@@ -66,6 +66,17 @@ bool checked_mul(uint64_t a, uint64_t b, uint64_t& out) {
   return true;
 }
 
+// The bytes before the data section, as serialize() and Writer write them: the u64 little-endian header
+// length, then the JSON header padded with spaces to a multiple of 8 bytes.
+std::string framed_header(const json& header) {
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  std::string out(8, '\0');
+  const uint64_t header_len = text.size();
+  std::memcpy(out.data(), &header_len, sizeof(header_len));
+  return out + text;
+}
+
 uint64_t as_u64(const json& value, const std::string& source, const std::string& tensor, const char* what) {
   TORCH_CHECK_VALUE(value.is_number_unsigned() || (value.is_number_integer() && value.get<int64_t>() >= 0),
                     source, ": tensor '", tensor, "': ", what, " must be a non-negative integer, got ",
@@ -219,12 +230,7 @@ std::string serialize(const TensorMap& tensors, const Metadata& metadata) {
     offset += nbytes;
     ordered.push_back(std::move(cpu));
   }
-  std::string text = header.dump();
-  text.append((8 - text.size() % 8) % 8, ' ');
-  std::string out(8, '\0');
-  const uint64_t header_len = text.size();
-  std::memcpy(out.data(), &header_len, sizeof(header_len));
-  out += text;
+  std::string out = framed_header(header);
   out.reserve(out.size() + offset);
   for (const auto& t : ordered) {
     out.append(static_cast<const char*>(t.const_data_ptr()), t.numel() * t.element_size());
@@ -348,12 +354,7 @@ Writer::Writer(const std::string& path, std::vector<TensorInfo> layout, const Me
     header[t.name] = {{"dtype", dtype.name}, {"shape", t.shape}, {"data_offsets", {offset, offset + nbytes}}};
     offset += nbytes;
   }
-  std::string text = header.dump();
-  text.append((8 - text.size() % 8) % 8, ' ');
-  std::string head(8, '\0');
-  const uint64_t header_len = text.size();
-  std::memcpy(head.data(), &header_len, sizeof(header_len));
-  head += text;
+  const std::string head = framed_header(header);
   fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   TORCH_CHECK_VALUE(fd_ >= 0, path, ": cannot create ", tmp_, " (", std::strerror(errno), ")");
   write_bytes(head.data(), head.size());

@@ -144,13 +144,13 @@ class FourierFTModel(PeftFourierFTModel):
         """``peft.PeftModel.from_pretrained`` with fourierft's layers and guarantees: the checkpoint is
         checked first (:func:`check_checkpoint`), and if loading fails ``model`` is left as it was.
         Returns PEFT's task-specific ``PeftModel`` (in eval mode unless ``is_trainable``)."""
-        check_checkpoint(model, model_id, subfolder=kwargs.get("subfolder"))
+        saved = check_checkpoint(model, model_id, subfolder=kwargs.get("subfolder"))
         snapshot = _Snapshot(model)
         try:
             with registered():
                 peft_model = peft.PeftModel.from_pretrained(model, model_id, adapter_name=adapter_name,
                                                             is_trainable=is_trainable, config=config, **kwargs)
-            _check_loaded(peft_model, model_id, adapter_name, kwargs.get("subfolder"))
+            _check_loaded(peft_model, saved, model_id, adapter_name, kwargs.get("subfolder"))
         except BaseException:
             snapshot.restore()
             raise
@@ -223,13 +223,13 @@ def load_adapter(peft_model: peft.PeftModel, model_id: Union[str, os.PathLike], 
     half-loaded adapter, trainability and active adapter unchanged). Returns PEFT's load result."""
     if adapter_name in peft_model.peft_config:
         raise ValueError(f"load_adapter: adapter {adapter_name!r} already exists; delete it first or pick another name")
-    check_checkpoint(peft_model, model_id, subfolder=kwargs.get("subfolder"))
+    saved = check_checkpoint(peft_model, model_id, subfolder=kwargs.get("subfolder"))
     snapshot = _Snapshot(peft_model)
     active = peft_model.active_adapter
     try:
         with registered():
             result = peft_model.load_adapter(model_id, adapter_name, is_trainable=is_trainable, **kwargs)
-        _check_loaded(peft_model, model_id, adapter_name, kwargs.get("subfolder"))
+        _check_loaded(peft_model, saved, model_id, adapter_name, kwargs.get("subfolder"))
     except BaseException:
         if adapter_name in peft_model.peft_config:
             with contextlib.suppress(Exception):
@@ -301,22 +301,24 @@ def _adapter_dir(model_id, subfolder) -> str:
     return os.path.join(str(model_id), subfolder) if subfolder else str(model_id)
 
 
-def check_checkpoint(model: nn.Module, model_id: Union[str, os.PathLike], subfolder: Optional[str] = None) -> None:
+def check_checkpoint(model: nn.Module, model_id: Union[str, os.PathLike],
+                     subfolder: Optional[str] = None) -> Optional[dict[str, torch.Tensor]]:
     """Checks a local FourierFT adapter directory against ``model`` (a base model or a ``PeftModel``)
     without changing anything: ``adapter_config.json`` is a FourierFT config; ``adapter_model.safetensors``
     passes the strict C++ reader (header, offsets, dtypes, sizes); every spectrum belongs to a linear
     module of ``model`` and has 1..in*out floating point values; every other tensor has the shape of
     the parameter it replaces. Raises ``ValueError`` naming the file, the tensor and the numbers.
-    Hub ids (no such local directory) are left to PEFT."""
+    Returns the file's tensors (read once, for the callers that need them); hub ids (no such local directory) and PEFT's pickled
+    adapter_model.bin are left to PEFT (None)."""
     directory = _adapter_dir(model_id, subfolder)
     if not os.path.isdir(directory):
-        return
+        return None
     config = peft.PeftConfig.from_pretrained(directory)
     if config.peft_type != PeftType.FOURIERFT:
         raise ValueError(f"{directory}: not a FourierFT adapter (peft_type={getattr(config.peft_type, 'value', config.peft_type)})")
     file = os.path.join(directory, SAFETENSORS_WEIGHTS_NAME)
     if not os.path.isfile(file):
-        return  # PEFT's pickled adapter_model.bin, or nothing: PEFT reports it
+        return None  # PEFT's pickled adapter_model.bin, or nothing: PEFT reports it
     tensors, _ = _C.load_safetensors(file)
     inner = _inner_model(model)
     modules = {_peft_name(name): module for name, module in inner.named_modules()}
@@ -350,15 +352,16 @@ def check_checkpoint(model: nn.Module, model_id: Union[str, os.PathLike], subfol
             if tuple(param.shape) != tuple(tensor.shape):
                 raise ValueError(f"{file}: tensor {key!r} has shape {list(tensor.shape)}, the model's {name!r} "
                                  f"has {list(param.shape)}")
+    return tensors
 
 
-def _check_loaded(peft_model: peft.PeftModel, model_id, adapter_name: str, subfolder: Optional[str]) -> None:
-    """After PEFT loaded: every layer holding the adapter got its spectrum from the file (PEFT only
-    warns about missing keys and keeps the random initial spectra)."""
-    file = os.path.join(_adapter_dir(model_id, subfolder), SAFETENSORS_WEIGHTS_NAME)
-    if not os.path.isfile(file):
+def _check_loaded(peft_model: peft.PeftModel, saved: Optional[dict[str, torch.Tensor]], model_id, adapter_name: str,
+                  subfolder: Optional[str]) -> None:
+    """After PEFT loaded: every layer holding the adapter got its spectrum from the file, whose tensor names
+    check_checkpoint read (PEFT only warns about missing keys and keeps the random initial spectra)."""
+    if saved is None:
         return
-    saved = set(_C.load_safetensors(file)[0])
+    file = os.path.join(_adapter_dir(model_id, subfolder), SAFETENSORS_WEIGHTS_NAME)
     for name, module in peft_model.base_model.model.named_modules():
         if isinstance(module, PeftFourierFTLinear) and adapter_name in module.fourierft_spectrum:
             key = f"{_PREFIX}{_peft_name(name)}.{_SPECTRUM}"

@@ -19,7 +19,6 @@ from typing import Union
 import peft
 import torch
 
-from . import _C
 
 __all__ = ["mixed_adapter_output", "hotswap_adapter"]
 
@@ -79,14 +78,15 @@ def hotswap_adapter(model: peft.PeftModel, model_id: Union[str, os.PathLike], ad
     if adapter_name not in model.peft_config:
         raise ValueError(f"hotswap_adapter: the model has no adapter {adapter_name!r}; it has "
                          f"{sorted(model.peft_config)}")
-    check_checkpoint(model, model_id)
+    tensors = check_checkpoint(model, model_id)
+    if tensors is None:
+        raise ValueError(f"hotswap_adapter: {model_id} is not a local directory with adapter_model.safetensors")
     old = model.peft_config[adapter_name]
     new = peft.PeftConfig.from_pretrained(str(model_id))
     for field in ("random_loc_seed", "scaling", "fan_in_fan_out"):
         if getattr(new, field) != getattr(old, field):
             raise ValueError(f"hotswap_adapter: {field} differs ({getattr(old, field)!r} loaded, "
                              f"{getattr(new, field)!r} in {model_id}); only spectra can be swapped in place")
-    tensors, _ = _C.load_safetensors(os.path.join(str(model_id), "adapter_model.safetensors"))
     state = model.state_dict(keep_vars=True)
     targets = {}
     for key, value in tensors.items():
