@@ -15,6 +15,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <optional>
 
 namespace fourierft {
 
@@ -38,6 +39,25 @@ at::Tensor delta_weight(const at::Tensor& spectrum, const at::Tensor& indices, i
 /// Differentiable with respect to `x` and `spectrum`.
 at::Tensor spectral_linear(const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices,
                            int64_t out_features, int64_t in_features, double scaling);
+
+/// The whole adapted linear layer, `x @ (weight + delta_W)^T + bias`, equal to PEFT's FourierFT
+/// `Linear.forward` around an `nn.Linear` with one active adapter (`base_layer(x) + x @ delta_W^T`).
+/// By the path the cost model picks (see set_linear_path): the spectral pipeline writing
+/// `x @ delta_W^T + bias` and the GEMM with `weight` accumulating into it, or one GEMM with
+/// `weight + delta_W` (delta_W built for the call and freed). The backward makes the same choice for
+/// the input gradient; it saves the input (when the spectrum or the weight trains), never delta_W or
+/// a spectrum of the input. `weight` [out, in] and `bias` [out] have x's dtype; a spectrum of another
+/// dtype gets PEFT's composition (base in x's dtype + adapter in the spectrum's, promoted).
+/// Differentiable with respect to x, weight, bias and spectrum.
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                  const at::Tensor& spectrum, const at::Tensor& indices, int64_t out_features, int64_t in_features,
+                  double scaling);
+
+/// Which path fourierft::linear takes: Auto (the cost model), or always the spectral pipeline, or always
+/// the merged weight. Process-wide; for benchmarks and tests (both paths are held to PEFT).
+enum class LinearPath { Auto, Spectral, Merged };
+void set_linear_path(LinearPath path);
+LinearPath linear_path();
 
 /// Runs the device-generic implementation (ATen operations only, the one registered for CUDA) for CPU
 /// tensors too, instead of the fused CPU kernels: slower, for testing the generic path where no GPU is

@@ -15,7 +15,7 @@ import torch
 
 from . import _C  # noqa: F401  (loads libfourierft.so, which registers the ops)
 
-__all__ = ["entry_indices", "delta_weight", "spectral_linear", "generic_kernels"]
+__all__ = ["entry_indices", "delta_weight", "spectral_linear", "linear", "linear_path", "generic_kernels"]
 
 
 def entry_indices(out_features: int, in_features: int, n_frequency: int, random_loc_seed: int) -> torch.Tensor:
@@ -51,6 +51,46 @@ def spectral_linear(
     in float32 and returned in ``x``'s dtype. Differentiable with respect to ``x`` and ``spectrum``;
     nothing of size ``d1 x d2`` is allocated, forward or backward."""
     return torch.ops.fourierft.spectral_linear(x, spectrum, indices, out_features, in_features, float(scaling))
+
+
+def linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    spectrum: torch.Tensor,
+    indices: torch.Tensor,
+    out_features: int,
+    in_features: int,
+    scaling: float,
+) -> torch.Tensor:
+    """The whole adapted layer: ``x @ (weight + delta_W)^T + bias``, equal to PEFT's FourierFT ``Linear``
+    around an ``nn.Linear`` with one active adapter (``base_layer(x) + x @ delta_W^T``).
+
+    Takes the path the cost model picks (see :func:`linear_path`): the spectral pipeline writing
+    ``x @ delta_W^T + bias`` with the GEMM on ``weight`` accumulating into it, or one GEMM with
+    ``weight + delta_W`` (built for the call, then freed). The backward chooses the same way for the
+    input gradient. Saves ``x`` for the spectrum's (and a trainable weight's) gradient, nothing else.
+    ``weight`` and ``bias`` have ``x``'s dtype; with a spectrum of another dtype the result is PEFT's
+    composition (base in ``x``'s dtype plus the adapter in the spectrum's, promoted).
+    Differentiable with respect to ``x``, ``weight``, ``bias`` and ``spectrum``."""
+    return torch.ops.fourierft.linear(x, weight, bias, spectrum, indices, out_features, in_features, float(scaling))
+
+
+@contextlib.contextmanager
+def linear_path(path: str) -> Iterator[None]:
+    """Inside the block, :func:`linear` always takes ``path``: ``"spectral"``, ``"merged"`` or ``"auto"``
+    (the cost model, the default). Process-wide while active, restored afterwards; for benchmarks and
+    tests, which hold both paths to PEFT.
+
+    >>> with fourierft.ops.linear_path("merged"):
+    ...     y = fourierft.ops.linear(x, weight, bias, spectrum, indices, out_features, in_features, scaling)
+    """
+    before = _C.linear_path()
+    _C.set_linear_path(path)
+    try:
+        yield
+    finally:
+        _C.set_linear_path(before)
 
 
 @contextlib.contextmanager

@@ -108,6 +108,22 @@ PYBIND11_MODULE(_C, m) {
         "CPU tensors run the device-generic implementation (the one registered for CUDA) instead of the fused "
         "CPU kernels.");
   m.def("generic_kernels", &fourierft::generic_kernels, "Whether set_generic_kernels(True) is in effect.");
+  m.def(
+      "set_linear_path",
+      [](const std::string& path) {
+        if (path == "auto") fourierft::set_linear_path(fourierft::LinearPath::Auto);
+        else if (path == "spectral") fourierft::set_linear_path(fourierft::LinearPath::Spectral);
+        else if (path == "merged") fourierft::set_linear_path(fourierft::LinearPath::Merged);
+        else throw py::value_error("fourierft: linear path must be 'auto', 'spectral' or 'merged', got '" + path + "'");
+      },
+      py::arg("path"), "Which path fourierft.linear takes: 'auto' (the cost model), 'spectral' or 'merged'.");
+  m.def("linear_path", []() {
+    switch (fourierft::linear_path()) {
+      case fourierft::LinearPath::Spectral: return std::string("spectral");
+      case fourierft::LinearPath::Merged: return std::string("merged");
+      default: return std::string("auto");
+    }
+  });
   m.def("spectral_path_is_cheaper", &fourierft::spectral_path_is_cheaper, py::arg("tokens"),
         py::arg("out_features"), py::arg("in_features"), py::arg("n_frequency"),
         py::arg("delta_cached"),

@@ -12,12 +12,6 @@
 namespace fourierft {
 namespace detail {
 
-const c10::TypedOperatorHandle<decltype(spectral_linear_forward_cpu)>& forward_op() {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("fourierft::_spectral_linear_forward", "")
-                             .typed<decltype(spectral_linear_forward_cpu)>();
-  return op;
-}
 const c10::TypedOperatorHandle<decltype(spectral_linear_backward_cpu)>& backward_op() {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("fourierft::_spectral_linear_backward", "")
@@ -43,6 +37,19 @@ const c10::TypedOperatorHandle<decltype(spectral_linear_cpu)>& spectral_linear_o
   return op;
 }
 
+const c10::TypedOperatorHandle<decltype(linear_cpu)>& linear_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fourierft::linear", "")
+                             .typed<decltype(linear_cpu)>();
+  return op;
+}
+const c10::TypedOperatorHandle<decltype(linear_backward_cpu)>& linear_backward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fourierft::_linear_backward", "")
+                             .typed<decltype(linear_backward_cpu)>();
+  return op;
+}
+
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -52,33 +59,68 @@ class SpectralLinearFunction : public torch::autograd::Function<SpectralLinearFu
                             const at::Tensor& indices, int64_t out_features, int64_t in_features,
                             double scaling) {
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [y, x_spec] = forward_op().call(x, spectrum, indices, out_features, in_features, scaling);
-    // x_spec is what the spectrum gradient needs; the input gradient needs only the spectrum.
-    ctx->save_for_backward({spectrum.requires_grad() ? x_spec : at::Tensor(), spectrum, indices});
+    // The spectrum gradient needs the input (its spectrum is recomputed in the backward: the input is
+    // usually alive anyway, its spectrum would be one more activation); the input gradient needs only
+    // the spectrum.
+    ctx->save_for_backward({spectrum.requires_grad() ? x : at::Tensor(), spectrum, indices});
     ctx->saved_data["out_features"] = out_features;
     ctx->saved_data["in_features"] = in_features;
     ctx->saved_data["scaling"] = scaling;
     ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
-    return y;
+    return spectral_linear_op().call(x, spectrum, indices, out_features, in_features, scaling);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto saved = ctx->get_saved_variables();
     const bool need_x = ctx->needs_input_grad(0);
     const bool need_spectrum = ctx->needs_input_grad(1);
-    const int64_t in_features = ctx->saved_data["in_features"].toInt();
-    at::Tensor x_spec = saved[0];
-    if (!x_spec.defined()) {  // spectrum frozen: grad_x alone, which never reads the input spectrum
-      x_spec = at::empty({0}, grad_outputs[0].options().dtype(c10::toComplexType(compute_dtype(
-                                  static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt()),
-                                  saved[1].scalar_type()))));
+    at::Tensor x = saved[0];
+    if (!x.defined()) {  // spectrum frozen: grad_x alone, which never reads the input
+      x = at::empty({0}, grad_outputs[0].options().dtype(
+                             static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt())));
     }
     auto [grad_x, grad_spectrum] = backward_op().call(
-        grad_outputs[0].contiguous(), x_spec, saved[1], saved[2],
-        ctx->saved_data["out_features"].toInt(), in_features, ctx->saved_data["scaling"].toDouble(),
-        static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt()), need_x,
+        grad_outputs[0], x, saved[1], saved[2], ctx->saved_data["out_features"].toInt(),
+        ctx->saved_data["in_features"].toInt(), ctx->saved_data["scaling"].toDouble(), need_x,
         need_spectrum && saved[0].defined());
     return {need_x ? grad_x : at::Tensor(), need_spectrum ? grad_spectrum : at::Tensor(),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+class LinearFunction : public torch::autograd::Function<LinearFunction> {
+ public:
+  // bias: an undefined tensor for none.
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
+                            const at::Tensor& bias, const at::Tensor& spectrum, const at::Tensor& indices,
+                            int64_t out_features, int64_t in_features, double scaling) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    // x is saved only for the spectrum's and the weight's gradients (grad_c recomputes its spectrum).
+    const bool keep_x = spectrum.requires_grad() || weight.requires_grad();
+    ctx->save_for_backward({keep_x ? x : at::Tensor(), weight, spectrum, indices});
+    ctx->saved_data["out_features"] = out_features;
+    ctx->saved_data["in_features"] = in_features;
+    ctx->saved_data["scaling"] = scaling;
+    ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
+    return linear_op().call(x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt, spectrum,
+                            indices, out_features, in_features, scaling);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
+    const auto saved = ctx->get_saved_variables();
+    at::Tensor x = saved[0];
+    if (!x.defined()) {
+      x = at::empty({0}, grad_outputs[0].options().dtype(
+                             static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt())));
+    }
+    const bool need_x = ctx->needs_input_grad(0), need_weight = ctx->needs_input_grad(1),
+               need_bias = ctx->needs_input_grad(2), need_spectrum = ctx->needs_input_grad(3);
+    auto [grad_x, grad_weight, grad_bias, grad_spectrum] = linear_backward_op().call(
+        grad_outputs[0], x, saved[1], saved[2], saved[3], ctx->saved_data["out_features"].toInt(),
+        ctx->saved_data["in_features"].toInt(), ctx->saved_data["scaling"].toDouble(), need_x, need_weight,
+        need_bias, need_spectrum);
+    return {need_x ? grad_x : at::Tensor(),          need_weight ? grad_weight : at::Tensor(),
+            need_bias ? grad_bias : at::Tensor(),    need_spectrum ? grad_spectrum : at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -111,6 +153,13 @@ at::Tensor spectral_linear_autograd(const at::Tensor& x, const at::Tensor& spect
   return SpectralLinearFunction::apply(x, spectrum, indices, out_features, in_features, scaling);
 }
 
+at::Tensor linear_autograd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           const at::Tensor& spectrum, const at::Tensor& indices, int64_t out_features,
+                           int64_t in_features, double scaling) {
+  return LinearFunction::apply(x, weight, bias.has_value() ? *bias : at::Tensor(), spectrum, indices, out_features,
+                               in_features, scaling);
+}
+
 at::Tensor delta_weight_autograd(const at::Tensor& spectrum, const at::Tensor& indices,
                                  int64_t out_features, int64_t in_features, double scaling) {
   return DeltaWeightFunction::apply(spectrum, indices, out_features, in_features, scaling);
@@ -136,6 +185,12 @@ at::Tensor delta_weight(const at::Tensor& spectrum, const at::Tensor& indices, i
 at::Tensor spectral_linear(const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices,
                            int64_t out_features, int64_t in_features, double scaling) {
   return spectral_linear_op().call(x, spectrum, indices, out_features, in_features, scaling);
+}
+
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                  const at::Tensor& spectrum, const at::Tensor& indices, int64_t out_features, int64_t in_features,
+                  double scaling) {
+  return linear_op().call(x, weight, bias, spectrum, indices, out_features, in_features, scaling);
 }
 
 }  // namespace fourierft

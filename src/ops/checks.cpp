@@ -62,6 +62,40 @@ void check_input(const char* op, const at::Tensor& x, const at::Tensor& spectrum
               " and spectrum on ", spectrum.device());
 }
 
+void check_linear(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                  const std::optional<at::Tensor>& bias, const at::Tensor& spectrum, const at::Tensor& indices,
+                  int64_t out_features, int64_t in_features) {
+  check_spectrum_and_indices(op, spectrum, indices, out_features, in_features);
+  check_input(op, x, spectrum, in_features);
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == out_features && weight.size(1) == in_features, "fourierft.",
+              op, ": weight must have shape [out_features, in_features] = [", out_features, ", ", in_features,
+              "], got ", weight.sizes());
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type() && weight.device() == x.device(), "fourierft.", op,
+              ": weight and input must have the same dtype and device (as for torch.nn.functional.linear), got "
+              "weight ", weight.scalar_type(), " on ", weight.device(), " and input ", x.scalar_type(), " on ",
+              x.device());
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == out_features, "fourierft.", op,
+                ": bias must have shape [out_features] = [", out_features, "], got ", bias->sizes());
+    TORCH_CHECK(bias->scalar_type() == weight.scalar_type() && bias->device() == weight.device(), "fourierft.", op,
+                ": bias must have the weight's dtype and device, got ", bias->scalar_type(), " on ",
+                bias->device(), " and weight ", weight.scalar_type(), " on ", weight.device());
+  }
+}
+
+void check_linear_backward(const char* op, const at::Tensor& grad_out, const at::Tensor& x,
+                           const at::Tensor& weight, const at::Tensor& spectrum, const at::Tensor& indices,
+                           int64_t out_features, int64_t in_features, bool need_x) {
+  check_spectrum_and_indices(op, spectrum, indices, out_features, in_features);
+  TORCH_CHECK(grad_out.dim() >= 1 && grad_out.size(-1) == out_features, "fourierft.", op,
+              ": grad_out must have last dimension out_features=", out_features, ", got shape ", grad_out.sizes());
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == out_features && weight.size(1) == in_features, "fourierft.",
+              op, ": weight must have shape [", out_features, ", ", in_features, "], got ", weight.sizes());
+  TORCH_CHECK(!need_x || x.numel() == grad_out.numel() / out_features * in_features, "fourierft.", op,
+              ": saved input has shape ", x.sizes(), ", expected ", grad_out.numel() / out_features,
+              " rows of in_features=", in_features, " (grad_out has shape ", grad_out.sizes(), ")");
+}
+
 void check_cpu(const char* op, const at::Tensor& t) {
   TORCH_CHECK(t.device().is_cpu(), "fourierft.", op,
               ": only CPU tensors are supported by this build, got a tensor on ", t.device());

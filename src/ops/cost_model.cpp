@@ -1,7 +1,10 @@
 // Which forward path is cheaper: the matrix-free spectral one or materialising delta_W and one GEMM.
+#include "internal.h"
+
 #include <fourierft/ops.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 
 namespace fourierft {
@@ -30,5 +33,38 @@ bool spectral_path_is_cheaper(int64_t tokens, int64_t out_features, int64_t in_f
   if (!delta_cached) dense += kDeltaWeightCostPerPoint * d1 * d2 * std::log2(d1 * d2 + 1);
   return spectral <= dense;
 }
+
+namespace {
+std::atomic<LinearPath> forced_linear_path{LinearPath::Auto};
+
+// fourierft::linear, per call, in nanoseconds (fitted on the 2-core x86 VM of docs/benchmarks.md, float32,
+// benchmarks/bench_layer.py --calibrate). The spectral pipeline costs, per row, a real FFT of each width
+// with the transposes around it, and the scatter (or correlation) over the n coefficients ...
+constexpr double kPipelineNsPerPointLog = 0.07;
+constexpr double kPipelineNsPerCoefficient = 0.12;
+// ... against building W + delta_W once per call: an irfft2 of the d1 x d2 spectrum and one add.
+constexpr double kMergeNsPerPointLog = 0.2;
+}  // namespace
+
+void set_linear_path(LinearPath path) { forced_linear_path.store(path); }
+LinearPath linear_path() { return forced_linear_path.load(); }
+
+namespace detail {
+bool linear_uses_merged_weight(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency,
+                               double pipeline_share) {
+  switch (forced_linear_path.load(std::memory_order_relaxed)) {
+    case LinearPath::Spectral: return false;
+    case LinearPath::Merged: return true;
+    case LinearPath::Auto: break;
+  }
+  const double d1 = static_cast<double>(out_features), d2 = static_cast<double>(in_features);
+  const double t = static_cast<double>(std::max<int64_t>(tokens, 1));
+  const double pipeline = pipeline_share * t *
+                          (kPipelineNsPerPointLog * (d1 * std::log2(d1 + 1) + d2 * std::log2(d2 + 1)) +
+                           kPipelineNsPerCoefficient * static_cast<double>(n_frequency));
+  const double merged = kMergeNsPerPointLog * d1 * d2 * std::log2(d1 * d2 + 1);
+  return merged < pipeline;
+}
+}  // namespace detail
 
 }  // namespace fourierft

@@ -91,58 +91,55 @@ at::Tensor delta_weight_backward_generic(const at::Tensor& grad, const at::Tenso
   return at::real(g_spec.view({-1}).index_select(0, row * half + col)).mul(norm).to(spectrum.scalar_type());
 }
 
-std::tuple<at::Tensor, at::Tensor> spectral_linear_forward_generic(const at::Tensor& x, const at::Tensor& spectrum,
-                                                                   const at::Tensor& indices, int64_t out_features,
-                                                                   int64_t in_features, double scaling) {
+at::Tensor spectral_linear_generic(const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices,
+                                   int64_t out_features, int64_t in_features, double scaling) {
   check_spectrum_and_indices("spectral_linear", spectrum, indices, out_features, in_features);
   check_input("spectral_linear", x, spectrum, in_features);
   const auto work = compute_dtype(x.scalar_type(), spectrum.scalar_type());
   const auto x2d = x.reshape({-1, in_features}).to(work);
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = out_features;
-  if (x2d.size(0) == 0) {
-    return {at::zeros(out_shape, x.options()),
-            at::zeros({0, in_features / 2 + 1}, x.options().dtype(c10::toComplexType(work)))};
-  }
-  auto x_spec = at::fft_rfft(x2d, c10::nullopt, -1);
-  const auto gathered = conj_spectrum_at(x_spec, indices[1], in_features);
+  if (x2d.size(0) == 0) return at::zeros(out_shape, x.options());
+  const auto gathered = conj_spectrum_at(at::fft_rfft(x2d, c10::nullopt, -1), indices[1], in_features);
   const auto y = spectral_apply(gathered, spectrum.to(work), indices[0], out_features,
                                 scaling / static_cast<double>(in_features));
-  return {y.to(x.scalar_type()).view(out_shape), x_spec};
+  return y.to(x.scalar_type()).view(out_shape);
 }
 
 std::tuple<at::Tensor, at::Tensor> spectral_linear_backward_generic(
-    const at::Tensor& grad_out, const at::Tensor& x_spec, const at::Tensor& spectrum, const at::Tensor& indices,
-    int64_t out_features, int64_t in_features, double scaling, at::ScalarType x_dtype, bool need_grad_x,
-    bool need_grad_spectrum) {
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices,
+    int64_t out_features, int64_t in_features, double scaling, bool need_grad_x, bool need_grad_spectrum) {
   check_spectrum_and_indices("_spectral_linear_backward", spectrum, indices, out_features, in_features);
-  TORCH_CHECK(grad_out.size(-1) == out_features,
+  TORCH_CHECK(grad_out.dim() >= 1 && grad_out.size(-1) == out_features,
               "fourierft._spectral_linear_backward: grad_out must have last dimension out_features=", out_features,
               ", got shape ", grad_out.sizes());
-  const auto work = c10::toRealValueType(x_spec.scalar_type());
+  const auto work = compute_dtype(x.scalar_type(), spectrum.scalar_type());
   const auto g2d = grad_out.reshape({-1, out_features}).to(work);
   const int64_t rows = g2d.size(0);
+  TORCH_CHECK(!need_grad_spectrum || x.numel() == rows * in_features,
+              "fourierft._spectral_linear_backward: saved input has shape ", x.sizes(), ", expected ", rows,
+              " rows of in_features=", in_features, " (grad_out has shape ", grad_out.sizes(), ")");
   std::vector<int64_t> shape(grad_out.sizes().begin(), grad_out.sizes().end());
   shape.back() = in_features;
-  at::Tensor grad_x = at::empty({0}, grad_out.options().dtype(x_dtype));
+  const auto x_options = grad_out.options().dtype(x.scalar_type());
+  at::Tensor grad_x = at::empty({0}, x_options);
   at::Tensor grad_spectrum = at::empty({0}, spectrum.options());
   if (rows == 0) {
-    if (need_grad_x) grad_x = at::zeros(shape, grad_out.options().dtype(x_dtype));
+    if (need_grad_x) grad_x = at::zeros(shape, x_options);
     if (need_grad_spectrum) grad_spectrum = at::zeros_like(spectrum);
     return {grad_x, grad_spectrum};
   }
-  const auto g_spec = at::fft_rfft(g2d, c10::nullopt, -1);
-  const auto g_at_u = conj_spectrum_at(g_spec, indices[0], out_features);
+  if (!need_grad_x && !need_grad_spectrum) return {grad_x, grad_spectrum};
+  const auto g_at_u = conj_spectrum_at(at::fft_rfft(g2d, c10::nullopt, -1), indices[0], out_features);
   if (need_grad_x) {
     grad_x = spectral_apply(g_at_u, spectrum.to(work), indices[1], in_features,
                             scaling / static_cast<double>(out_features))
-                 .to(x_dtype)
+                 .to(x.scalar_type())
                  .view(shape);
   }
   if (need_grad_spectrum) {
-    TORCH_CHECK(x_spec.dim() == 2 && x_spec.size(0) == rows && x_spec.size(1) == in_features / 2 + 1,
-                "fourierft._spectral_linear_backward: saved input spectrum has shape ", x_spec.sizes(),
-                ", expected [", rows, ", ", in_features / 2 + 1, "]");
+    // The input's spectrum is recomputed from the saved input (saved instead of its spectrum).
+    const auto x_spec = at::fft_rfft(x.reshape({-1, in_features}).to(work), c10::nullopt, -1);
     const auto x_at_v = conj_spectrum_at(x_spec, indices[1], in_features);
     const double norm = scaling / (static_cast<double>(out_features) * in_features);
     grad_spectrum = at::real(x_at_v * g_at_u).sum(0, false, at::kDouble).mul(norm).to(spectrum.scalar_type());
@@ -150,9 +147,32 @@ std::tuple<at::Tensor, at::Tensor> spectral_linear_backward_generic(
   return {grad_x, grad_spectrum};
 }
 
-at::Tensor spectral_linear_generic(const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices,
-                                   int64_t out_features, int64_t in_features, double scaling) {
-  return std::get<0>(spectral_linear_forward_generic(x, spectrum, indices, out_features, in_features, scaling));
+at::Tensor linear_generic(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                          const at::Tensor& spectrum, const at::Tensor& indices, int64_t out_features,
+                          int64_t in_features, double scaling) {
+  check_linear("linear", x, weight, bias, spectrum, indices, out_features, in_features);
+  // PEFT's composition: the base layer in x's dtype, the adapter in the spectrum's.
+  return at::add(at::linear(x, weight, bias), spectral_linear_generic(x.to(spectrum.scalar_type()), spectrum, indices,
+                                                                      out_features, in_features, scaling));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_generic(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& spectrum,
+    const at::Tensor& indices, int64_t out_features, int64_t in_features, double scaling, bool need_grad_x,
+    bool need_grad_weight, bool need_grad_bias, bool need_grad_spectrum) {
+  check_linear_backward("_linear_backward", grad_out, x, weight, spectrum, indices, out_features, in_features,
+                        need_grad_weight || need_grad_spectrum);
+  const auto g2d = grad_out.reshape({-1, out_features});
+  at::Tensor grad_x = at::empty({0}, grad_out.options().dtype(x.scalar_type()));
+  at::Tensor grad_weight = at::empty({0}, weight.options());
+  at::Tensor grad_bias = at::empty({0}, weight.options());
+  if (need_grad_weight) grad_weight = g2d.to(weight.scalar_type()).t().mm(x.reshape({-1, in_features}));
+  if (need_grad_bias) grad_bias = g2d.sum(0).to(weight.scalar_type());
+  auto [gx, grad_spectrum] = spectral_linear_backward_generic(
+      grad_out.to(spectrum.scalar_type()), need_grad_spectrum ? x.to(spectrum.scalar_type()) : x, spectrum, indices,
+      out_features, in_features, scaling, need_grad_x, need_grad_spectrum);
+  if (need_grad_x) grad_x = at::matmul(grad_out.to(weight.scalar_type()), weight).add_(gx).to(x.scalar_type());
+  return {grad_x, grad_weight, grad_bias, grad_spectrum};
 }
 
 }  // namespace detail

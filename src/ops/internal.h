@@ -16,6 +16,7 @@
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
+#include <optional>
 #include <tuple>
 
 namespace fourierft::detail {
@@ -26,6 +27,13 @@ void check_spectrum_and_indices(const char* op, const at::Tensor& spectrum, cons
                                 int64_t out_features, int64_t in_features);
 void check_input(const char* op, const at::Tensor& x, const at::Tensor& spectrum, int64_t in_features);
 void check_cpu(const char* op, const at::Tensor& t);
+/// fourierft.linear's arguments: check_input plus weight [out, in] (x's dtype and device) and bias [out].
+void check_linear(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                  const std::optional<at::Tensor>& bias, const at::Tensor& spectrum, const at::Tensor& indices,
+                  int64_t out_features, int64_t in_features);
+void check_linear_backward(const char* op, const at::Tensor& grad_out, const at::Tensor& x,
+                           const at::Tensor& weight, const at::Tensor& spectrum, const at::Tensor& indices,
+                           int64_t out_features, int64_t in_features, bool need_x);
 /// float32 for half/bfloat16/float32, float64 when either operand is float64.
 at::ScalarType compute_dtype(at::ScalarType a, at::ScalarType b);
 
@@ -38,15 +46,18 @@ at::Tensor entry_indices_impl(int64_t out_features, int64_t in_features, int64_t
   at::Tensor delta_weight_backward_##suffix(const at::Tensor& grad, const at::Tensor& spectrum,            \
                                             const at::Tensor& indices, int64_t out_features,                \
                                             int64_t in_features, double scaling);                           \
-  std::tuple<at::Tensor, at::Tensor> spectral_linear_forward_##suffix(                                      \
-      const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices, int64_t out_features,     \
-      int64_t in_features, double scaling);                                                                 \
   std::tuple<at::Tensor, at::Tensor> spectral_linear_backward_##suffix(                                     \
-      const at::Tensor& grad_out, const at::Tensor& x_spec, const at::Tensor& spectrum,                     \
-      const at::Tensor& indices, int64_t out_features, int64_t in_features, double scaling,                 \
-      at::ScalarType x_dtype, bool need_grad_x, bool need_grad_spectrum);                                   \
+      const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices, \
+      int64_t out_features, int64_t in_features, double scaling, bool need_grad_x, bool need_grad_spectrum); \
   at::Tensor spectral_linear_##suffix(const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices, \
-                                      int64_t out_features, int64_t in_features, double scaling);
+                                      int64_t out_features, int64_t in_features, double scaling);                 \
+  at::Tensor linear_##suffix(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias, \
+                             const at::Tensor& spectrum, const at::Tensor& indices, int64_t out_features,         \
+                             int64_t in_features, double scaling);                                                \
+  std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_##suffix(                            \
+      const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& spectrum,      \
+      const at::Tensor& indices, int64_t out_features, int64_t in_features, double scaling, bool need_grad_x,     \
+      bool need_grad_weight, bool need_grad_bias, bool need_grad_spectrum);
 FOURIERFT_DECLARE_KERNELS(cpu)
 FOURIERFT_DECLARE_KERNELS(generic)
 FOURIERFT_DECLARE_KERNELS(meta)
@@ -55,9 +66,20 @@ FOURIERFT_DECLARE_KERNELS(meta)
 /// The CPU kernels run the generic implementation instead of the fused one (set_generic_kernels).
 bool generic_kernels_on_cpu();
 
+// ---- cost_model.cpp ----------------------------------------------------------------------------
+/// fourierft.linear (forward, and the backward's grad_x): one GEMM with W + delta_W instead of the
+/// GEMM with W plus the spectral pipeline. Follows set_linear_path when it is not Auto. `pipeline_share`:
+/// the part of the pipeline the merged weight saves (1 in the forward; about half in a backward that
+/// transforms g and x for grad_c anyway).
+bool linear_uses_merged_weight(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency,
+                               double pipeline_share = 1.0);
+
 // ---- autograd.cpp ------------------------------------------------------------------------------
 at::Tensor spectral_linear_autograd(const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices,
                                     int64_t out_features, int64_t in_features, double scaling);
+at::Tensor linear_autograd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                           const at::Tensor& spectrum, const at::Tensor& indices, int64_t out_features,
+                           int64_t in_features, double scaling);
 at::Tensor delta_weight_autograd(const at::Tensor& spectrum, const at::Tensor& indices, int64_t out_features,
                                  int64_t in_features, double scaling);
 

@@ -10,6 +10,7 @@
 // builds directly in the half spectrum. The gathers and scatters are fused loops here because as
 // separate tensor ops they cost more than the FFTs saved.
 #include "../internal.h"
+#include "fft_rows.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -17,6 +18,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <vector>
 
 namespace fourierft::detail {
@@ -198,183 +200,344 @@ struct BinMajorBlock {
   real_t* im;
 };
 
+// Per-task scratch of the blocked pipeline: the row-major half spectra the transforms write and read,
+// and their bin-major copies.
 template <typename real_t>
-void spectral_scatter(const c10::complex<real_t>* in_spec, int64_t in_stride, int64_t in_bins,
-                      const std::vector<ScatterEntry<real_t>>& plan,
-                      c10::complex<real_t>* out_spec, int64_t out_stride, int64_t out_len,
-                      int64_t rows) {
-  const int64_t n = static_cast<int64_t>(plan.size());
+struct Scratch {
+  Scratch(int64_t in_bins, int64_t out_bins, int64_t block, const at::TensorOptions& complex_options)
+      : in(in_bins, block),
+        out(out_bins, block),
+        in_spec(at::empty({block, in_bins}, complex_options)),
+        out_spec(at::empty({block, out_bins}, complex_options)) {}
+  BinMajorBlock<real_t> in, out;
+  at::Tensor in_spec, out_spec;
+};
+
+// rfft of rows [r0, r0 + len) of a contiguous real [rows, m] tensor into spec ([>= len, m/2+1]), returned
+// as a pointer to its first row.
+template <typename real_t>
+const c10::complex<real_t>* rfft_block(const at::Tensor& real2d, int64_t r0, int64_t len, const at::Tensor& spec) {
+  auto out = spec.narrow(0, 0, len);
+  rfft_rows(real2d.narrow(0, r0, len), out);
+  return out.template const_data_ptr<c10::complex<real_t>>();
+}
+
+// The scatter of one block already in scratch.in (bin-major), then the inverse transform into rows
+// [r0, r0 + len) of the contiguous real [rows, p] tensor `dst`.
+template <typename real_t>
+void scatter_and_invert(const std::vector<ScatterEntry<real_t>>& plan, Scratch<real_t>& s, int64_t block,
+                        int64_t len, int64_t out_len, at::Tensor& dst, int64_t r0, const real_t* bias = nullptr) {
   const int64_t out_bins = out_len / 2 + 1;
-  const int64_t nyquist = out_len % 2 == 0 ? out_len / 2 : -1;
-  const int64_t block = block_rows<real_t>(in_bins + out_bins);
+  std::fill(s.out.storage.begin(), s.out.storage.end(), real_t(0));
+  scatter_block(plan.data(), static_cast<int64_t>(plan.size()), s.in.re, s.in.im, s.out.re, s.out.im, block,
+                len);
+  // The self-mirrored bins 0 and p/2 hold 2z; their real part is 2 Re(z), the wanted value.
+  std::fill(s.out.im, s.out.im + len, real_t(0));
+  if (out_len % 2 == 0) std::fill(s.out.im + (out_len / 2) * block, s.out.im + (out_len / 2) * block + len, real_t(0));
+  auto spec = s.out_spec.narrow(0, 0, len);
+  from_bin_major(s.out.re, s.out.im, block, out_bins, 0, len, spec.template data_ptr<c10::complex<real_t>>(), out_bins);
+  auto rows = dst.narrow(0, r0, len);
+  irfft_rows(spec, rows);
+  if (bias != nullptr) {  // epilogue while the rows are in cache: + bias
+    real_t* out = rows.template data_ptr<real_t>();
+    for (int64_t t = 0; t < len; ++t) {
+      real_t* __restrict row = out + t * out_len;
+      for (int64_t j = 0; j < out_len; ++j) row[j] += bias[j];
+    }
+  }
+}
+
+// Runs body(chunk, r0, len) over blocks of `block` rows, the blocks split into at most one contiguous chunk
+// per thread. Every transform, gather and scatter of a block happens while its rows are in cache: the
+// pipeline reads the input and writes the output once, instead of one pass over memory per stage.
+template <typename Body>
+void for_each_block(int64_t rows, int64_t block, int64_t chunks, const Body& body) {
   const int64_t blocks = (rows + block - 1) / block;
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    BinMajorBlock<real_t> in(in_bins, block), out(out_bins, block);
-    for (int64_t b = begin; b < end; ++b) {
-      const int64_t r0 = b * block;
-      const int64_t len = std::min(block, rows - r0);
-      to_bin_major(in_spec, in_stride, in_bins, r0, len, block, in.re, in.im);
-      std::fill(out.storage.begin(), out.storage.end(), real_t(0));
-      scatter_block(plan.data(), n, in.re, in.im, out.re, out.im, block, len);
-      // The self-mirrored bins 0 and p/2 hold 2z; their real part is 2 Re(z), the wanted value.
-      std::fill(out.im, out.im + len, real_t(0));
-      if (nyquist > 0) std::fill(out.im + nyquist * block, out.im + nyquist * block + len, real_t(0));
-      from_bin_major(out.re, out.im, block, out_bins, r0, len, out_spec, out_stride);
+  at::parallel_for(0, chunks, 1, [&](int64_t cbegin, int64_t cend) {
+    // Worker threads do not inherit the caller's dispatch state: the ATen transforms below must not
+    // record autograd history (the kernel runs below the Autograd key on the calling thread too).
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    for (int64_t c = cbegin; c < cend; ++c) {
+      for (int64_t b = blocks * c / chunks; b < blocks * (c + 1) / chunks; ++b) {
+        const int64_t r0 = b * block;
+        body(c, r0, std::min(block, rows - r0));
+      }
     }
   });
 }
 
-// grad_c_k = sum_r Re(conj(fft(x_r))[v_k] * conj(fft(g_r))[u_k]), accumulated in double.
+int64_t chunk_count(int64_t rows, int64_t block) {
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (rows + block - 1) / block));
+}
+
+// Rows of `in2d` (contiguous real [rows, m]) through the spectral apply into `dst` (real [rows, p]).
 template <typename real_t>
-std::vector<double> spectral_correlate(const c10::complex<real_t>* x_spec, int64_t x_stride,
-                                       int64_t in_features, const c10::complex<real_t>* g_spec,
-                                       int64_t g_stride, int64_t out_features, const int64_t* u,
-                                       const int64_t* v, int64_t n, int64_t rows) {
-  std::vector<CorrelateEntry<real_t>> pairs(n);
-  for (int64_t k = 0; k < n; ++k) {
+void spectral_apply_rows(const at::Tensor& in2d, int64_t in_len, const std::vector<ScatterEntry<real_t>>& plan,
+                         int64_t out_len, at::Tensor& dst, const real_t* bias = nullptr) {
+  const int64_t rows = in2d.size(0);
+  const int64_t in_bins = in_len / 2 + 1, out_bins = out_len / 2 + 1;
+  const int64_t block = block_rows<real_t>(in_bins + out_bins);
+  const auto complex_options = in2d.options().dtype(c10::toComplexType(in2d.scalar_type()));
+  const int64_t chunks = chunk_count(rows, block);
+  std::vector<std::unique_ptr<Scratch<real_t>>> scratch(chunks);
+  for_each_block(rows, block, chunks, [&](int64_t c, int64_t r0, int64_t len) {
+    if (!scratch[c]) scratch[c] = std::make_unique<Scratch<real_t>>(in_bins, out_bins, block, complex_options);
+    auto& s = *scratch[c];
+    to_bin_major(rfft_block<real_t>(in2d, r0, len, s.in_spec), in_bins, in_bins, 0, len, block, s.in.re, s.in.im);
+    scatter_and_invert(plan, s, block, len, out_len, dst, r0, bias);
+  });
+}
+
+// The backward's blocked pass: grad_x's spectral part into gx2d (when defined) and grad_c (when x2d is
+// defined), from one rfft of each block of grad_out. Returns grad_c in double, unnormalised.
+template <typename real_t>
+std::vector<double> spectral_backward_rows(const at::Tensor& g2d, const at::Tensor& x2d, const at::Tensor& coeff,
+                                           const int64_t* u, const int64_t* v, int64_t out_features,
+                                           int64_t in_features, double scaling, at::Tensor& gx2d) {
+  const int64_t rows = g2d.size(0), n = coeff.size(0);
+  const bool need_grad_x = gx2d.defined(), need_grad_spectrum = x2d.defined();
+  std::vector<ScatterEntry<real_t>> plan;
+  if (need_grad_x) {
+    plan = make_scatter_plan<real_t>(coeff.const_data_ptr<real_t>(), u, out_features, v, in_features, n,
+                                     scaling / static_cast<double>(out_features));
+  }
+  std::vector<CorrelateEntry<real_t>> pairs(need_grad_spectrum ? n : 0);
+  for (int64_t k = 0; k < static_cast<int64_t>(pairs.size()); ++k) {
     int64_t xb, gb;
     double xs, gs;
     half_spectrum_read(v[k], in_features, xb, xs);
     half_spectrum_read(u[k], out_features, gb, gs);
     pairs[k] = {static_cast<int32_t>(xb), static_cast<int32_t>(gb), static_cast<real_t>(-xs * gs)};
   }
-  const int64_t x_bins = in_features / 2 + 1;
-  const int64_t g_bins = out_features / 2 + 1;
-  const int64_t block = block_rows<real_t>(x_bins + g_bins);
-  const int64_t blocks = (rows + block - 1) / block;
-  // One partial sum per thread chunk (at most one chunk per thread), added in double at the end.
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), blocks));
-  std::vector<std::vector<double>> partial(chunks, std::vector<double>(n, 0.0));
-  at::parallel_for(0, chunks, 1, [&](int64_t cbegin, int64_t cend) {
-    BinMajorBlock<real_t> x(x_bins, block), g(g_bins, block);
-    for (int64_t c = cbegin; c < cend; ++c) {
-      for (int64_t b = blocks * c / chunks; b < blocks * (c + 1) / chunks; ++b) {
-        const int64_t r0 = b * block;
-        const int64_t len = std::min(block, rows - r0);
-        to_bin_major(x_spec, x_stride, x_bins, r0, len, block, x.re, x.im);
-        to_bin_major(g_spec, g_stride, g_bins, r0, len, block, g.re, g.im);
-        correlate_block(pairs.data(), n, x.re, x.im, g.re, g.im, block, len, partial[c].data());
-      }
+  const int64_t g_bins = out_features / 2 + 1, x_bins = in_features / 2 + 1;
+  // Scratch: g's spectrum (in), grad_x's spectrum (out), and x's spectrum.
+  const int64_t block = block_rows<real_t>(g_bins + 2 * x_bins);
+  const int64_t chunks = chunk_count(rows, block);
+  const auto complex_options = g2d.options().dtype(c10::toComplexType(g2d.scalar_type()));
+  std::vector<std::unique_ptr<Scratch<real_t>>> scratch(chunks);
+  std::vector<std::unique_ptr<BinMajorBlock<real_t>>> x_block(chunks);
+  std::vector<std::vector<double>> partial(chunks, std::vector<double>(pairs.size(), 0.0));
+  for_each_block(rows, block, chunks, [&](int64_t c, int64_t r0, int64_t len) {
+    if (!scratch[c]) {
+      scratch[c] = std::make_unique<Scratch<real_t>>(g_bins, x_bins, block, complex_options);
+      if (need_grad_spectrum) x_block[c] = std::make_unique<BinMajorBlock<real_t>>(x_bins, block);
     }
+    auto& s = *scratch[c];
+    to_bin_major(rfft_block<real_t>(g2d, r0, len, s.in_spec), g_bins, g_bins, 0, len, block, s.in.re, s.in.im);
+    if (need_grad_spectrum) {
+      auto& xb = *x_block[c];
+      // s.out_spec (grad_x's half spectrum, same width) is free until the scatter below.
+      to_bin_major(rfft_block<real_t>(x2d, r0, len, s.out_spec), x_bins, x_bins, 0, len, block, xb.re, xb.im);
+      correlate_block(pairs.data(), n, xb.re, xb.im, s.in.re, s.in.im, block, len, partial[c].data());
+    }
+    if (need_grad_x) scatter_and_invert(plan, s, block, len, in_features, gx2d, r0);
   });
-  std::vector<double> total(n, 0.0);
+  std::vector<double> total(pairs.size(), 0.0);
   for (const auto& part : partial) {
-    for (int64_t k = 0; k < n; ++k) total[k] += part[k];
+    for (size_t k = 0; k < total.size(); ++k) total[k] += part[k];
   }
   return total;
 }
 
-// Spectral apply on a 2-D real input [rows, m] given its rfft; returns [rows, p] real.
-at::Tensor spectral_apply(const at::Tensor& in_spec, const at::Tensor& coeff, const int64_t* src,
-                          int64_t src_len, const int64_t* dst, int64_t dst_len, double factor) {
-  const int64_t rows = in_spec.size(0);
-  const int64_t n = coeff.size(0);
-  auto out_spec = at::empty({rows, dst_len / 2 + 1}, in_spec.options());
-  AT_DISPATCH_FLOATING_TYPES(coeff.scalar_type(), "fourierft_spectral_apply", [&] {
-    const auto plan = make_scatter_plan<scalar_t>(coeff.const_data_ptr<scalar_t>(), src, src_len,
-                                                  dst, dst_len, n, factor);
-    spectral_scatter<scalar_t>(in_spec.const_data_ptr<c10::complex<scalar_t>>(), in_spec.stride(0),
-                               src_len / 2 + 1, plan, out_spec.data_ptr<c10::complex<scalar_t>>(),
-                               out_spec.stride(0), dst_len, rows);
-  });
-  return at::fft_irfft(out_spec, dst_len, -1);
+// grad_c from its unnormalised double sums, in the spectrum's dtype.
+at::Tensor finish_grad_spectrum(const std::vector<double>& sums, const at::Tensor& spectrum, int64_t out_features,
+                                int64_t in_features, double scaling) {
+  const int64_t n = static_cast<int64_t>(sums.size());
+  auto total = at::empty({n}, spectrum.options().dtype(at::kDouble));
+  std::copy(sums.begin(), sums.end(), total.data_ptr<double>());
+  total.mul_(scaling / (static_cast<double>(out_features) * in_features));
+  return total.to(spectrum.scalar_type());
 }
 
 }  // namespace
 
-// Returns (y, x_spec): x_spec = rfft(x) in the compute dtype, saved for the spectrum gradient.
-std::tuple<at::Tensor, at::Tensor> spectral_linear_forward_cpu(const at::Tensor& x,
-                                                               const at::Tensor& spectrum,
-                                                               const at::Tensor& indices,
-                                                               int64_t out_features,
-                                                               int64_t in_features,
-                                                               double scaling) {
-  if (generic_kernels_on_cpu()) return spectral_linear_forward_generic(x, spectrum, indices, out_features, in_features, scaling);
+at::Tensor spectral_linear_cpu(const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices,
+                               int64_t out_features, int64_t in_features, double scaling) {
+  if (generic_kernels_on_cpu()) return spectral_linear_generic(x, spectrum, indices, out_features, in_features, scaling);
   check_spectrum_and_indices("spectral_linear", spectrum, indices, out_features, in_features);
   check_input("spectral_linear", x, spectrum, in_features);
   check_cpu("spectral_linear", x);
   const int64_t n = spectrum.size(0);
   const auto work = compute_dtype(x.scalar_type(), spectrum.scalar_type());
-  const auto x2d = x.reshape({-1, in_features}).to(work);
+  const auto x2d = x.reshape({-1, in_features}).to(work).contiguous();
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = out_features;
-  if (x2d.size(0) == 0) {  // an empty batch, as torch::nn::Linear: no FFT (MKL refuses 0 rows)
-    return {at::zeros(out_shape, x.options()),
-            at::zeros({0, in_features / 2 + 1}, x.options().dtype(c10::toComplexType(work)))};
-  }
+  const int64_t rows = x2d.size(0);
+  if (rows == 0) return at::zeros(out_shape, x.options());  // an empty batch, as torch::nn::Linear
   const auto coeff = spectrum.to(work).contiguous();
   const auto idx = indices.contiguous();
   const int64_t* u = idx.const_data_ptr<int64_t>();
   const int64_t* v = u + n;
-  auto x_spec = at::fft_rfft(x2d, c10::nullopt, -1).contiguous();
-  auto y = spectral_apply(x_spec, coeff, v, in_features, u, out_features,
-                          scaling / static_cast<double>(in_features));
-  return {y.to(x.scalar_type()).view(out_shape), x_spec};
+  auto y = at::empty({rows, out_features}, x2d.options());
+  AT_DISPATCH_FLOATING_TYPES(work, "fourierft_spectral_linear", [&] {
+    const auto plan = make_scatter_plan<scalar_t>(coeff.const_data_ptr<scalar_t>(), v, in_features, u,
+                                                  out_features, n, scaling / static_cast<double>(in_features));
+    spectral_apply_rows<scalar_t>(x2d, in_features, plan, out_features, y);
+  });
+  return y.to(x.scalar_type()).view(out_shape);
 }
 
+// grad_x: the spectral apply of grad_out with u and v swapped. grad_c_k = alpha / (d1 d2) *
+// sum_r Re(conj(fft(x_r))[v_k] * conj(fft(g_r))[u_k]), from the rfft of x recomputed per block (x is
+// saved instead of its spectrum: it is usually alive anyway, and the transform is cheap while the block
+// is in cache).
 std::tuple<at::Tensor, at::Tensor> spectral_linear_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& x_spec, const at::Tensor& spectrum,
-    const at::Tensor& indices, int64_t out_features, int64_t in_features, double scaling,
-    at::ScalarType x_dtype, bool need_grad_x, bool need_grad_spectrum) {
-  if (generic_kernels_on_cpu()) return spectral_linear_backward_generic(grad_out, x_spec, spectrum, indices, out_features, in_features, scaling, x_dtype, need_grad_x, need_grad_spectrum);
-  check_spectrum_and_indices("_spectral_linear_backward", spectrum, indices, out_features,
-                             in_features);
-  TORCH_CHECK(grad_out.size(-1) == out_features,
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices,
+    int64_t out_features, int64_t in_features, double scaling, bool need_grad_x, bool need_grad_spectrum) {
+  if (generic_kernels_on_cpu()) return spectral_linear_backward_generic(grad_out, x, spectrum, indices, out_features, in_features, scaling, need_grad_x, need_grad_spectrum);
+  check_spectrum_and_indices("_spectral_linear_backward", spectrum, indices, out_features, in_features);
+  TORCH_CHECK(grad_out.dim() >= 1 && grad_out.size(-1) == out_features,
               "fourierft._spectral_linear_backward: grad_out must have last dimension out_features=",
               out_features, ", got shape ", grad_out.sizes());
   check_cpu("_spectral_linear_backward", grad_out);
   const int64_t n = spectrum.size(0);
-  const auto work = c10::toRealValueType(x_spec.scalar_type());
-  const auto g2d = grad_out.reshape({-1, out_features}).to(work);
+  const auto work = compute_dtype(x.scalar_type(), spectrum.scalar_type());
+  const auto g2d = grad_out.reshape({-1, out_features}).to(work).contiguous();
   const int64_t rows = g2d.size(0);
-  TORCH_CHECK(!need_grad_spectrum ||
-                  (x_spec.dim() == 2 && x_spec.size(0) == rows && x_spec.size(1) == in_features / 2 + 1),
-              "fourierft._spectral_linear_backward: saved input spectrum has shape ",
-              x_spec.sizes(), ", expected [", rows, ", ", in_features / 2 + 1, "]");
+  TORCH_CHECK(!need_grad_spectrum || x.numel() == rows * in_features,
+              "fourierft._spectral_linear_backward: saved input has shape ", x.sizes(), ", expected ", rows,
+              " rows of in_features=", in_features, " (grad_out has shape ", grad_out.sizes(), ")");
+  std::vector<int64_t> grad_x_shape(grad_out.sizes().begin(), grad_out.sizes().end());
+  grad_x_shape.back() = in_features;
+  const auto x_options = grad_out.options().dtype(x.scalar_type());
+  at::Tensor grad_x = at::empty({0}, x_options);
+  at::Tensor grad_spectrum = at::empty({0}, spectrum.options());
   if (rows == 0) {  // an empty batch: nothing flows back
-    std::vector<int64_t> shape(grad_out.sizes().begin(), grad_out.sizes().end());
-    shape.back() = in_features;
-    return {need_grad_x ? at::zeros(shape, grad_out.options().dtype(x_dtype))
-                        : at::empty({0}, grad_out.options().dtype(x_dtype)),
-            need_grad_spectrum ? at::zeros_like(spectrum) : at::empty({0}, spectrum.options())};
+    if (need_grad_x) grad_x = at::zeros(grad_x_shape, x_options);
+    if (need_grad_spectrum) grad_spectrum = at::zeros_like(spectrum);
+    return {grad_x, grad_spectrum};
   }
+  if (!need_grad_x && !need_grad_spectrum) return {grad_x, grad_spectrum};
+  const auto x2d = need_grad_spectrum ? x.reshape({-1, in_features}).to(work).contiguous() : at::Tensor();
   const auto coeff = spectrum.to(work).contiguous();
   const auto idx = indices.contiguous();
   const int64_t* u = idx.const_data_ptr<int64_t>();
   const int64_t* v = u + n;
-  const auto g_spec = at::fft_rfft(g2d, c10::nullopt, -1).contiguous();
-
-  at::Tensor grad_x = at::empty({0}, grad_out.options().dtype(x_dtype));
-  at::Tensor grad_spectrum = at::empty({0}, spectrum.options());
-  if (need_grad_x) {
-    std::vector<int64_t> shape(grad_out.sizes().begin(), grad_out.sizes().end());
-    shape.back() = in_features;
-    grad_x = spectral_apply(g_spec, coeff, u, out_features, v, in_features,
-                            scaling / static_cast<double>(out_features))
-                 .to(x_dtype)
-                 .view(shape);
-  }
-  if (need_grad_spectrum) {
-    AT_DISPATCH_FLOATING_TYPES(work, "fourierft_spectral_grad", [&] {
-      const auto acc = spectral_correlate<scalar_t>(
-          x_spec.const_data_ptr<c10::complex<scalar_t>>(), x_spec.stride(0), in_features,
-          g_spec.const_data_ptr<c10::complex<scalar_t>>(), g_spec.stride(0), out_features, u, v, n,
-          rows);
-      const double norm = scaling / (static_cast<double>(out_features) * in_features);
-      grad_spectrum = at::empty({n}, spectrum.options().dtype(at::kDouble));
-      double* o = grad_spectrum.data_ptr<double>();
-      for (int64_t k = 0; k < n; ++k) o[k] = acc[k] * norm;
-      grad_spectrum = grad_spectrum.to(spectrum.scalar_type());
-    });
-  }
+  auto gx2d = need_grad_x ? at::empty({rows, in_features}, g2d.options()) : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(work, "fourierft_spectral_linear_backward", [&] {
+    const auto sums = spectral_backward_rows<scalar_t>(g2d, x2d, coeff, u, v, out_features, in_features, scaling, gx2d);
+    if (need_grad_spectrum) grad_spectrum = finish_grad_spectrum(sums, spectrum, out_features, in_features, scaling);
+  });
+  if (need_grad_x) grad_x = gx2d.to(x.scalar_type()).view(grad_x_shape);
   return {grad_x, grad_spectrum};
 }
 
-at::Tensor spectral_linear_cpu(const at::Tensor& x, const at::Tensor& spectrum,
-                               const at::Tensor& indices, int64_t out_features,
-                               int64_t in_features, double scaling) {
-  return std::get<0>(
-      spectral_linear_forward_cpu(x, spectrum, indices, out_features, in_features, scaling));
+}  // namespace fourierft::detail
+
+// ---------------------------------------------------------------------------------------------
+// The whole adapted layer, y = x W^T + b + x delta_W^T, by the path the cost model picks:
+//   spectral: the blocked pipeline writes x delta_W^T (+ b, in its epilogue) into y, and the GEMM
+//             accumulates x W^T into it (beta = 1): no separate pass over y for either addition;
+//   merged:   one GEMM with W + delta_W (delta_W from its irfft2, never kept: nothing of size
+//             out x in outlives the call).
+// The backward makes the same choice for grad_x (grad_x = g (W + delta_W), or the pipeline on g and a
+// GEMM accumulating g W into it), and always computes grad_c from the rfft of g's and x's blocks.
+namespace fourierft::detail {
+namespace {
+
+bool fused_dtypes(const at::Tensor& x, const at::Tensor& spectrum) {
+  return x.scalar_type() == spectrum.scalar_type() &&
+         (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble);
+}
+
+at::Tensor merged_weight(const at::Tensor& weight, const at::Tensor& spectrum, const at::Tensor& indices,
+                         int64_t out_features, int64_t in_features, double scaling) {
+  return delta_weight_cpu(spectrum, indices, out_features, in_features, scaling).add_(weight);
+}
+
+}  // namespace
+
+at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      const at::Tensor& spectrum, const at::Tensor& indices, int64_t out_features,
+                      int64_t in_features, double scaling) {
+  if (generic_kernels_on_cpu()) return linear_generic(x, weight, bias, spectrum, indices, out_features, in_features, scaling);
+  check_linear("linear", x, weight, bias, spectrum, indices, out_features, in_features);
+  check_cpu("linear", x);
+  if (!fused_dtypes(x, spectrum)) {  // PEFT's composition: base in x's dtype, adapter in the spectrum's
+    return at::add(at::linear(x, weight, bias),
+                   spectral_linear_cpu(x.to(spectrum.scalar_type()), spectrum, indices, out_features, in_features,
+                                       scaling));
+  }
+  const auto x2d = x.reshape({-1, in_features}).contiguous();
+  const int64_t rows = x2d.size(0);
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = out_features;
+  if (rows == 0) return at::linear(x, weight, bias);
+  const int64_t n = spectrum.size(0);
+  if (linear_uses_merged_weight(rows, out_features, in_features, n)) {
+    return at::linear(x2d, merged_weight(weight, spectrum, indices, out_features, in_features, scaling), bias)
+        .view(out_shape);
+  }
+  const auto coeff = spectrum.contiguous();
+  const auto idx = indices.contiguous();
+  const int64_t* u = idx.const_data_ptr<int64_t>();
+  const int64_t* v = u + n;
+  const auto b = bias.has_value() && bias->defined() ? bias->to(x.scalar_type()).contiguous() : at::Tensor();
+  auto y = at::empty({rows, out_features}, x2d.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fourierft_linear", [&] {
+    const auto plan = make_scatter_plan<scalar_t>(coeff.const_data_ptr<scalar_t>(), v, in_features, u,
+                                                  out_features, n, scaling / static_cast<double>(in_features));
+    spectral_apply_rows<scalar_t>(x2d, in_features, plan, out_features, y,
+                                  b.defined() ? b.const_data_ptr<scalar_t>() : nullptr);
+  });
+  y.addmm_(x2d, weight.t());
+  return y.view(out_shape);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
+    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& spectrum,
+    const at::Tensor& indices, int64_t out_features, int64_t in_features, double scaling, bool need_grad_x,
+    bool need_grad_weight, bool need_grad_bias, bool need_grad_spectrum) {
+  if (generic_kernels_on_cpu()) return linear_backward_generic(grad_out, x, weight, spectrum, indices, out_features, in_features, scaling, need_grad_x, need_grad_weight, need_grad_bias, need_grad_spectrum);
+  check_linear_backward("_linear_backward", grad_out, x, weight, spectrum, indices, out_features, in_features,
+                        need_grad_weight || need_grad_spectrum);
+  check_cpu("_linear_backward", grad_out);
+  const auto g2d = grad_out.reshape({-1, out_features}).contiguous();
+  const int64_t rows = g2d.size(0);
+  const bool need_x = need_grad_weight || need_grad_spectrum;
+  const auto x2d = need_x ? x.reshape({-1, in_features}).contiguous() : at::Tensor();
+  std::vector<int64_t> grad_x_shape(grad_out.sizes().begin(), grad_out.sizes().end());
+  grad_x_shape.back() = in_features;
+  at::Tensor grad_x = at::empty({0}, grad_out.options().dtype(x.scalar_type()));
+  at::Tensor grad_weight = at::empty({0}, weight.options());
+  at::Tensor grad_bias = at::empty({0}, weight.options());
+  at::Tensor grad_spectrum = at::empty({0}, spectrum.options());
+  if (need_grad_weight) grad_weight = rows == 0 ? at::zeros_like(weight) : g2d.t().mm(x2d.to(g2d.scalar_type()));
+  if (need_grad_bias) grad_bias = g2d.sum(0).to(weight.scalar_type());
+  if (!fused_dtypes(grad_out, spectrum) || grad_out.scalar_type() != x.scalar_type()) {
+    // PEFT's composition (see linear_cpu): the base part in x's dtype, the adapter part in the spectrum's.
+    auto [gx, gc] = spectral_linear_backward_cpu(grad_out.to(spectrum.scalar_type()),
+                                                 need_grad_spectrum ? x.to(spectrum.scalar_type()) : x, spectrum,
+                                                 indices, out_features, in_features, scaling, need_grad_x,
+                                                 need_grad_spectrum);
+    if (need_grad_x) grad_x = at::matmul(grad_out.to(weight.scalar_type()), weight).add_(gx).to(x.scalar_type());
+    if (need_grad_spectrum) grad_spectrum = gc;
+    return {grad_x, grad_weight, grad_bias, grad_spectrum};
+  }
+  if (rows == 0) {
+    if (need_grad_x) grad_x = at::zeros(grad_x_shape, grad_out.options());
+    if (need_grad_spectrum) grad_spectrum = at::zeros_like(spectrum);
+    return {grad_x, grad_weight, grad_bias, grad_spectrum};
+  }
+  const int64_t n = spectrum.size(0);
+  const bool merged =
+      need_grad_x && linear_uses_merged_weight(rows, out_features, in_features, n, need_grad_spectrum ? 0.5 : 1.0);
+  if (merged) grad_x = g2d.mm(merged_weight(weight, spectrum, indices, out_features, in_features, scaling));
+  at::Tensor gx2d = need_grad_x && !merged ? at::empty({rows, in_features}, g2d.options()) : at::Tensor();
+  if (gx2d.defined() || need_grad_spectrum) {
+    const auto coeff = spectrum.contiguous();
+    const auto idx = indices.contiguous();
+    const int64_t* u = idx.const_data_ptr<int64_t>();
+    const int64_t* v = u + n;
+    AT_DISPATCH_FLOATING_TYPES(g2d.scalar_type(), "fourierft_linear_backward", [&] {
+      const auto sums = spectral_backward_rows<scalar_t>(g2d, need_grad_spectrum ? x2d : at::Tensor(), coeff, u, v,
+                                                         out_features, in_features, scaling, gx2d);
+      if (need_grad_spectrum) grad_spectrum = finish_grad_spectrum(sums, spectrum, out_features, in_features, scaling);
+    });
+  }
+  if (gx2d.defined()) grad_x = gx2d.addmm_(g2d, weight);
+  if (need_grad_x) grad_x = grad_x.view(grad_x_shape);
+  return {grad_x, grad_weight, grad_bias, grad_spectrum};
 }
 
 }  // namespace fourierft::detail

@@ -1,0 +1,124 @@
+// See fft_rows.h. MKL's C API is declared here (mkl_dfti.h is not shipped with LibTorch) with weak
+// linkage: a LibTorch without these symbols leaves them null and the ATen transforms are used.
+#include "fft_rows.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/complex.h>
+
+#include <map>
+#include <memory>
+#include <tuple>
+
+extern "C" {
+struct DFTI_DESCRIPTOR;
+typedef DFTI_DESCRIPTOR* DFTI_DESCRIPTOR_HANDLE;
+long DftiCreateDescriptor_s_1d(DFTI_DESCRIPTOR_HANDLE*, int domain, long length) __attribute__((weak));
+long DftiCreateDescriptor_d_1d(DFTI_DESCRIPTOR_HANDLE*, int domain, long length) __attribute__((weak));
+long DftiSetValue(DFTI_DESCRIPTOR_HANDLE, int param, ...) __attribute__((weak));
+long DftiCommitDescriptor(DFTI_DESCRIPTOR_HANDLE) __attribute__((weak));
+long DftiComputeForward(DFTI_DESCRIPTOR_HANDLE, void*, ...) __attribute__((weak));
+long DftiComputeBackward(DFTI_DESCRIPTOR_HANDLE, void*, ...) __attribute__((weak));
+long DftiFreeDescriptor(DFTI_DESCRIPTOR_HANDLE*) __attribute__((weak));
+char* DftiErrorMessage(long) __attribute__((weak));
+}
+
+namespace fourierft::detail {
+namespace {
+
+// Values of mkl_dfti.h's DFTI_CONFIG_PARAM and DFTI_CONFIG_VALUE enums (stable across MKL releases).
+enum : int {
+  kForwardDomain = 0,  // unused: the domain is an argument of the create call
+  kBackwardScale = 5,
+  kNumberOfTransforms = 7,
+  kConjugateEvenStorage = 10,
+  kPlacement = 11,
+  kInputDistance = 14,
+  kOutputDistance = 15,
+  kThreadLimit = 27,
+  kReal = 33,
+  kComplexComplex = 39,
+  kNotInplace = 44,
+};
+
+bool dfti_available() {
+  return DftiCreateDescriptor_s_1d != nullptr && DftiCreateDescriptor_d_1d != nullptr && DftiSetValue != nullptr &&
+         DftiCommitDescriptor != nullptr && DftiComputeForward != nullptr && DftiComputeBackward != nullptr &&
+         DftiFreeDescriptor != nullptr;
+}
+
+void check(long status, const char* what, int64_t len, int64_t rows) {
+  TORCH_CHECK(status == 0, "fourierft: MKL FFT ", what, " failed for ", rows, " rows of length ", len, ": ",
+              DftiErrorMessage != nullptr ? DftiErrorMessage(status) : "unknown error");
+}
+
+struct Plan {
+  DFTI_DESCRIPTOR_HANDLE handle = nullptr;
+  ~Plan() {
+    if (handle != nullptr) DftiFreeDescriptor(&handle);
+  }
+};
+
+// One committed descriptor per (double, forward, length, rows), single-threaded: the callers run
+// one block per thread.
+Plan& plan_for(bool is_double, bool forward, int64_t len, int64_t rows) {
+  thread_local std::map<std::tuple<bool, bool, int64_t, int64_t>, std::unique_ptr<Plan>> cache;
+  const auto key = std::make_tuple(is_double, forward, len, rows);
+  if (auto it = cache.find(key); it != cache.end()) return *it->second;
+  if (cache.size() >= 64) cache.clear();  // many shapes on this thread: start over rather than grow unbounded
+  auto plan = std::make_unique<Plan>();
+  const long half = static_cast<long>(len / 2 + 1);
+  check(is_double ? DftiCreateDescriptor_d_1d(&plan->handle, kReal, static_cast<long>(len))
+                  : DftiCreateDescriptor_s_1d(&plan->handle, kReal, static_cast<long>(len)),
+        "descriptor creation", len, rows);
+  check(DftiSetValue(plan->handle, kPlacement, kNotInplace), "configuration", len, rows);
+  check(DftiSetValue(plan->handle, kConjugateEvenStorage, kComplexComplex), "configuration", len, rows);
+  check(DftiSetValue(plan->handle, kNumberOfTransforms, static_cast<long>(rows)), "configuration", len, rows);
+  check(DftiSetValue(plan->handle, kInputDistance, forward ? static_cast<long>(len) : half), "configuration", len,
+        rows);
+  check(DftiSetValue(plan->handle, kOutputDistance, forward ? half : static_cast<long>(len)), "configuration",
+        len, rows);
+  check(DftiSetValue(plan->handle, kThreadLimit, 1L), "configuration", len, rows);
+  if (!forward) {
+    check(is_double ? DftiSetValue(plan->handle, kBackwardScale, 1.0 / static_cast<double>(len))
+                    : DftiSetValue(plan->handle, kBackwardScale, static_cast<float>(1.0 / static_cast<double>(len))),
+          "configuration", len, rows);
+  }
+  check(DftiCommitDescriptor(plan->handle), "commit", len, rows);
+  auto& stored = cache[key];
+  stored = std::move(plan);
+  return *stored;
+}
+
+}  // namespace
+
+bool fft_rows_use_cached_plans() {
+  static const bool available = dfti_available();
+  return available;
+}
+
+void rfft_rows(const at::Tensor& in, const at::Tensor& out) {
+  const int64_t rows = in.size(0), len = in.size(1);
+  if (!fft_rows_use_cached_plans()) {
+    auto result = out;
+    at::_fft_r2c_out(result, in, {1}, /*normalization=none*/ 0, /*onesided=*/true);
+    return;
+  }
+  const bool is_double = in.scalar_type() == at::kDouble;
+  auto& plan = plan_for(is_double, /*forward=*/true, len, rows);
+  check(DftiComputeForward(plan.handle, const_cast<void*>(in.const_data_ptr()), out.data_ptr()), "forward transform",
+        len, rows);
+}
+
+void irfft_rows(const at::Tensor& in, const at::Tensor& out) {
+  const int64_t rows = out.size(0), len = out.size(1);
+  if (!fft_rows_use_cached_plans()) {
+    auto result = out;
+    at::_fft_c2r_out(result, in, {1}, /*normalization=by_n*/ 2, len);
+    return;
+  }
+  const bool is_double = out.scalar_type() == at::kDouble;
+  auto& plan = plan_for(is_double, /*forward=*/false, len, rows);
+  check(DftiComputeBackward(plan.handle, in.data_ptr(), out.data_ptr()), "inverse transform", len, rows);
+}
+
+}  // namespace fourierft::detail

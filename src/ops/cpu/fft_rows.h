@@ -1,0 +1,28 @@
+// Batched real FFTs of a few contiguous rows at a time, on plans cached per thread.
+//
+// The blocked spectral pipeline (spectral_linear_cpu.cpp) transforms a few dozen rows at a time so
+// that every stage runs in cache. ATen's CPU FFT builds (commits) a new MKL descriptor on every call,
+// which for small batches costs more than the transform itself (measured: ~40% of the forward at
+// 4096 x 512 went to twiddle computation). Where the LibTorch in use exports MKL's DFTI entry points
+// (the x86 builds do), these functions keep one committed single-threaded descriptor per
+// (length, rows, direction, precision) and thread; elsewhere they fall back to ATen's transforms.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace fourierft::detail {
+
+/// out[r] = rfft(in[r]) (unnormalised) for the rows of contiguous real `in` ([rows, len], float or
+/// double) into contiguous complex `out` ([rows, len/2+1]).
+void rfft_rows(const at::Tensor& in, const at::Tensor& out);
+
+/// out[r] = irfft(in[r], len) (normalised by 1/len, as torch.fft.irfft) for contiguous complex `in`
+/// ([rows, len/2+1]) into contiguous real `out` ([rows, len]). `in` may be overwritten.
+void irfft_rows(const at::Tensor& in, const at::Tensor& out);
+
+/// Whether the cached-plan (MKL DFTI) backend is in use; false: ATen's transforms.
+bool fft_rows_use_cached_plans();
+
+}  // namespace fourierft::detail
