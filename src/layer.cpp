@@ -464,8 +464,27 @@ torch::Tensor FourierFTLayer::mixed_adapter_forward(const MixedBatch& batch, con
   return out;
 }
 
+const std::string* FourierFTLayer::fused_adapter(const torch::Tensor& x) const {
+  if (options_.forward_path() != ForwardPath::Auto) return nullptr;
+  const std::string* found = nullptr;
+  for (const auto& name : active_adapters_) {
+    if (!adapters_.contains(name)) continue;
+    if (found != nullptr) return nullptr;  // several adapters: one fused op each would repeat the GEMM
+    found = &name;
+  }
+  if (found == nullptr) return nullptr;
+  const auto& spectrum = spectra().at(*found);
+  const auto& weight = base_weight();
+  const bool real = x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble;
+  return real && x.scalar_type() == spectrum.scalar_type() && x.scalar_type() == weight.scalar_type() &&
+                 x.device() == spectrum.device() && x.device() == weight.device()
+             ? found
+             : nullptr;
+}
+
 torch::Tensor FourierFTLayer::adapted_forward(
-    const torch::Tensor& x, const std::function<torch::Tensor(const torch::Tensor&)>& base) {
+    const torch::Tensor& x, const std::function<torch::Tensor(const torch::Tensor&)>& base,
+    const torch::Tensor* base_bias) {
   if (disabled_) {
     if (merged()) unmerge();
     return base(x);
@@ -477,6 +496,16 @@ torch::Tensor FourierFTLayer::adapted_forward(
     return result + mixed_adapter_forward(*batch, x).to(result.scalar_type());
   }
   if (merged()) return base(x);
+  if (base_bias != nullptr) {
+    if (const std::string* name = fused_adapter(x)) {
+      const AdapterState& state = checked_state(*name, "forward");
+      const auto& spectrum = spectra().at(*name);
+      const auto indices =
+          state.indices.device() == spectrum.device() ? state.indices : state.indices.to(spectrum.device());
+      return linear(x, base_weight(), base_bias->defined() ? std::optional<torch::Tensor>(*base_bias) : std::nullopt,
+                    spectrum, indices, out_features_, in_features_, state.scaling);
+    }
+  }
   auto result = base(x);
   for (const auto& name : active_adapters_) {
     if (!adapters_.contains(name)) continue;
@@ -486,7 +515,9 @@ torch::Tensor FourierFTLayer::adapted_forward(
 }
 
 torch::Tensor FourierFTLinearImpl::forward(const torch::Tensor& x) {
-  return adapted_forward(x, [this](const torch::Tensor& input) { return base_layer(input); });
+  // A torch::nn::Linear base is x @ W^T + b: the fused op may replace it (no forward hooks in LibTorch).
+  const torch::Tensor& bias = base_layer->bias;
+  return adapted_forward(x, [this](const torch::Tensor& input) { return base_layer(input); }, &bias);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -547,9 +578,8 @@ void LinearImpl::release_spectra() {
 }
 
 torch::Tensor LinearImpl::forward(const torch::Tensor& input) {
-  return adapted_forward(input, [this](const torch::Tensor& x) {
-    return torch::nn::functional::linear(x, weight, bias);
-  });
+  return adapted_forward(
+      input, [this](const torch::Tensor& x) { return torch::nn::functional::linear(x, weight, bias); }, &bias);
 }
 
 }  // namespace fourierft

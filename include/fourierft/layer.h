@@ -210,8 +210,11 @@ class FourierFTLayer {
   virtual void release_spectra() {}
   const SpectrumDictImpl& spectra() const { return const_cast<FourierFTLayer*>(this)->spectra(); }
   virtual const char* kind() const = 0;
-  /// PEFT's forward: base output, plus every active adapter unless disabled or merged.
-  torch::Tensor adapted_forward(const torch::Tensor& x, const std::function<torch::Tensor(const torch::Tensor&)>& base);
+  /// PEFT's forward: base output, plus every active adapter unless disabled or merged. `base_bias`:
+  /// the base is the plain linear `x @ base_weight()^T + base_bias` (undefined: no bias), so that with
+  /// one active adapter the whole layer runs as one fourierft::linear (nullptr: base is opaque).
+  torch::Tensor adapted_forward(const torch::Tensor& x, const std::function<torch::Tensor(const torch::Tensor&)>& base,
+                                const torch::Tensor* base_bias = nullptr);
   void print_adapters(std::ostream& stream) const;
 
   FourierFTLinearOptions options_;
@@ -225,6 +228,9 @@ class FourierFTLayer {
   /// W0 + sum of their delta_W (a new tensor); with `check`, throws if it is not finite.
   torch::Tensor merged_weight(const std::vector<std::string>& present, bool check) const;
   torch::Tensor dense_delta(const std::string& name, const AdapterState& state);
+  /// The single present active adapter when the whole layer can run as one fourierft::linear (Auto path,
+  /// matching float32/float64 dtypes on one device), else nullptr.
+  const std::string* fused_adapter(const torch::Tensor& x) const;
 
   torch::OrderedDict<std::string, AdapterState> adapters_{"FourierFT adapter"};
   DeltaCache delta_cache_;

@@ -59,6 +59,16 @@ enum class LinearPath { Auto, Spectral, Merged };
 void set_linear_path(LinearPath path);
 LinearPath linear_path();
 
+/// A 64-bit fingerprint of a CPU tensor's values (bytes, dtype and shape), read once in parallel: the key
+/// of caches that must notice changes made behind the version counter (`p.data.mul_()`, PEFT's merge
+/// through `.data`).
+uint64_t fingerprint(const at::Tensor& tensor);
+
+/// Inference with a frozen spectrum and base weight: true when caching `W + delta_W` (one GEMM per call,
+/// after fingerprinting W and comparing the spectrum) is cheaper than the spectral pipeline per call.
+/// The cache costs one more weight-sized tensor per layer.
+bool merged_weight_cache_pays(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency);
+
 /// Runs the device-generic implementation (ATen operations only, the one registered for CUDA) for CPU
 /// tensors too, instead of the fused CPU kernels: slower, for testing the generic path where no GPU is
 /// available (the tests hold both to PEFT's formula). Process-wide; off by default.

@@ -67,6 +67,30 @@ class FourierFTKernels:
         self.__dict__.setdefault(_CACHE, {})[adapter] = entry
         return delta
 
+    def _merged_weight(self, adapter: str, spectrum: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``W + delta_W`` for inference with a frozen spectrum and base weight, cached.
+
+        Keyed like the delta_W cache (the spectrum's values, indices, scaling) plus a 64-bit fingerprint
+        of the base weight's values, recomputed per call (one read of W, ~0.2 ns per entry): PEFT's
+        ``merge``/``unmerge`` and ``weight.data.mul_()`` change W behind its version counter. Costs one
+        weight-sized tensor per layer while cached."""
+        key = (adapter, "weight")
+        stamp = _C.fingerprint(weight)
+        entry = self.__dict__.get(_CACHE, {}).get(key)
+        if entry is not None:
+            values, indices, scaling, w_stamp, merged = entry
+            if (indices is self.indices[adapter] and scaling == self.fourierft_scaling[adapter] and w_stamp == stamp
+                    and merged.dtype == weight.dtype and merged.device == weight.device
+                    and values.dtype == spectrum.dtype and values.device == spectrum.device
+                    and not (merged.is_inference() and not torch.is_inference_mode_enabled())
+                    and torch.equal(values, spectrum)):
+                return merged
+        with torch.no_grad():
+            merged = self.get_delta_weight(adapter).to(weight.dtype).add_(weight)
+            entry = (spectrum.detach().clone(), self.indices[adapter], self.fourierft_scaling[adapter], stamp, merged)
+        self.__dict__.setdefault(_CACHE, {})[key] = entry  # one assignment: readers see old or new
+        return merged
+
     def __getstate__(self):
         # torch.save(model) / pickle / deepcopy: the cache is derived data, never serialised.
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
@@ -113,6 +137,20 @@ class FourierFTKernels:
             result = self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
         elif self.merged:
             result = self.base_layer(x, *args, **kwargs)
+        elif (fused := self._fused_adapter(x, args, kwargs)) is not None:
+            # The whole layer in one op: x @ (W + delta_W)^T + b, by the spectral pipeline with the base
+            # GEMM accumulating into it, or one GEMM with W + delta_W (the cost model picks, per call).
+            spectrum, indices, scaling = self._spectral_inputs(fused)
+            base = self.base_layer
+            tokens = x.numel() // max(x.shape[-1], 1)
+            if (not torch.compiler.is_compiling() and x.device.type == "cpu"
+                    and not (torch.is_grad_enabled() and (spectrum.requires_grad or base.weight.requires_grad))
+                    and _C.merged_weight_cache_pays(tokens, self.out_features, self.in_features, spectrum.numel())):
+                # Inference: one GEMM with the cached W + delta_W (the unmerged layer at the base's cost).
+                result = nn.functional.linear(x, self._merged_weight(fused, spectrum, base.weight), base.bias)
+            else:
+                result = ops.linear(x, base.weight, base.bias, spectrum, indices, self.out_features,
+                                    self.in_features, scaling)
         else:
             result = self.base_layer(x, *args, **kwargs)
             for active_adapter in self.active_adapters:
@@ -122,6 +160,32 @@ class FourierFTKernels:
                 x = x.to(spectrum.dtype)  # as PEFT: the adapter runs in the spectrum's dtype
                 result = result + self._adapter_output(active_adapter, x)
         return result.to(previous_dtype)
+
+    def _fused_adapter(self, x: torch.Tensor, args, kwargs) -> Optional[str]:
+        """The one active adapter when ``base_layer(x) + adapter(x)`` can run as one ``ops.linear``: a plain
+        ``nn.Linear`` base without hooks or extra arguments, and ``x``, weight and spectrum of one float32 or
+        float64 dtype and device (PEFT casts ``x`` to the spectrum's dtype; then the sum is the same)."""
+        base = self.base_layer
+        if args or kwargs or type(base) is not nn.Linear or base._forward_hooks or base._forward_pre_hooks:
+            return None
+        from torch.nn.modules import module as _module
+
+        if _module._global_forward_hooks or _module._global_forward_pre_hooks:
+            return None
+        found = None
+        for name in self.active_adapters:
+            if name not in self.fourierft_spectrum.keys():
+                continue
+            if found is not None:
+                return None
+            found = name
+        if found is None:
+            return None
+        spectrum, weight = self.fourierft_spectrum[found], base.weight
+        if (x.dtype not in (torch.float32, torch.float64) or x.dtype != spectrum.dtype or x.dtype != weight.dtype
+                or x.device != spectrum.device or x.device != weight.device):
+            return None
+        return found
 
     def _mixed_batch_forward(self, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any):
         """Each row ``i`` of the batch through adapter ``adapter_names[i]`` (``"__base__"``: none)."""

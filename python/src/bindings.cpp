@@ -124,6 +124,11 @@ PYBIND11_MODULE(_C, m) {
       default: return std::string("auto");
     }
   });
+  m.def("fingerprint", &fourierft::fingerprint, py::arg("tensor"),
+        "64-bit fingerprint of a CPU tensor's values (bytes, dtype, shape).");
+  m.def("merged_weight_cache_pays", &fourierft::merged_weight_cache_pays, py::arg("tokens"),
+        py::arg("out_features"), py::arg("in_features"), py::arg("n_frequency"),
+        "Inference: whether a cached W + delta_W beats the spectral pipeline per call.");
   m.def("spectral_path_is_cheaper", &fourierft::spectral_path_is_cheaper, py::arg("tokens"),
         py::arg("out_features"), py::arg("in_features"), py::arg("n_frequency"),
         py::arg("delta_cached"),

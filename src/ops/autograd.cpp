@@ -90,10 +90,10 @@ class SpectralLinearFunction : public torch::autograd::Function<SpectralLinearFu
 
 class LinearFunction : public torch::autograd::Function<LinearFunction> {
  public:
-  // bias: an undefined tensor for none.
+  // bias: an empty [0] tensor for none (autograd Functions record every tensor input's device).
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight,
-                            const at::Tensor& bias, const at::Tensor& spectrum, const at::Tensor& indices,
-                            int64_t out_features, int64_t in_features, double scaling) {
+                            const at::Tensor& bias, bool has_bias, const at::Tensor& spectrum,
+                            const at::Tensor& indices, int64_t out_features, int64_t in_features, double scaling) {
     at::AutoDispatchBelowADInplaceOrView guard;
     // x is saved only for the spectrum's and the weight's gradients (grad_c recomputes its spectrum).
     const bool keep_x = spectrum.requires_grad() || weight.requires_grad();
@@ -102,7 +102,8 @@ class LinearFunction : public torch::autograd::Function<LinearFunction> {
     ctx->saved_data["in_features"] = in_features;
     ctx->saved_data["scaling"] = scaling;
     ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
-    return linear_op().call(x, weight, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt, spectrum,
+    ctx->saved_data["has_bias"] = has_bias;
+    return linear_op().call(x, weight, has_bias ? std::optional<at::Tensor>(bias) : std::nullopt, spectrum,
                             indices, out_features, in_features, scaling);
   }
 
@@ -114,13 +115,15 @@ class LinearFunction : public torch::autograd::Function<LinearFunction> {
                              static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt())));
     }
     const bool need_x = ctx->needs_input_grad(0), need_weight = ctx->needs_input_grad(1),
-               need_bias = ctx->needs_input_grad(2), need_spectrum = ctx->needs_input_grad(3);
+               need_bias = ctx->needs_input_grad(2) && ctx->saved_data["has_bias"].toBool(),
+               need_spectrum = ctx->needs_input_grad(3);  // tensor inputs only: has_bias is not one
     auto [grad_x, grad_weight, grad_bias, grad_spectrum] = linear_backward_op().call(
         grad_outputs[0], x, saved[1], saved[2], saved[3], ctx->saved_data["out_features"].toInt(),
         ctx->saved_data["in_features"].toInt(), ctx->saved_data["scaling"].toDouble(), need_x, need_weight,
         need_bias, need_spectrum);
-    return {need_x ? grad_x : at::Tensor(),          need_weight ? grad_weight : at::Tensor(),
-            need_bias ? grad_bias : at::Tensor(),    need_spectrum ? grad_spectrum : at::Tensor(),
+    return {need_x ? grad_x : at::Tensor(),       need_weight ? grad_weight : at::Tensor(),
+            need_bias ? grad_bias : at::Tensor(), at::Tensor(),
+            need_spectrum ? grad_spectrum : at::Tensor(),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
@@ -156,8 +159,9 @@ at::Tensor spectral_linear_autograd(const at::Tensor& x, const at::Tensor& spect
 at::Tensor linear_autograd(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                            const at::Tensor& spectrum, const at::Tensor& indices, int64_t out_features,
                            int64_t in_features, double scaling) {
-  return LinearFunction::apply(x, weight, bias.has_value() ? *bias : at::Tensor(), spectrum, indices, out_features,
-                               in_features, scaling);
+  const bool has_bias = bias.has_value() && bias->defined();
+  return LinearFunction::apply(x, weight, has_bias ? *bias : at::empty({0}, weight.options()), has_bias, spectrum,
+                               indices, out_features, in_features, scaling);
 }
 
 at::Tensor delta_weight_autograd(const at::Tensor& spectrum, const at::Tensor& indices,

@@ -44,10 +44,20 @@ constexpr double kPipelineNsPerPointLog = 0.07;
 constexpr double kPipelineNsPerCoefficient = 0.12;
 // ... against building W + delta_W once per call: an irfft2 of the d1 x d2 spectrum and one add.
 constexpr double kMergeNsPerPointLog = 0.2;
+// A cached W + delta_W costs, per call, the fingerprint of W (one read) against the pipeline.
+constexpr double kFingerprintNsPerPoint = 0.2;
 }  // namespace
 
 void set_linear_path(LinearPath path) { forced_linear_path.store(path); }
 LinearPath linear_path() { return forced_linear_path.load(); }
+
+bool merged_weight_cache_pays(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency) {
+  const double d1 = static_cast<double>(out_features), d2 = static_cast<double>(in_features);
+  const double t = static_cast<double>(std::max<int64_t>(tokens, 1));
+  const double pipeline = t * (kPipelineNsPerPointLog * (d1 * std::log2(d1 + 1) + d2 * std::log2(d2 + 1)) +
+                               kPipelineNsPerCoefficient * static_cast<double>(n_frequency));
+  return kFingerprintNsPerPoint * d1 * d2 < pipeline;
+}
 
 namespace detail {
 bool linear_uses_merged_weight(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency,

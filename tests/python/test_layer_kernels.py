@@ -43,7 +43,11 @@ def peft_output(layer, x):
 
 
 def cached(layer):
-    return layer.__dict__.get("_fourierft_cache", {}).get("default")
+    """The tensor the layer cached for adapter "default": W + delta_W (the whole-layer inference path,
+    plain nn.Linear base) or delta_W (other bases), else None."""
+    cache = layer.__dict__.get("_fourierft_cache", {})
+    entry = cache.get(("default", "weight"), cache.get("default"))
+    return None if entry is None else entry[-1]
 
 
 MUTATIONS = {
@@ -53,6 +57,44 @@ MUTATIONS = {
     "ema_lerp": lambda p: p.data.lerp_(torch.randn_like(p), 0.5),
     "inplace_no_grad": lambda p: p.add_(1.0),
 }
+
+
+BASE_MUTATIONS = {
+    "weight_data_mul_": lambda layer: layer.base_layer.weight.data.mul_(3.0),
+    "weight_data_assign": lambda layer: setattr(layer.base_layer.weight, "data", torch.randn_like(layer.base_layer.weight)),
+    "weight_one_entry": lambda layer: layer.base_layer.weight.data[3, 5].add_(0.5),
+    "load_state_dict": lambda layer: layer.base_layer.load_state_dict(
+        {"weight": torch.randn_like(layer.base_layer.weight), "bias": torch.randn_like(layer.base_layer.bias)}),
+}
+
+
+@pytest.mark.parametrize("mutation", BASE_MUTATIONS)
+def test_merged_weight_cache_sees_base_weight_changes(mutation):
+    """The inference cache holds W + delta_W: a change of W behind the version counter must be seen."""
+    model, layer = frozen_layer()
+    x = torch.randn(4096, 24)
+    with torch.no_grad():
+        first = layer(x)
+        assert layer.__dict__["_fourierft_cache"][("default", "weight")] is not None
+        BASE_MUTATIONS[mutation](layer)
+        second = layer(x)
+    torch.testing.assert_close(second, peft_output(layer, x), atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(first, second)
+
+
+def test_merged_weight_cache_after_peft_merge_and_unmerge():
+    model, layer = frozen_layer()
+    x = torch.randn(4096, 24)
+    with torch.no_grad():
+        layer(x)
+        layer.merge()  # PEFT's merge: W.data += delta_W
+        torch.testing.assert_close(layer(x), peft_output_merged(layer, x), atol=1e-4, rtol=1e-4)
+        layer.unmerge()
+        torch.testing.assert_close(layer(x), peft_output(layer, x), atol=1e-4, rtol=1e-4)
+
+
+def peft_output_merged(layer, x):
+    return layer.base_layer(x)
 
 
 @pytest.mark.parametrize("mutation", MUTATIONS)
@@ -83,7 +125,7 @@ def test_delta_cached_under_inference_mode_then_a_forward_with_gradients():
     x = torch.randn(4096, 24)
     with torch.inference_mode():
         layer(x)
-    assert cached(layer)[3].is_inference()
+    assert cached(layer).is_inference()
     x.requires_grad_(True)
     y = layer(x)  # saliency: gradient with respect to the input
     y.square().sum().backward()

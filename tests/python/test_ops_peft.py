@@ -108,8 +108,8 @@ def test_generic_and_fused_kernels_agree_and_the_switch_is_scoped(ops):
 
 
 def test_cuda_kernels_are_registered_in_every_build():
-    for op in ("delta_weight", "_delta_weight_backward", "spectral_linear", "_spectral_linear_forward",
-               "_spectral_linear_backward"):
+    for op in ("delta_weight", "_delta_weight_backward", "spectral_linear", "_spectral_linear_backward", "linear",
+               "_linear_backward"):
         table = torch._C._dispatch_dump(f"fourierft::{op}")
         assert any(line.startswith("CUDA: registered") for line in table.splitlines()), (op, table)
 
@@ -131,6 +131,124 @@ def test_gradcheck_delta_weight(ops, kernels):
     assert torch.autograd.gradcheck(lambda c: ops.delta_weight(c, indices, 6, 10, 3.0), (c,))
 
 
+@pytest.fixture(params=["auto", "spectral", "merged"])
+def linear_path(request):
+    with fourierft.ops.linear_path(request.param):
+        yield request.param
+
+
+@pytest.mark.parametrize("shape,n", [((7, 13), 50), ((64, 48), 1000), ((768, 768), 1000), ((3072, 768), 3000), ((768, 3072), 3000)])
+@pytest.mark.parametrize("leading", [(5,), (2, 300)])
+def test_linear_matches_peft_layer_forward_and_gradients(ops, kernels, linear_path, shape, n, leading):
+    """ops.linear (the whole layer) against PEFT's FourierFTLinear.forward: output, grad_x, grad_c, and
+    the gradients of a trainable base weight and bias."""
+    out_features, in_features = shape
+    torch.manual_seed(1)
+    layer = peft_layer(out_features, in_features, n)
+    layer.base_layer.requires_grad_(True)
+    spectrum = layer.fourierft_spectrum["default"]
+    base = layer.base_layer
+    x = torch.randn(*leading, in_features, requires_grad=True)
+    expected = layer(x)
+    grad_out = torch.randn_like(expected)
+    wrt = [x, spectrum, base.weight, base.bias]
+    expected_grads = torch.autograd.grad((expected * grad_out).sum(), wrt)
+
+    ours_wrt = [t.detach().clone().requires_grad_(True) for t in wrt]
+    ours = ops.linear(ours_wrt[0], ours_wrt[2], ours_wrt[3], ours_wrt[1], layer.indices["default"], out_features,
+                      in_features, 150.0)
+    grads = torch.autograd.grad((ours * grad_out).sum(), ours_wrt)
+    torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-4)
+    for name, got, want in zip(["x", "spectrum", "weight", "bias"], grads, expected_grads):
+        assert (got - want).norm() / want.norm() < 1e-4, name
+
+
+def test_linear_frozen_base_saves_only_the_input(ops, linear_path):
+    """Trainable spectrum, frozen base: the graph holds x (and the parameters), no activation of its own."""
+    torch.manual_seed(0)
+    indices = ops.entry_indices(64, 48, 100, 1)
+    w, b = torch.randn(64, 48), torch.randn(64)
+    c = torch.randn(100, requires_grad=True)
+    x = torch.randn(32, 48, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        ops.linear(x, w, b, c, indices, 64, 48, 150.0)
+    big = [t for t in saved if t.numel() >= x.numel()]
+    assert len(big) == 2 and any(t is x or t.data_ptr() == x.data_ptr() for t in big), [t.shape for t in saved]
+    assert all(t.data_ptr() in (x.data_ptr(), w.data_ptr()) for t in big)
+
+
+def test_gradcheck_linear(ops, kernels, linear_path):
+    torch.manual_seed(3)
+    for out_features, in_features, n in [(5, 6, 12), (7, 4, 28), (9, 8, 5)]:
+        indices = ops.entry_indices(out_features, in_features, n, 11)
+        x = torch.randn(2, 3, in_features, dtype=torch.float64, requires_grad=True)
+        w = torch.randn(out_features, in_features, dtype=torch.float64, requires_grad=True)
+        b = torch.randn(out_features, dtype=torch.float64, requires_grad=True)
+        c = torch.randn(n, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(
+            lambda x, w, b, c: ops.linear(x, w, b, c, indices, out_features, in_features, 2.0), (x, w, b, c)
+        )
+        assert torch.autograd.gradcheck(
+            lambda x, c: ops.linear(x, w.detach(), None, c, indices, out_features, in_features, 2.0), (x, c)
+        )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck_linear(ops, kernels, linear_path, dtype):
+    indices = ops.entry_indices(12, 10, 40, 777)
+    for requires_grad in [(True, True, False), (False, True, False), (True, False, False), (True, True, True)]:
+        x = torch.randn(2, 3, 10, dtype=dtype, requires_grad=requires_grad[0])
+        c = torch.randn(40, dtype=dtype, requires_grad=requires_grad[1])
+        w = torch.randn(12, 10, dtype=dtype, requires_grad=requires_grad[2])
+        b = torch.randn(12, dtype=dtype, requires_grad=requires_grad[2])
+        torch.library.opcheck(ops.linear.default, (x, w, b, c, indices, 12, 10, 150.0))
+        torch.library.opcheck(ops.linear.default, (x, w, None, c, indices, 12, 10, 150.0))
+
+
+@pytest.mark.parametrize("x_dtype,spectrum_dtype", [(torch.bfloat16, torch.float32), (torch.float32, torch.float64),
+                                                    (torch.float16, torch.float32)])
+def test_linear_mixed_dtypes_follow_peft_composition(ops, kernels, x_dtype, spectrum_dtype):
+    """A spectrum of another dtype: PEFT's base(x) + F.linear(x.to(spectrum dtype), delta_W), promoted."""
+    torch.manual_seed(0)
+    indices = ops.entry_indices(16, 12, 30, 3)
+    w, b = torch.randn(16, 12, dtype=x_dtype), torch.randn(16, dtype=x_dtype)
+    c = torch.randn(30, dtype=spectrum_dtype)
+    x = torch.randn(4, 12, dtype=x_dtype)
+    ours = ops.linear(x, w, b, c, indices, 16, 12, 20.0)
+    delta = ops.delta_weight(c, indices, 16, 12, 20.0)
+    want = torch.nn.functional.linear(x, w, b) + torch.nn.functional.linear(x.to(spectrum_dtype), delta)
+    assert ours.dtype == want.dtype
+    torch.testing.assert_close(ours, want, rtol=2e-2, atol=2e-2)
+
+
+def test_linear_empty_batch(ops, kernels, linear_path):
+    indices = ops.entry_indices(16, 12, 30, 3)
+    w, b = torch.randn(16, 12, requires_grad=True), torch.randn(16, requires_grad=True)
+    c = torch.randn(30, requires_grad=True)
+    for shape in [(0, 12), (2, 0, 12)]:
+        x = torch.randn(*shape, requires_grad=True)
+        y = ops.linear(x, w, b, c, indices, 16, 12, 20.0)
+        assert y.shape == (*shape[:-1], 16)
+        y.sum().backward()
+        assert x.grad.shape == x.shape and torch.all(c.grad == 0) and torch.all(w.grad == 0)
+        c.grad = w.grad = b.grad = None
+
+
+def test_linear_errors_name_the_values(ops):
+    indices = ops.entry_indices(16, 12, 30, 3)
+    c = torch.randn(30)
+    with pytest.raises(RuntimeError, match=r"weight must have shape \[out_features, in_features\] = \[16, 12\], got \[12, 16\]"):
+        ops.linear(torch.randn(2, 12), torch.randn(12, 16), None, c, indices, 16, 12, 1.0)
+    with pytest.raises(RuntimeError, match=r"bias must have shape \[out_features\] = \[16\], got \[12\]"):
+        ops.linear(torch.randn(2, 12), torch.randn(16, 12), torch.randn(12), c, indices, 16, 12, 1.0)
+    with pytest.raises(RuntimeError, match=r"weight and input must have the same dtype"):
+        ops.linear(torch.randn(2, 12), torch.randn(16, 12, dtype=torch.float64), None, c, indices, 16, 12, 1.0)
+    with pytest.raises(ValueError, match="linear path must be"):
+        with fourierft.ops.linear_path("fast"):
+            pass
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_opcheck_spectral_linear(ops, kernels, dtype):
     indices = ops.entry_indices(12, 10, 40, 777)
@@ -145,13 +263,12 @@ def test_opcheck_delta_weight_and_internal_ops(ops, kernels):
     c = torch.randn(40, requires_grad=True)
     torch.library.opcheck(ops.delta_weight.default, (c, indices, 12, 10, 150.0))
     x = torch.randn(4, 10)
-    torch.library.opcheck(ops._spectral_linear_forward.default, (x, c.detach(), indices, 12, 10, 150.0))
-    _, x_spec = ops._spectral_linear_forward(x, c.detach(), indices, 12, 10, 150.0)
     g = torch.randn(4, 12)
-    torch.library.opcheck(
-        ops._spectral_linear_backward.default,
-        (g, x_spec, c.detach(), indices, 12, 10, 150.0, torch.float32, True, True),
-    )
+    for need in [(True, True), (True, False), (False, True)]:
+        torch.library.opcheck(ops._spectral_linear_backward.default, (g, x, c.detach(), indices, 12, 10, 150.0, *need))
+    w = torch.randn(12, 10)
+    for need in [(True, True, True, True), (True, False, False, True), (False, False, False, True), (True, True, False, False)]:
+        torch.library.opcheck(ops._linear_backward.default, (g, x, w, c.detach(), indices, 12, 10, 150.0, *need))
     torch.library.opcheck(ops._delta_weight_backward.default, (torch.randn(12, 10), c.detach(), indices, 12, 10, 150.0))
 
 
