@@ -96,29 +96,28 @@ bool fft_rows_use_cached_plans() {
   return available;
 }
 
-void rfft_rows(const at::Tensor& in, const at::Tensor& out) {
-  const int64_t rows = in.size(0), len = in.size(1);
+void rfft_rows(const void* in, void* out, int64_t len, int64_t rows, bool is_double) {
   if (!fft_rows_use_cached_plans()) {
-    auto result = out;
-    at::_fft_r2c_out(result, in, {1}, /*normalization=none*/ 0, /*onesided=*/true);
+    const auto real = at::TensorOptions().dtype(is_double ? at::kDouble : at::kFloat);
+    const auto input = at::from_blob(const_cast<void*>(in), {rows, len}, real);
+    auto output = at::from_blob(out, {rows, len / 2 + 1}, real.dtype(is_double ? at::kComplexDouble : at::kComplexFloat));
+    at::_fft_r2c_out(output, input, {1}, /*normalization=none*/ 0, /*onesided=*/true);
     return;
   }
-  const bool is_double = in.scalar_type() == at::kDouble;
   auto& plan = plan_for(is_double, /*forward=*/true, len, rows);
-  check(DftiComputeForward(plan.handle, const_cast<void*>(in.const_data_ptr()), out.data_ptr()), "forward transform",
-        len, rows);
+  check(DftiComputeForward(plan.handle, const_cast<void*>(in), out), "forward transform", len, rows);
 }
 
-void irfft_rows(const at::Tensor& in, const at::Tensor& out) {
-  const int64_t rows = out.size(0), len = out.size(1);
+void irfft_rows(void* in, void* out, int64_t len, int64_t rows, bool is_double) {
   if (!fft_rows_use_cached_plans()) {
-    auto result = out;
-    at::_fft_c2r_out(result, in, {1}, /*normalization=by_n*/ 2, len);
+    const auto real = at::TensorOptions().dtype(is_double ? at::kDouble : at::kFloat);
+    const auto input = at::from_blob(in, {rows, len / 2 + 1}, real.dtype(is_double ? at::kComplexDouble : at::kComplexFloat));
+    auto output = at::from_blob(out, {rows, len}, real);
+    at::_fft_c2r_out(output, input, {1}, /*normalization=by_n*/ 2, len);
     return;
   }
-  const bool is_double = out.scalar_type() == at::kDouble;
   auto& plan = plan_for(is_double, /*forward=*/false, len, rows);
-  check(DftiComputeBackward(plan.handle, in.data_ptr(), out.data_ptr()), "inverse transform", len, rows);
+  check(DftiComputeBackward(plan.handle, in, out), "inverse transform", len, rows);
 }
 
 }  // namespace fourierft::detail

@@ -14,13 +14,14 @@
 
 namespace fourierft::detail {
 
-/// out[r] = rfft(in[r]) (unnormalised) for the rows of contiguous real `in` ([rows, len], float or
-/// double) into contiguous complex `out` ([rows, len/2+1]).
-void rfft_rows(const at::Tensor& in, const at::Tensor& out);
+/// out[r] = rfft(in[r]) (unnormalised) for `rows` contiguous real rows of length `len` (float, or double
+/// when `is_double`) into `rows` contiguous complex rows of len/2+1. Raw pointers: these run on worker
+/// threads, which must not touch the caller's tensors.
+void rfft_rows(const void* in, void* out, int64_t len, int64_t rows, bool is_double);
 
-/// out[r] = irfft(in[r], len) (normalised by 1/len, as torch.fft.irfft) for contiguous complex `in`
-/// ([rows, len/2+1]) into contiguous real `out` ([rows, len]). `in` may be overwritten.
-void irfft_rows(const at::Tensor& in, const at::Tensor& out);
+/// out[r] = irfft(in[r], len) (normalised by 1/len, as torch.fft.irfft) for `rows` contiguous complex rows
+/// of len/2+1 into `rows` contiguous real rows of length `len`. `in` may be overwritten.
+void irfft_rows(void* in, void* out, int64_t len, int64_t rows, bool is_double);
 
 /// Whether the cached-plan (MKL DFTI) backend is in use; false: ATen's transforms.
 bool fft_rows_use_cached_plans();

@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 namespace fourierft::detail {
@@ -202,31 +203,28 @@ struct BinMajorBlock {
 
 // Per-task scratch of the blocked pipeline: the row-major half spectra the transforms write and read,
 // and their bin-major copies.
+// Plain buffers, no tensors: workers must not touch at::Tensor objects that another thread frees.
 template <typename real_t>
 struct Scratch {
-  Scratch(int64_t in_bins, int64_t out_bins, int64_t block, const at::TensorOptions& complex_options)
-      : in(in_bins, block),
-        out(out_bins, block),
-        in_spec(at::empty({block, in_bins}, complex_options)),
-        out_spec(at::empty({block, out_bins}, complex_options)) {}
+  Scratch(int64_t in_bins, int64_t out_bins, int64_t block)
+      : in(in_bins, block), out(out_bins, block), in_spec(block * in_bins), out_spec(block * out_bins) {}
   BinMajorBlock<real_t> in, out;
-  at::Tensor in_spec, out_spec;
+  std::vector<c10::complex<real_t>> in_spec, out_spec;
 };
 
-// rfft of rows [r0, r0 + len) of a contiguous real [rows, m] tensor into spec ([>= len, m/2+1]), returned
-// as a pointer to its first row.
+// rfft of rows [r0, r0 + len) of a contiguous real [rows, m] array into spec (>= len rows of m/2+1).
 template <typename real_t>
-const c10::complex<real_t>* rfft_block(const at::Tensor& real2d, int64_t r0, int64_t len, const at::Tensor& spec) {
-  auto out = spec.narrow(0, 0, len);
-  rfft_rows(real2d.narrow(0, r0, len), out);
-  return out.template const_data_ptr<c10::complex<real_t>>();
+const c10::complex<real_t>* rfft_block(const real_t* real2d, int64_t m, int64_t r0, int64_t len,
+                                       std::vector<c10::complex<real_t>>& spec) {
+  rfft_rows(real2d + r0 * m, spec.data(), m, len, std::is_same_v<real_t, double>);
+  return spec.data();
 }
 
 // The scatter of one block already in scratch.in (bin-major), then the inverse transform into rows
 // [r0, r0 + len) of the contiguous real [rows, p] tensor `dst`.
 template <typename real_t>
 void scatter_and_invert(const std::vector<ScatterEntry<real_t>>& plan, Scratch<real_t>& s, int64_t block,
-                        int64_t len, int64_t out_len, at::Tensor& dst, int64_t r0, const real_t* bias = nullptr) {
+                        int64_t len, int64_t out_len, real_t* dst, int64_t r0, const real_t* bias = nullptr) {
   const int64_t out_bins = out_len / 2 + 1;
   std::fill(s.out.storage.begin(), s.out.storage.end(), real_t(0));
   scatter_block(plan.data(), static_cast<int64_t>(plan.size()), s.in.re, s.in.im, s.out.re, s.out.im, block,
@@ -234,12 +232,10 @@ void scatter_and_invert(const std::vector<ScatterEntry<real_t>>& plan, Scratch<r
   // The self-mirrored bins 0 and p/2 hold 2z; their real part is 2 Re(z), the wanted value.
   std::fill(s.out.im, s.out.im + len, real_t(0));
   if (out_len % 2 == 0) std::fill(s.out.im + (out_len / 2) * block, s.out.im + (out_len / 2) * block + len, real_t(0));
-  auto spec = s.out_spec.narrow(0, 0, len);
-  from_bin_major(s.out.re, s.out.im, block, out_bins, 0, len, spec.template data_ptr<c10::complex<real_t>>(), out_bins);
-  auto rows = dst.narrow(0, r0, len);
-  irfft_rows(spec, rows);
+  from_bin_major(s.out.re, s.out.im, block, out_bins, 0, len, s.out_spec.data(), out_bins);
+  real_t* out = dst + r0 * out_len;
+  irfft_rows(s.out_spec.data(), out, out_len, len, std::is_same_v<real_t, double>);
   if (bias != nullptr) {  // epilogue while the rows are in cache: + bias
-    real_t* out = rows.template data_ptr<real_t>();
     for (int64_t t = 0; t < len; ++t) {
       real_t* __restrict row = out + t * out_len;
       for (int64_t j = 0; j < out_len; ++j) row[j] += bias[j];
@@ -250,17 +246,20 @@ void scatter_and_invert(const std::vector<ScatterEntry<real_t>>& plan, Scratch<r
 // Runs body(chunk, r0, len) over blocks of `block` rows, the blocks split into at most one contiguous chunk
 // per thread. Every transform, gather and scatter of a block happens while its rows are in cache: the
 // pipeline reads the input and writes the output once, instead of one pass over memory per stage.
-template <typename Body>
-void for_each_block(int64_t rows, int64_t block, int64_t chunks, const Body& body) {
+// make_scratch() runs on the worker thread, which also frees the scratch: nothing allocated by one
+// thread is released by another.
+template <typename MakeScratch, typename Body>
+void for_each_block(int64_t rows, int64_t block, int64_t chunks, const MakeScratch& make_scratch, const Body& body) {
   const int64_t blocks = (rows + block - 1) / block;
   at::parallel_for(0, chunks, 1, [&](int64_t cbegin, int64_t cend) {
-    // Worker threads do not inherit the caller's dispatch state: the ATen transforms below must not
+    // Worker threads do not inherit the caller's dispatch state: the ATen calls below must not
     // record autograd history (the kernel runs below the Autograd key on the calling thread too).
     at::AutoDispatchBelowADInplaceOrView below_autograd;
+    auto scratch = make_scratch();
     for (int64_t c = cbegin; c < cend; ++c) {
       for (int64_t b = blocks * c / chunks; b < blocks * (c + 1) / chunks; ++b) {
         const int64_t r0 = b * block;
-        body(c, r0, std::min(block, rows - r0));
+        body(c, *scratch, r0, std::min(block, rows - r0));
       }
     }
   });
@@ -277,14 +276,13 @@ void spectral_apply_rows(const at::Tensor& in2d, int64_t in_len, const std::vect
   const int64_t rows = in2d.size(0);
   const int64_t in_bins = in_len / 2 + 1, out_bins = out_len / 2 + 1;
   const int64_t block = block_rows<real_t>(in_bins + out_bins);
-  const auto complex_options = in2d.options().dtype(c10::toComplexType(in2d.scalar_type()));
   const int64_t chunks = chunk_count(rows, block);
-  std::vector<std::unique_ptr<Scratch<real_t>>> scratch(chunks);
-  for_each_block(rows, block, chunks, [&](int64_t c, int64_t r0, int64_t len) {
-    if (!scratch[c]) scratch[c] = std::make_unique<Scratch<real_t>>(in_bins, out_bins, block, complex_options);
-    auto& s = *scratch[c];
-    to_bin_major(rfft_block<real_t>(in2d, r0, len, s.in_spec), in_bins, in_bins, 0, len, block, s.in.re, s.in.im);
-    scatter_and_invert(plan, s, block, len, out_len, dst, r0, bias);
+  const real_t* in = in2d.const_data_ptr<real_t>();
+  real_t* out = dst.data_ptr<real_t>();
+  const auto make = [&] { return std::make_unique<Scratch<real_t>>(in_bins, out_bins, block); };
+  for_each_block(rows, block, chunks, make, [&](int64_t, Scratch<real_t>& s, int64_t r0, int64_t len) {
+    to_bin_major(rfft_block<real_t>(in, in_len, r0, len, s.in_spec), in_bins, in_bins, 0, len, block, s.in.re, s.in.im);
+    scatter_and_invert(plan, s, block, len, out_len, out, r0, bias);
   });
 }
 
@@ -313,24 +311,30 @@ std::vector<double> spectral_backward_rows(const at::Tensor& g2d, const at::Tens
   // Scratch: g's spectrum (in), grad_x's spectrum (out), and x's spectrum.
   const int64_t block = block_rows<real_t>(g_bins + 2 * x_bins);
   const int64_t chunks = chunk_count(rows, block);
-  const auto complex_options = g2d.options().dtype(c10::toComplexType(g2d.scalar_type()));
-  std::vector<std::unique_ptr<Scratch<real_t>>> scratch(chunks);
-  std::vector<std::unique_ptr<BinMajorBlock<real_t>>> x_block(chunks);
+  const real_t* g = g2d.const_data_ptr<real_t>();
+  const real_t* x = need_grad_spectrum ? x2d.const_data_ptr<real_t>() : nullptr;
+  real_t* gx = need_grad_x ? gx2d.data_ptr<real_t>() : nullptr;
+  struct BackwardScratch {
+    Scratch<real_t> s;
+    BinMajorBlock<real_t> x;
+  };
   std::vector<std::vector<double>> partial(chunks, std::vector<double>(pairs.size(), 0.0));
-  for_each_block(rows, block, chunks, [&](int64_t c, int64_t r0, int64_t len) {
-    if (!scratch[c]) {
-      scratch[c] = std::make_unique<Scratch<real_t>>(g_bins, x_bins, block, complex_options);
-      if (need_grad_spectrum) x_block[c] = std::make_unique<BinMajorBlock<real_t>>(x_bins, block);
-    }
-    auto& s = *scratch[c];
-    to_bin_major(rfft_block<real_t>(g2d, r0, len, s.in_spec), g_bins, g_bins, 0, len, block, s.in.re, s.in.im);
+  const auto make = [&] {
+    return std::make_unique<BackwardScratch>(BackwardScratch{
+        Scratch<real_t>(g_bins, x_bins, block), BinMajorBlock<real_t>(need_grad_spectrum ? x_bins : 0, block)});
+  };
+  for_each_block(rows, block, chunks, make, [&](int64_t c, BackwardScratch& scratch, int64_t r0, int64_t len) {
+    auto& s = scratch.s;
+    to_bin_major(rfft_block<real_t>(g, out_features, r0, len, s.in_spec), g_bins, g_bins, 0, len, block, s.in.re,
+                 s.in.im);
     if (need_grad_spectrum) {
-      auto& xb = *x_block[c];
+      auto& xb = scratch.x;
       // s.out_spec (grad_x's half spectrum, same width) is free until the scatter below.
-      to_bin_major(rfft_block<real_t>(x2d, r0, len, s.out_spec), x_bins, x_bins, 0, len, block, xb.re, xb.im);
+      to_bin_major(rfft_block<real_t>(x, in_features, r0, len, s.out_spec), x_bins, x_bins, 0, len, block, xb.re,
+                   xb.im);
       correlate_block(pairs.data(), n, xb.re, xb.im, s.in.re, s.in.im, block, len, partial[c].data());
     }
-    if (need_grad_x) scatter_and_invert(plan, s, block, len, in_features, gx2d, r0);
+    if (need_grad_x) scatter_and_invert(plan, s, block, len, in_features, gx, r0);
   });
   std::vector<double> total(pairs.size(), 0.0);
   for (const auto& part : partial) {
