@@ -72,6 +72,12 @@ WORKLOADS = {
     "LLaMA-shaped, hidden 2048, 2 layers, 2 x 128 tokens, q_proj/v_proj, n=1000, scaling 300": dict(
         build=llama_base, targets=["q_proj", "v_proj"], n=1000, scaling=300.0, task=None,
         frozen_open=["layers.0.input_layernorm"], batch=(2, 128), vocab=1000, labels=None),
+    "MiniLM, 16 x 128 tokens, all-linear, n=1000, scaling 150": dict(
+        build=minilm_base, targets="all-linear", n=1000, scaling=150.0, task="SEQ_CLS",
+        frozen_open=["embeddings.LayerNorm", "classifier"], batch=(16, 128), vocab=30000, labels=5),
+    "LLaMA-shaped, hidden 2048, 2 layers, 2 x 128 tokens, all-linear, n=1000, scaling 300": dict(
+        build=llama_base, targets="all-linear", n=1000, scaling=300.0, task=None,
+        frozen_open=["layers.0.input_layernorm"], batch=(2, 128), vocab=1000, labels=None),
 }
 
 
@@ -193,32 +199,41 @@ def bench_memory(steps: int) -> dict:
 
 
 # ---- inference ----------------------------------------------------------------------------------
+INFERENCE = {
+    "MiniLM, 32 x 128 tokens, query/value": dict(build=minilm_base, task="SEQ_CLS", targets=["query", "value"],
+                                                 scaling=150.0, batch=(32, 128), vocab=30000),
+    "LLaMA-shaped, hidden 2048, 2 layers, 4 x 128 tokens, q_proj/v_proj": dict(
+        build=llama_base, task=None, targets=["q_proj", "v_proj"], scaling=300.0, batch=(4, 128), vocab=1000),
+}
+
+
 def bench_inference(reps: int) -> dict:
-    spec = WORKLOADS[next(iter(WORKLOADS))]
-    ids = torch.randint(0, 30000, (32, 128), generator=torch.Generator().manual_seed(4))
-    base = minilm_base().eval()
-    config = dict(task_type="SEQ_CLS", target_modules=spec["targets"], n_frequency=1000, scaling=150.0)
-    torch.manual_seed(1)
-    with fourierft.registered(False):  # PEFT's own layers (importing fourierft registers ours)
-        peft_model = peft.get_peft_model(minilm_base(), peft.FourierFTConfig(**config)).eval()
+    results = {}
+    for title, spec in INFERENCE.items():
+        batch, length = spec["batch"]
+        ids = torch.randint(0, spec["vocab"], (batch, length), generator=torch.Generator().manual_seed(4))
+        base = spec["build"]().eval()
+        config = dict(task_type=spec["task"], target_modules=spec["targets"], n_frequency=1000, scaling=spec["scaling"])
         torch.manual_seed(1)
-        accelerated = fourierft.accelerate(peft.get_peft_model(minilm_base(), peft.FourierFTConfig(**config))).eval()
-    torch.manual_seed(1)
-    ours = fourierft.get_peft_model(minilm_base(), fourierft.FourierFTConfig(**config)).eval()
-    merged = copy.deepcopy(ours).merge_and_unload().eval()
-    models = {"frozen base": base, "PEFT FourierFT unmerged": peft_model,
-              "PEFT FourierFT + accelerate unmerged": accelerated, "fourierft unmerged": ours,
-              "fourierft merged": merged}
+        with fourierft.registered(False):  # PEFT's own layers (importing fourierft registers ours)
+            peft_model = peft.get_peft_model(spec["build"](), peft.FourierFTConfig(**config)).eval()
+            torch.manual_seed(1)
+            accelerated = fourierft.accelerate(peft.get_peft_model(spec["build"](), peft.FourierFTConfig(**config))).eval()
+        torch.manual_seed(1)
+        ours = fourierft.get_peft_model(spec["build"](), fourierft.FourierFTConfig(**config)).eval()
+        merged = copy.deepcopy(ours).merge_and_unload().eval()
+        models = {"frozen base": base, "PEFT FourierFT unmerged": peft_model,
+                  "PEFT FourierFT + accelerate unmerged": accelerated, "fourierft unmerged": ours,
+                  "fourierft merged": merged}
 
-    def run(m):
-        with torch.no_grad():
-            m(input_ids=ids)
+        def run(m):
+            with torch.no_grad():
+                m(input_ids=ids)
 
-    times = interleaved({k: (lambda m=m: run(m)) for k, m in models.items()}, reps)
-    tokens = ids.numel()
-    result = {k: tokens / v for k, v in times.items()}
-    print("[inference] " + ", ".join(f"{k} {v:.0f} tok/s" for k, v in result.items()), flush=True)
-    return result
+        times = interleaved({k: (lambda m=m: run(m)) for k, m in models.items()}, reps)
+        results[title] = {k: ids.numel() / v for k, v in times.items()}
+        print(f"[inference] {title}: " + ", ".join(f"{k} {v:.0f} tok/s" for k, v in results[title].items()), flush=True)
+    return results
 
 
 # ---- merge ----------------------------------------------------------------------------------------
@@ -321,10 +336,11 @@ def write_report(results: dict, command: str) -> None:
         lines += [f"**{title}**", "", "| variant | added MiB |", "|---|---:|"]
         lines += [f"| {name} | {b / 2**20:.1f} |" for name, b in mem.items()]
         lines.append("")
-    lines += ["## Inference (MiniLM, 32 x 128 tokens, no_grad)", "", "| variant | tokens / s | vs frozen base |",
-              "|---|---:|---:|"]
-    inf = results["inference"]
-    lines += [f"| {k} | {v:,.0f} | {v / inf['frozen base']:.2f}x |" for k, v in inf.items()]
+    lines += ["## Inference (no_grad, unmerged unless stated)", ""]
+    for title, inf in results["inference"].items():
+        lines += [f"**{title}**", "", "| variant | tokens / s | vs frozen base |", "|---|---:|---:|"]
+        lines += [f"| {k} | {v:,.0f} | {v / inf['frozen base']:.3f}x |" for k, v in inf.items()]
+        lines.append("")
     merge = results["merge"]
     lines += ["", "## Merge: delta_W of a 4096 x 4096 layer (n = 1000)", "", "| implementation | ms |", "|---|---:|"]
     lines += [f"| {k} | {v * 1000:.0f} |" for k, v in merge.items()]
@@ -352,8 +368,9 @@ def main() -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and sizes; prints, writes nothing")
+    parser.add_argument("--reps", type=int, default=9, help="repetitions per variant (default 9)")
     args = parser.parse_args()
-    reps = 3 if args.quick else 9
+    reps = 3 if args.quick else args.reps
     results = {
         "train": bench_training(reps),
         "memory": bench_memory(3),
