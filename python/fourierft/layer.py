@@ -12,6 +12,7 @@ from typing import Any, Optional
 import torch
 from peft.tuners.fourierft.layer import FourierFTLinear as PeftFourierFTLinear
 from torch import nn
+from torch.nn.modules import module as _module
 
 from . import _C
 from . import ops
@@ -38,57 +39,55 @@ class FourierFTKernels:
         return ops.delta_weight(spectrum, indices, self.out_features, self.in_features,
                                 self.fourierft_scaling[adapter])
 
-    # ---- the frozen-spectrum delta_W cache ------------------------------------------------------
+    # ---- caches of derived weights (frozen spectrum) ---------------------------------------------
+    # Entries are keyed on the spectrum's *values* (a copy of its ``n`` numbers, compared in O(n)), not on
+    # the tensor's version counter: ``p.data.mul_()``, ``p.data = ...``, ``vector_to_parameters`` and EMA
+    # updates change a parameter without bumping ``_version``. A tensor made under
+    # ``torch.inference_mode()`` is not reused outside it (autograd cannot save an inference tensor).
+    # Each entry is replaced by one dict assignment: a concurrent reader sees the old or the new entry.
+    def _spectrum_key(self, adapter: str, spectrum: torch.Tensor) -> tuple:
+        return (spectrum.detach().clone(), self.indices[adapter], self.fourierft_scaling[adapter])
+
+    def _key_matches(self, adapter: str, spectrum: torch.Tensor, key: tuple, cached: torch.Tensor) -> bool:
+        values, indices, scaling = key
+        return (indices is self.indices[adapter] and scaling == self.fourierft_scaling[adapter]
+                and values.dtype == spectrum.dtype and values.device == spectrum.device
+                and not (cached.is_inference() and not torch.is_inference_mode_enabled())
+                and torch.equal(values, spectrum))
+
     def _cached_delta(self, adapter: str, spectrum: torch.Tensor) -> Optional[torch.Tensor]:
         """The cached ``delta_W`` of ``adapter`` if it was computed from exactly the values the
-        spectrum holds now, else None.
-
-        The cache is keyed on the spectrum's *values* (a copy of its ``n`` numbers, compared in O(n)),
-        not on the tensor's version counter: ``p.data.mul_()``, ``p.data = ...``,
-        ``vector_to_parameters`` and EMA updates change a parameter without bumping ``_version``.
-        A ``delta_W`` made under ``torch.inference_mode()`` is not reused outside it (autograd cannot
-        save an inference tensor)."""
+        spectrum holds now, else None."""
         entry = self.__dict__.get(_CACHE, {}).get(adapter)
         if entry is None:
             return None
-        values, indices, scaling, delta = entry
-        if (indices is not self.indices[adapter] or scaling != self.fourierft_scaling[adapter]
-                or values.dtype != spectrum.dtype or values.device != spectrum.device
-                or (delta.is_inference() and not torch.is_inference_mode_enabled())
-                or not torch.equal(values, spectrum)):
-            return None
-        return delta
+        key, delta = entry
+        return delta if self._key_matches(adapter, spectrum, key, delta) else None
 
     def _store_delta(self, adapter: str, spectrum: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             delta = self.get_delta_weight(adapter)
-            entry = (spectrum.detach().clone(), self.indices[adapter], self.fourierft_scaling[adapter], delta)
-        # One dict assignment: a thread that reads the cache concurrently sees the old or the new entry.
-        self.__dict__.setdefault(_CACHE, {})[adapter] = entry
+        self.__dict__.setdefault(_CACHE, {})[adapter] = (self._spectrum_key(adapter, spectrum), delta)
         return delta
 
     def _merged_weight(self, adapter: str, spectrum: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """``W + delta_W`` for inference with a frozen spectrum and base weight, cached.
 
-        Keyed like the delta_W cache (the spectrum's values, indices, scaling) plus a 64-bit fingerprint
-        of the base weight's values, recomputed per call (one read of W, ~0.2 ns per entry): PEFT's
-        ``merge``/``unmerge`` and ``weight.data.mul_()`` change W behind its version counter. Costs one
-        weight-sized tensor per layer while cached."""
-        key = (adapter, "weight")
+        Keyed like the delta_W cache plus a 64-bit fingerprint of the base weight's values, recomputed
+        per call (one read of W, ~0.2 ns per entry): PEFT's ``merge``/``unmerge`` and
+        ``weight.data.mul_()`` change W behind its version counter. Costs one weight-sized tensor per
+        layer while cached."""
+        cache_key = (adapter, "weight")
         stamp = _C.fingerprint(weight)
-        entry = self.__dict__.get(_CACHE, {}).get(key)
+        entry = self.__dict__.get(_CACHE, {}).get(cache_key)
         if entry is not None:
-            values, indices, scaling, w_stamp, merged = entry
-            if (indices is self.indices[adapter] and scaling == self.fourierft_scaling[adapter] and w_stamp == stamp
-                    and merged.dtype == weight.dtype and merged.device == weight.device
-                    and values.dtype == spectrum.dtype and values.device == spectrum.device
-                    and not (merged.is_inference() and not torch.is_inference_mode_enabled())
-                    and torch.equal(values, spectrum)):
+            key, w_stamp, merged = entry
+            if (w_stamp == stamp and merged.dtype == weight.dtype and merged.device == weight.device
+                    and self._key_matches(adapter, spectrum, key, merged)):
                 return merged
         with torch.no_grad():
             merged = self.get_delta_weight(adapter).to(weight.dtype).add_(weight)
-            entry = (spectrum.detach().clone(), self.indices[adapter], self.fourierft_scaling[adapter], stamp, merged)
-        self.__dict__.setdefault(_CACHE, {})[key] = entry  # one assignment: readers see old or new
+        self.__dict__.setdefault(_CACHE, {})[cache_key] = (self._spectrum_key(adapter, spectrum), stamp, merged)
         return merged
 
     def __getstate__(self):
@@ -166,11 +165,8 @@ class FourierFTKernels:
         ``nn.Linear`` base without hooks or extra arguments, and ``x``, weight and spectrum of one float32 or
         float64 dtype and device (PEFT casts ``x`` to the spectrum's dtype; then the sum is the same)."""
         base = self.base_layer
-        if args or kwargs or type(base) is not nn.Linear or base._forward_hooks or base._forward_pre_hooks:
-            return None
-        from torch.nn.modules import module as _module
-
-        if _module._global_forward_hooks or _module._global_forward_pre_hooks:
+        if (args or kwargs or type(base) is not nn.Linear or base._forward_hooks or base._forward_pre_hooks
+                or _module._global_forward_hooks or _module._global_forward_pre_hooks):
             return None
         found = None
         for name in self.active_adapters:

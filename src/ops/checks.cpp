@@ -83,17 +83,23 @@ void check_linear(const char* op, const at::Tensor& x, const at::Tensor& weight,
   }
 }
 
-void check_linear_backward(const char* op, const at::Tensor& grad_out, const at::Tensor& x,
-                           const at::Tensor& weight, const at::Tensor& spectrum, const at::Tensor& indices,
-                           int64_t out_features, int64_t in_features, bool need_x) {
+void check_spectral_backward(const char* op, const at::Tensor& grad_out, const at::Tensor& x,
+                             const at::Tensor& spectrum, const at::Tensor& indices, int64_t out_features,
+                             int64_t in_features, bool need_x) {
   check_spectrum_and_indices(op, spectrum, indices, out_features, in_features);
   TORCH_CHECK(grad_out.dim() >= 1 && grad_out.size(-1) == out_features, "fourierft.", op,
               ": grad_out must have last dimension out_features=", out_features, ", got shape ", grad_out.sizes());
-  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == out_features && weight.size(1) == in_features, "fourierft.",
-              op, ": weight must have shape [", out_features, ", ", in_features, "], got ", weight.sizes());
   TORCH_CHECK(!need_x || x.numel() == grad_out.numel() / out_features * in_features, "fourierft.", op,
               ": saved input has shape ", x.sizes(), ", expected ", grad_out.numel() / out_features,
               " rows of in_features=", in_features, " (grad_out has shape ", grad_out.sizes(), ")");
+}
+
+void check_linear_backward(const char* op, const at::Tensor& grad_out, const at::Tensor& x,
+                           const at::Tensor& weight, const at::Tensor& spectrum, const at::Tensor& indices,
+                           int64_t out_features, int64_t in_features, bool need_x) {
+  check_spectral_backward(op, grad_out, x, spectrum, indices, out_features, in_features, need_x);
+  TORCH_CHECK(weight.dim() == 2 && weight.size(0) == out_features && weight.size(1) == in_features, "fourierft.",
+              op, ": weight must have shape [", out_features, ", ", in_features, "], got ", weight.sizes());
 }
 
 void check_cpu(const char* op, const at::Tensor& t) {

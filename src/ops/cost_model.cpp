@@ -37,26 +37,31 @@ bool spectral_path_is_cheaper(int64_t tokens, int64_t out_features, int64_t in_f
 namespace {
 std::atomic<LinearPath> forced_linear_path{LinearPath::Auto};
 
-// fourierft::linear, per call, in nanoseconds (fitted on the 2-core x86 VM of docs/benchmarks.md, float32,
-// benchmarks/bench_layer.py --calibrate). The spectral pipeline costs, per row, a real FFT of each width
-// with the transposes around it, and the scatter (or correlation) over the n coefficients ...
+// fourierft::linear, per call, in nanoseconds (fitted on the 2-core x86 VM of docs/benchmarks.md, float32, from
+// ops.linear timings with each path forced by set_linear_path, widths 256-4096, 128-8192 tokens, n 1000..10%).
+// The spectral pipeline costs, per row, a real FFT of each width with the transposes around it, and the
+// scatter (or correlation) over the n coefficients ...
 constexpr double kPipelineNsPerPointLog = 0.07;
 constexpr double kPipelineNsPerCoefficient = 0.12;
 // ... against building W + delta_W once per call: an irfft2 of the d1 x d2 spectrum and one add.
 constexpr double kMergeNsPerPointLog = 0.2;
 // A cached W + delta_W costs, per call, the fingerprint of W (one read) against the pipeline.
 constexpr double kFingerprintNsPerPoint = 0.2;
+
+double pipeline_ns(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency) {
+  const double d1 = static_cast<double>(out_features), d2 = static_cast<double>(in_features);
+  return static_cast<double>(std::max<int64_t>(tokens, 1)) *
+         (kPipelineNsPerPointLog * (d1 * std::log2(d1 + 1) + d2 * std::log2(d2 + 1)) +
+          kPipelineNsPerCoefficient * static_cast<double>(n_frequency));
+}
 }  // namespace
 
 void set_linear_path(LinearPath path) { forced_linear_path.store(path); }
 LinearPath linear_path() { return forced_linear_path.load(); }
 
 bool merged_weight_cache_pays(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency) {
-  const double d1 = static_cast<double>(out_features), d2 = static_cast<double>(in_features);
-  const double t = static_cast<double>(std::max<int64_t>(tokens, 1));
-  const double pipeline = t * (kPipelineNsPerPointLog * (d1 * std::log2(d1 + 1) + d2 * std::log2(d2 + 1)) +
-                               kPipelineNsPerCoefficient * static_cast<double>(n_frequency));
-  return kFingerprintNsPerPoint * d1 * d2 < pipeline;
+  return kFingerprintNsPerPoint * static_cast<double>(out_features) * static_cast<double>(in_features) <
+         pipeline_ns(tokens, out_features, in_features, n_frequency);
 }
 
 namespace detail {
@@ -67,13 +72,9 @@ bool linear_uses_merged_weight(int64_t tokens, int64_t out_features, int64_t in_
     case LinearPath::Merged: return true;
     case LinearPath::Auto: break;
   }
-  const double d1 = static_cast<double>(out_features), d2 = static_cast<double>(in_features);
-  const double t = static_cast<double>(std::max<int64_t>(tokens, 1));
-  const double pipeline = pipeline_share * t *
-                          (kPipelineNsPerPointLog * (d1 * std::log2(d1 + 1) + d2 * std::log2(d2 + 1)) +
-                           kPipelineNsPerCoefficient * static_cast<double>(n_frequency));
-  const double merged = kMergeNsPerPointLog * d1 * d2 * std::log2(d1 * d2 + 1);
-  return merged < pipeline;
+  const double points = static_cast<double>(out_features) * static_cast<double>(in_features);
+  return kMergeNsPerPointLog * points * std::log2(points + 1) <
+         pipeline_share * pipeline_ns(tokens, out_features, in_features, n_frequency);
 }
 }  // namespace detail
 

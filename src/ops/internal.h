@@ -31,6 +31,11 @@ void check_cpu(const char* op, const at::Tensor& t);
 void check_linear(const char* op, const at::Tensor& x, const at::Tensor& weight,
                   const std::optional<at::Tensor>& bias, const at::Tensor& spectrum, const at::Tensor& indices,
                   int64_t out_features, int64_t in_features);
+/// The backward ops' shared checks: spectrum and indices, grad_out [..., out], and (need_x) a saved input of
+/// grad_out's rows x in_features.
+void check_spectral_backward(const char* op, const at::Tensor& grad_out, const at::Tensor& x,
+                             const at::Tensor& spectrum, const at::Tensor& indices, int64_t out_features,
+                             int64_t in_features, bool need_x);
 void check_linear_backward(const char* op, const at::Tensor& grad_out, const at::Tensor& x,
                            const at::Tensor& weight, const at::Tensor& spectrum, const at::Tensor& indices,
                            int64_t out_features, int64_t in_features, bool need_x);

@@ -86,15 +86,13 @@ def test_merged_weight_cache_after_peft_merge_and_unmerge():
     model, layer = frozen_layer()
     x = torch.randn(4096, 24)
     with torch.no_grad():
+        expected = peft_output(layer, x)
         layer(x)
         layer.merge()  # PEFT's merge: W.data += delta_W
-        torch.testing.assert_close(layer(x), peft_output_merged(layer, x), atol=1e-4, rtol=1e-4)
-        layer.unmerge()
+        torch.testing.assert_close(layer(x), expected, atol=1e-4, rtol=1e-4)
+        layer.unmerge()  # W.data -= delta_W: back to W up to rounding
         torch.testing.assert_close(layer(x), peft_output(layer, x), atol=1e-4, rtol=1e-4)
-
-
-def peft_output_merged(layer, x):
-    return layer.base_layer(x)
+        torch.testing.assert_close(layer(x), expected, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("mutation", MUTATIONS)

@@ -389,18 +389,13 @@ std::tuple<at::Tensor, at::Tensor> spectral_linear_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices,
     int64_t out_features, int64_t in_features, double scaling, bool need_grad_x, bool need_grad_spectrum) {
   if (generic_kernels_on_cpu()) return spectral_linear_backward_generic(grad_out, x, spectrum, indices, out_features, in_features, scaling, need_grad_x, need_grad_spectrum);
-  check_spectrum_and_indices("_spectral_linear_backward", spectrum, indices, out_features, in_features);
-  TORCH_CHECK(grad_out.dim() >= 1 && grad_out.size(-1) == out_features,
-              "fourierft._spectral_linear_backward: grad_out must have last dimension out_features=",
-              out_features, ", got shape ", grad_out.sizes());
+  check_spectral_backward("_spectral_linear_backward", grad_out, x, spectrum, indices, out_features, in_features,
+                          need_grad_spectrum);
   check_cpu("_spectral_linear_backward", grad_out);
   const int64_t n = spectrum.size(0);
   const auto work = compute_dtype(x.scalar_type(), spectrum.scalar_type());
   const auto g2d = grad_out.reshape({-1, out_features}).to(work).contiguous();
   const int64_t rows = g2d.size(0);
-  TORCH_CHECK(!need_grad_spectrum || x.numel() == rows * in_features,
-              "fourierft._spectral_linear_backward: saved input has shape ", x.sizes(), ", expected ", rows,
-              " rows of in_features=", in_features, " (grad_out has shape ", grad_out.sizes(), ")");
   std::vector<int64_t> grad_x_shape(grad_out.sizes().begin(), grad_out.sizes().end());
   grad_x_shape.back() = in_features;
   const auto x_options = grad_out.options().dtype(x.scalar_type());
