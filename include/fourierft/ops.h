@@ -53,8 +53,10 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const std::opti
                   const at::Tensor& spectrum, const at::Tensor& indices, int64_t out_features, int64_t in_features,
                   double scaling);
 
-/// Which path fourierft::linear takes: Auto (the cost model), or always the spectral pipeline, or always
-/// the merged weight. Process-wide; for benchmarks and tests (both paths are held to PEFT).
+/// Which path fourierft::linear takes: Auto (the cost model, per call and per gradient), or always the
+/// spectral pipeline (forward, grad_x, and the spectrum gradient by correlating the rows' spectra), or always
+/// the dense route (one GEMM with W + delta_W forward and for grad_x; the spectrum gradient read from
+/// rfft2(grad_out^T x)). Process-wide; for benchmarks and tests (both paths are held to PEFT).
 enum class LinearPath { Auto, Spectral, Merged };
 void set_linear_path(LinearPath path);
 LinearPath linear_path();

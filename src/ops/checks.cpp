@@ -38,6 +38,13 @@ void check_spectrum_and_indices(const char* op, const at::Tensor& spectrum,
   if (indices.device().is_cpu()) {
     const auto idx = indices.contiguous();
     const int64_t* row = idx.data_ptr<int64_t>();
+    // Fast path, every call: one branch-free pass (as unsigned, a negative index is out of range too).
+    bool out_of_range = false;
+    for (int64_t k = 0; k < n; ++k) {
+      out_of_range |= static_cast<uint64_t>(row[k]) >= static_cast<uint64_t>(out_features);
+      out_of_range |= static_cast<uint64_t>(row[n + k]) >= static_cast<uint64_t>(in_features);
+    }
+    if (!out_of_range) return;
     const auto [u_min, u_max] = std::minmax_element(row, row + n);
     const auto [v_min, v_max] = std::minmax_element(row + n, row + 2 * n);
     TORCH_CHECK(*u_min >= 0 && *u_max < out_features, "fourierft.", op,

@@ -42,9 +42,16 @@ std::atomic<LinearPath> forced_linear_path{LinearPath::Auto};
 // The spectral pipeline costs, per row, a real FFT of each width with the transposes around it, and the
 // scatter (or correlation) over the n coefficients ...
 constexpr double kPipelineNsPerPointLog = 0.07;
-constexpr double kPipelineNsPerCoefficient = 0.12;
-// ... against building W + delta_W once per call: an irfft2 of the d1 x d2 spectrum and one add.
-constexpr double kMergeNsPerPointLog = 0.2;
+constexpr double kPipelineNsPerCoefficient = 0.2;
+// ... against building W + delta_W once per call: an irfft2 of the d1 x d2 spectrum and one add, after
+// scattering the n coefficients into it (random writes).
+constexpr double kMergeNsPerPointLog = 0.1;
+constexpr double kMergeNsPerCoefficient = 8.0;
+// The spectrum gradient by correlation costs, per row and coefficient, two gathers and a multiply-add in the
+// pipeline's blocks; densely, one GEMM g^T x (per row, d1 d2 multiply-adds) and one rfft2 of d1 x d2.
+constexpr double kCorrelateNsPerCoefficient = 0.2;
+constexpr double kGemmNsPerMultiplyAdd = 0.005;
+constexpr double kFft2NsPerPointLog = 0.05;
 // A cached W + delta_W costs, per call, the fingerprint of W (one read) against the pipeline.
 constexpr double kFingerprintNsPerPoint = 0.2;
 
@@ -73,8 +80,20 @@ bool linear_uses_merged_weight(int64_t tokens, int64_t out_features, int64_t in_
     case LinearPath::Auto: break;
   }
   const double points = static_cast<double>(out_features) * static_cast<double>(in_features);
-  return kMergeNsPerPointLog * points * std::log2(points + 1) <
+  return kMergeNsPerPointLog * points * std::log2(points + 1) + kMergeNsPerCoefficient * static_cast<double>(n_frequency) <
          pipeline_share * pipeline_ns(tokens, out_features, in_features, n_frequency);
+}
+
+bool linear_grad_spectrum_is_dense(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency) {
+  switch (forced_linear_path.load(std::memory_order_relaxed)) {
+    case LinearPath::Spectral: return false;
+    case LinearPath::Merged: return true;
+    case LinearPath::Auto: break;
+  }
+  const double t = static_cast<double>(std::max<int64_t>(tokens, 1));
+  const double points = static_cast<double>(out_features) * static_cast<double>(in_features);
+  return t * points * kGemmNsPerMultiplyAdd + kFft2NsPerPointLog * points * std::log2(points + 1) <
+         t * static_cast<double>(n_frequency) * kCorrelateNsPerCoefficient;
 }
 }  // namespace detail
 

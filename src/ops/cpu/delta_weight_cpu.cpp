@@ -1,11 +1,15 @@
 // The dense delta_W on CPU (merging, the dense forward path) and the entry matrix E.
 //   delta_W = Re(ifft2(F)) * alpha = irfft2 of the Hermitian part of F (half the transform work).
 #include "../internal.h"
+#include "fft_rows.h"
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/util/complex.h>
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <vector>
 
 namespace fourierft::detail {
@@ -37,20 +41,31 @@ at::Tensor delta_weight_cpu(const at::Tensor& spectrum, const at::Tensor& indice
   const int64_t* v = u + n;
   const int64_t half = in_features / 2 + 1;
   // Doubled Hermitian part of the real sparse F: c at (u, v) and c at (-u, -v), each kept where its
-  // column lies in the half spectrum. irfft2 of it is 2 Re(ifft2(F)).
-  auto spec = at::zeros({out_features, half}, coeff.options().dtype(c10::toComplexType(work)));
+  // column lies in the half spectrum. irfft2 of it is 2 Re(ifft2(F)); the transform is unnormalised, so the
+  // coefficients carry 0.5 * scaling / (d1 d2).
+  auto spec = at::empty({out_features, half}, coeff.options().dtype(c10::toComplexType(work)));
+  auto dw = at::empty({out_features, in_features}, coeff.options());
+  const double factor = 0.5 * scaling / (static_cast<double>(out_features) * in_features);
   AT_DISPATCH_FLOATING_TYPES(work, "fourierft_delta_weight", [&] {
-    auto* h = spec.data_ptr<c10::complex<scalar_t>>();
+    using complex_t = c10::complex<scalar_t>;
+    complex_t* h = spec.data_ptr<complex_t>();
     const scalar_t* c = coeff.const_data_ptr<scalar_t>();
-    for (int64_t k = 0; k < n; ++k) {
-      if (v[k] < half) h[u[k] * half + v[k]] += c[k];
-      const int64_t mu = (out_features - u[k]) % out_features;
-      const int64_t mv = (in_features - v[k]) % in_features;
-      if (mv < half) h[mu * half + mv] += c[k];
-    }
+    // Each thread zeroes a band of rows and adds the entries landing in it (the scatter's random writes are
+    // the cost at large n: split across threads, each band's writes stay local to the thread that zeroed it).
+    const int64_t grain = std::max<int64_t>(1, (1 << 16) / half);
+    at::parallel_for(0, out_features, grain, [&](int64_t r0, int64_t r1) {
+      std::fill(h + r0 * half, h + r1 * half, complex_t(0));
+      for (int64_t k = 0; k < n; ++k) {
+        const int64_t uk = u[k], vk = v[k];
+        const auto value = static_cast<scalar_t>(factor * c[k]);
+        if (uk >= r0 && uk < r1 && vk < half) h[uk * half + vk] += value;
+        const int64_t mu = uk == 0 ? 0 : out_features - uk;  // (-u) mod d1, without a division
+        const int64_t mv = vk == 0 ? 0 : in_features - vk;
+        if (mu >= r0 && mu < r1 && mv < half) h[mu * half + mv] += value;
+      }
+    });
+    irfft2_dense(h, dw.data_ptr<scalar_t>(), out_features, in_features, std::is_same_v<scalar_t, double>);
   });
-  auto dw = at::fft_irfft2(spec, std::vector<int64_t>{out_features, in_features}, {0, 1});
-  dw.mul_(0.5 * scaling);
   return dw.to(spectrum.scalar_type());
 }
 
@@ -67,7 +82,9 @@ at::Tensor delta_weight_backward_cpu(const at::Tensor& grad, const at::Tensor& s
   check_cpu("_delta_weight_backward", grad);
   const int64_t n = spectrum.size(0);
   const auto work = compute_dtype(grad.scalar_type(), spectrum.scalar_type());
-  const auto g_spec = at::fft_rfft2(grad.to(work), c10::nullopt, {0, 1}).contiguous();
+  const auto g = grad.to(work).contiguous();
+  auto g_spec = at::empty({out_features, in_features / 2 + 1}, g.options().dtype(c10::toComplexType(work)));
+  rfft2_dense(g.const_data_ptr(), g_spec.data_ptr(), out_features, in_features, work == at::kDouble);
   const auto idx = indices.contiguous();
   const int64_t* u = idx.const_data_ptr<int64_t>();
   const int64_t* v = u + n;

@@ -14,6 +14,8 @@ struct DFTI_DESCRIPTOR;
 typedef DFTI_DESCRIPTOR* DFTI_DESCRIPTOR_HANDLE;
 long DftiCreateDescriptor_s_1d(DFTI_DESCRIPTOR_HANDLE*, int domain, long length) __attribute__((weak));
 long DftiCreateDescriptor_d_1d(DFTI_DESCRIPTOR_HANDLE*, int domain, long length) __attribute__((weak));
+long DftiCreateDescriptor_s_md(DFTI_DESCRIPTOR_HANDLE*, int domain, long dimension, ...) __attribute__((weak));
+long DftiCreateDescriptor_d_md(DFTI_DESCRIPTOR_HANDLE*, int domain, long dimension, ...) __attribute__((weak));
 long DftiSetValue(DFTI_DESCRIPTOR_HANDLE, int param, ...) __attribute__((weak));
 long DftiCommitDescriptor(DFTI_DESCRIPTOR_HANDLE) __attribute__((weak));
 long DftiComputeForward(DFTI_DESCRIPTOR_HANDLE, void*, ...) __attribute__((weak));
@@ -32,6 +34,8 @@ enum : int {
   kNumberOfTransforms = 7,
   kConjugateEvenStorage = 10,
   kPlacement = 11,
+  kInputStrides = 12,
+  kOutputStrides = 13,
   kInputDistance = 14,
   kOutputDistance = 15,
   kThreadLimit = 27,
@@ -43,7 +47,7 @@ enum : int {
 bool dfti_available() {
   return DftiCreateDescriptor_s_1d != nullptr && DftiCreateDescriptor_d_1d != nullptr && DftiSetValue != nullptr &&
          DftiCommitDescriptor != nullptr && DftiComputeForward != nullptr && DftiComputeBackward != nullptr &&
-         DftiFreeDescriptor != nullptr;
+         DftiFreeDescriptor != nullptr && DftiCreateDescriptor_s_md != nullptr && DftiCreateDescriptor_d_md != nullptr;
 }
 
 void check(long status, const char* what, int64_t len, int64_t rows) {
@@ -89,7 +93,59 @@ Plan& plan_for(bool is_double, bool forward, int64_t len, int64_t rows) {
   return *stored;
 }
 
+// One committed 2-D real descriptor per (double, forward, d1, d2, threads) and thread: unnormalised, out of
+// place, row-major [d1, d2] real <-> [d1, d2/2+1] complex; MKL runs it on up to `threads` threads.
+Plan& plan_2d_for(bool is_double, bool forward, int64_t d1, int64_t d2, int64_t threads) {
+  thread_local std::map<std::tuple<bool, bool, int64_t, int64_t, int64_t>, std::unique_ptr<Plan>> cache;
+  const auto key = std::make_tuple(is_double, forward, d1, d2, threads);
+  if (auto it = cache.find(key); it != cache.end()) return *it->second;
+  if (cache.size() >= 16) cache.clear();
+  auto plan = std::make_unique<Plan>();
+  long lengths[2] = {static_cast<long>(d1), static_cast<long>(d2)};
+  const long half = static_cast<long>(d2 / 2 + 1);
+  long real_strides[3] = {0, static_cast<long>(d2), 1};
+  long complex_strides[3] = {0, half, 1};
+  check(is_double ? DftiCreateDescriptor_d_md(&plan->handle, kReal, 2L, lengths)
+                  : DftiCreateDescriptor_s_md(&plan->handle, kReal, 2L, lengths),
+        "2-D descriptor creation", d2, d1);
+  check(DftiSetValue(plan->handle, kPlacement, kNotInplace), "2-D configuration", d2, d1);
+  check(DftiSetValue(plan->handle, kConjugateEvenStorage, kComplexComplex), "2-D configuration", d2, d1);
+  check(DftiSetValue(plan->handle, kInputStrides, forward ? real_strides : complex_strides), "2-D configuration", d2,
+        d1);
+  check(DftiSetValue(plan->handle, kOutputStrides, forward ? complex_strides : real_strides), "2-D configuration",
+        d2, d1);
+  check(DftiSetValue(plan->handle, kThreadLimit, static_cast<long>(threads)), "2-D configuration", d2, d1);
+  check(DftiCommitDescriptor(plan->handle), "2-D commit", d2, d1);
+  auto& stored = cache[key];
+  stored = std::move(plan);
+  return *stored;
+}
+
 }  // namespace
+
+void rfft2_dense(const void* in, void* out, int64_t d1, int64_t d2, bool is_double) {
+  if (!fft_rows_use_cached_plans()) {
+    const auto real = at::TensorOptions().dtype(is_double ? at::kDouble : at::kFloat);
+    const auto input = at::from_blob(const_cast<void*>(in), {d1, d2}, real);
+    auto output = at::from_blob(out, {d1, d2 / 2 + 1}, real.dtype(is_double ? at::kComplexDouble : at::kComplexFloat));
+    at::_fft_r2c_out(output, input, {0, 1}, /*normalization=none*/ 0, /*onesided=*/true);
+    return;
+  }
+  auto& plan = plan_2d_for(is_double, /*forward=*/true, d1, d2, at::get_num_threads());
+  check(DftiComputeForward(plan.handle, const_cast<void*>(in), out), "2-D forward transform", d2, d1);
+}
+
+void irfft2_dense(void* in, void* out, int64_t d1, int64_t d2, bool is_double) {
+  if (!fft_rows_use_cached_plans()) {
+    const auto real = at::TensorOptions().dtype(is_double ? at::kDouble : at::kFloat);
+    const auto input = at::from_blob(in, {d1, d2 / 2 + 1}, real.dtype(is_double ? at::kComplexDouble : at::kComplexFloat));
+    auto output = at::from_blob(out, {d1, d2}, real);
+    output.copy_(at::fft_irfft2(input, std::vector<int64_t>{d1, d2}, {0, 1}, "forward"));  // unnormalised
+    return;
+  }
+  auto& plan = plan_2d_for(is_double, /*forward=*/false, d1, d2, at::get_num_threads());
+  check(DftiComputeBackward(plan.handle, in, out), "2-D inverse transform", d2, d1);
+}
 
 bool fft_rows_use_cached_plans() {
   static const bool available = dfti_available();

@@ -23,6 +23,14 @@ void rfft_rows(const void* in, void* out, int64_t len, int64_t rows, bool is_dou
 /// of len/2+1 into `rows` contiguous real rows of length `len`. `in` may be overwritten.
 void irfft_rows(void* in, void* out, int64_t len, int64_t rows, bool is_double);
 
+/// out = rfft2(in) (unnormalised) of one contiguous real [d1, d2] matrix into a contiguous complex
+/// [d1, d2/2+1] one, on up to at::get_num_threads() threads (the caller's thread, not a worker's).
+void rfft2_dense(const void* in, void* out, int64_t d1, int64_t d2, bool is_double);
+
+/// out = irfft2(in, (d1, d2)) UNnormalised (no 1/(d1 d2)): contiguous complex [d1, d2/2+1] into real [d1, d2].
+/// `in` is overwritten.
+void irfft2_dense(void* in, void* out, int64_t d1, int64_t d2, bool is_double);
+
 /// Whether the cached-plan (MKL DFTI) backend is in use; false: ATen's transforms.
 bool fft_rows_use_cached_plans();
 

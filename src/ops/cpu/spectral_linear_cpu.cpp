@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
+#include <tuple>
 #include <type_traits>
 #include <vector>
 
@@ -243,11 +244,27 @@ void scatter_and_invert(const std::vector<ScatterEntry<real_t>>& plan, Scratch<r
   }
 }
 
+// The calling thread's scratch of type S for these sizes, kept between calls (grow-only per thread, rebuilt when
+// the sizes change): a fresh ~1 MiB of buffers per call costs more in allocation, zeroing and page faults than
+// the transforms at a few hundred rows. Allocated and freed by the thread that uses it; every stage writes
+// the rows it later reads, so nothing of a previous call is read.
+template <typename S, typename... Sizes>
+S& thread_scratch(Sizes... sizes) {
+  thread_local std::unique_ptr<S> scratch;
+  thread_local std::tuple<Sizes...> key;
+  if (!scratch || key != std::make_tuple(sizes...)) {
+    scratch.reset();
+    scratch = std::make_unique<S>(sizes...);
+    key = std::make_tuple(sizes...);
+  }
+  return *scratch;
+}
+
 // Runs body(chunk, r0, len) over blocks of `block` rows, the blocks split into at most one contiguous chunk
 // per thread. Every transform, gather and scatter of a block happens while its rows are in cache: the
 // pipeline reads the input and writes the output once, instead of one pass over memory per stage.
-// make_scratch() runs on the worker thread, which also frees the scratch: nothing allocated by one
-// thread is released by another.
+// make_scratch() runs on the worker thread and returns that thread's scratch (thread_scratch): nothing
+// allocated by one thread is released by another.
 template <typename MakeScratch, typename Body>
 void for_each_block(int64_t rows, int64_t block, int64_t chunks, const MakeScratch& make_scratch, const Body& body) {
   const int64_t blocks = (rows + block - 1) / block;
@@ -255,11 +272,11 @@ void for_each_block(int64_t rows, int64_t block, int64_t chunks, const MakeScrat
     // Worker threads do not inherit the caller's dispatch state: the ATen calls below must not
     // record autograd history (the kernel runs below the Autograd key on the calling thread too).
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto scratch = make_scratch();
+    auto& scratch = make_scratch();
     for (int64_t c = cbegin; c < cend; ++c) {
       for (int64_t b = blocks * c / chunks; b < blocks * (c + 1) / chunks; ++b) {
         const int64_t r0 = b * block;
-        body(c, *scratch, r0, std::min(block, rows - r0));
+        body(c, scratch, r0, std::min(block, rows - r0));
       }
     }
   });
@@ -279,7 +296,7 @@ void spectral_apply_rows(const at::Tensor& in2d, int64_t in_len, const std::vect
   const int64_t chunks = chunk_count(rows, block);
   const real_t* in = in2d.const_data_ptr<real_t>();
   real_t* out = dst.data_ptr<real_t>();
-  const auto make = [&] { return std::make_unique<Scratch<real_t>>(in_bins, out_bins, block); };
+  const auto make = [&]() -> Scratch<real_t>& { return thread_scratch<Scratch<real_t>>(in_bins, out_bins, block); };
   for_each_block(rows, block, chunks, make, [&](int64_t, Scratch<real_t>& s, int64_t r0, int64_t len) {
     to_bin_major(rfft_block<real_t>(in, in_len, r0, len, s.in_spec), in_bins, in_bins, 0, len, block, s.in.re, s.in.im);
     scatter_and_invert(plan, s, block, len, out_len, out, r0, bias);
@@ -315,13 +332,14 @@ std::vector<double> spectral_backward_rows(const at::Tensor& g2d, const at::Tens
   const real_t* x = need_grad_spectrum ? x2d.const_data_ptr<real_t>() : nullptr;
   real_t* gx = need_grad_x ? gx2d.data_ptr<real_t>() : nullptr;
   struct BackwardScratch {
+    BackwardScratch(int64_t g_bins, int64_t x_bins, int64_t x_block_bins, int64_t block)
+        : s(g_bins, x_bins, block), x(x_block_bins, block) {}
     Scratch<real_t> s;
     BinMajorBlock<real_t> x;
   };
   std::vector<std::vector<double>> partial(chunks, std::vector<double>(pairs.size(), 0.0));
-  const auto make = [&] {
-    return std::make_unique<BackwardScratch>(BackwardScratch{
-        Scratch<real_t>(g_bins, x_bins, block), BinMajorBlock<real_t>(need_grad_spectrum ? x_bins : 0, block)});
+  const auto make = [&]() -> BackwardScratch& {
+    return thread_scratch<BackwardScratch>(g_bins, x_bins, need_grad_spectrum ? x_bins : int64_t{0}, block);
   };
   for_each_block(rows, block, chunks, make, [&](int64_t c, BackwardScratch& scratch, int64_t r0, int64_t len) {
     auto& s = scratch.s;
@@ -351,6 +369,14 @@ at::Tensor finish_grad_spectrum(const std::vector<double>& sums, const at::Tenso
   std::copy(sums.begin(), sums.end(), total.data_ptr<double>());
   total.mul_(scaling / (static_cast<double>(out_features) * in_features));
   return total.to(spectrum.scalar_type());
+}
+
+// grad_c by the dense route: the gradient of delta_W is g^T x, and delta_weight's backward reads the
+// coefficients' gradients from its rfft2 (linear_grad_spectrum_is_dense picks it when n is large against the
+// layer: one GEMM and one 2-D transform instead of tokens x n products).
+at::Tensor dense_grad_spectrum(const at::Tensor& g2d, const at::Tensor& x2d, const at::Tensor& spectrum,
+                               const at::Tensor& indices, int64_t out_features, int64_t in_features, double scaling) {
+  return delta_weight_backward_cpu(g2d.t().mm(x2d), spectrum, indices, out_features, in_features, scaling);
 }
 
 }  // namespace
@@ -408,15 +434,21 @@ std::tuple<at::Tensor, at::Tensor> spectral_linear_backward_cpu(
   }
   if (!need_grad_x && !need_grad_spectrum) return {grad_x, grad_spectrum};
   const auto x2d = need_grad_spectrum ? x.reshape({-1, in_features}).to(work).contiguous() : at::Tensor();
+  const bool dense_grad_c =
+      need_grad_spectrum && linear_grad_spectrum_is_dense(rows, out_features, in_features, n);
+  if (dense_grad_c) grad_spectrum = dense_grad_spectrum(g2d, x2d, spectrum, indices, out_features, in_features, scaling);
   const auto coeff = spectrum.to(work).contiguous();
   const auto idx = indices.contiguous();
   const int64_t* u = idx.const_data_ptr<int64_t>();
   const int64_t* v = u + n;
   auto gx2d = need_grad_x ? at::empty({rows, in_features}, g2d.options()) : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(work, "fourierft_spectral_linear_backward", [&] {
-    const auto sums = spectral_backward_rows<scalar_t>(g2d, x2d, coeff, u, v, out_features, in_features, scaling, gx2d);
-    if (need_grad_spectrum) grad_spectrum = finish_grad_spectrum(sums, spectrum, out_features, in_features, scaling);
-  });
+  if (need_grad_x || !dense_grad_c) {
+    AT_DISPATCH_FLOATING_TYPES(work, "fourierft_spectral_linear_backward", [&] {
+      const auto sums = spectral_backward_rows<scalar_t>(g2d, dense_grad_c ? at::Tensor() : x2d, coeff, u, v,
+                                                         out_features, in_features, scaling, gx2d);
+      if (!dense_grad_c) grad_spectrum = finish_grad_spectrum(sums, spectrum, out_features, in_features, scaling);
+    });
+  }
   if (need_grad_x) grad_x = gx2d.to(x.scalar_type()).view(grad_x_shape);
   return {grad_x, grad_spectrum};
 }
@@ -519,19 +551,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
     return {grad_x, grad_weight, grad_bias, grad_spectrum};
   }
   const int64_t n = spectrum.size(0);
+  // The spectrum's gradient densely, or by correlation inside the pipeline's pass over g and x (then the
+  // merged weight saves only about half of that pass).
+  const bool dense_grad_c =
+      need_grad_spectrum && linear_grad_spectrum_is_dense(rows, out_features, in_features, n);
+  const bool correlate = need_grad_spectrum && !dense_grad_c;
+  if (dense_grad_c) grad_spectrum = dense_grad_spectrum(g2d, x2d, spectrum, indices, out_features, in_features, scaling);
   const bool merged =
-      need_grad_x && linear_uses_merged_weight(rows, out_features, in_features, n, need_grad_spectrum ? 0.5 : 1.0);
+      need_grad_x && linear_uses_merged_weight(rows, out_features, in_features, n, correlate ? 0.5 : 1.0);
   if (merged) grad_x = g2d.mm(merged_weight(weight, spectrum, indices, out_features, in_features, scaling));
   at::Tensor gx2d = need_grad_x && !merged ? at::empty({rows, in_features}, g2d.options()) : at::Tensor();
-  if (gx2d.defined() || need_grad_spectrum) {
+  if (gx2d.defined() || correlate) {
     const auto coeff = spectrum.contiguous();
     const auto idx = indices.contiguous();
     const int64_t* u = idx.const_data_ptr<int64_t>();
     const int64_t* v = u + n;
     AT_DISPATCH_FLOATING_TYPES(g2d.scalar_type(), "fourierft_linear_backward", [&] {
-      const auto sums = spectral_backward_rows<scalar_t>(g2d, need_grad_spectrum ? x2d : at::Tensor(), coeff, u, v,
+      const auto sums = spectral_backward_rows<scalar_t>(g2d, correlate ? x2d : at::Tensor(), coeff, u, v,
                                                          out_features, in_features, scaling, gx2d);
-      if (need_grad_spectrum) grad_spectrum = finish_grad_spectrum(sums, spectrum, out_features, in_features, scaling);
+      if (correlate) grad_spectrum = finish_grad_spectrum(sums, spectrum, out_features, in_features, scaling);
     });
   }
   if (gx2d.defined()) grad_x = gx2d.addmm_(g2d, weight);
