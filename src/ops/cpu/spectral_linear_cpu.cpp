@@ -17,6 +17,7 @@
 #include <c10/util/complex.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <memory>
 #include <tuple>
@@ -80,10 +81,10 @@ std::vector<ScatterEntry<real_t>> make_scatter_plan(const real_t* coeff, const i
   return plan;
 }
 
-// The O(rows * n) gathers and scatters run on blocks of rows transposed into bin-major split
-// real/imaginary buffers ([bin][row]): every entry then becomes an AXPY (scatter) or a dot
-// product (correlate) over the rows of the block, contiguous and vectorised, instead of one
-// scalar gather/scatter per (row, entry). Measured 5-10x faster than the row-major loop.
+// The O(rows * n) gathers and scatters run on blocks of rows whose half spectra are bin-major and
+// interleaved complex ([bin][row] of (re, im)): the transforms write and read that layout directly
+// (fft_rows.h), and every entry becomes an AXPY (scatter) or a dot product (correlate) over the rows of
+// the block, contiguous and vectorised, instead of one scalar gather/scatter per (row, entry).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define FOURIERFT_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
 #else
@@ -97,145 +98,145 @@ struct CorrelateEntry {
   real_t imag_sign;  // Re((a.re + i sx a.im)(b.re + i sg b.im)) = a.re b.re - sx sg a.im b.im
 };
 
+// Runs of 2 * len reals (len complex values, re and im interleaved) are processed kLanes reals at a time,
+// a whole number of complex values, so lane j always holds a real part for even j and an imaginary part
+// for odd j; the fixed-size inner loops vectorise.
+constexpr int64_t kLanes = 16;
+
 template <typename real_t>
-__attribute__((always_inline)) inline void scatter_block_impl(
-    const ScatterEntry<real_t>* plan, int64_t n, const real_t* in_re, const real_t* in_im,
-    real_t* out_re, real_t* out_im, int64_t stride, int64_t len) {
+__attribute__((always_inline)) inline void scatter_block_impl(const ScatterEntry<real_t>* plan, int64_t n,
+                                                              const real_t* in, real_t* out, int64_t stride,
+                                                              int64_t len) {
+  const int64_t m = 2 * len;
   for (int64_t k = 0; k < n; ++k) {
     const ScatterEntry<real_t> e = plan[k];
-    real_t* __restrict o_re = out_re + e.dst * stride;
-    real_t* __restrict o_im = out_im + e.dst * stride;
-    const real_t* __restrict i_re = in_re + e.src * stride;
-    const real_t* __restrict i_im = in_im + e.src * stride;
-    for (int64_t t = 0; t < len; ++t) {
-      o_re[t] += e.re * i_re[t];
-      o_im[t] += e.im * i_im[t];
+    real_t w[kLanes];
+    for (int64_t j = 0; j < kLanes; j += 2) {
+      w[j] = e.re;
+      w[j + 1] = e.im;
     }
+    real_t* __restrict o = out + 2 * e.dst * stride;
+    const real_t* __restrict i = in + 2 * e.src * stride;
+    int64_t q = 0;
+    for (; q + kLanes <= m; q += kLanes) {
+      for (int64_t j = 0; j < kLanes; ++j) o[q + j] += w[j] * i[q + j];
+    }
+    for (; q < m; ++q) o[q] += w[q % kLanes] * i[q];
   }
 }
 
 template <typename real_t>
-__attribute__((always_inline)) inline void correlate_block_impl(
-    const CorrelateEntry<real_t>* pairs, int64_t n, const real_t* x_re, const real_t* x_im,
-    const real_t* g_re, const real_t* g_im, int64_t stride, int64_t len, double* acc) {
+__attribute__((always_inline)) inline void correlate_block_impl(const CorrelateEntry<real_t>* pairs, int64_t n,
+                                                                const real_t* x, const real_t* g, int64_t stride,
+                                                                int64_t len, double* acc) {
+  const int64_t m = 2 * len;
   for (int64_t k = 0; k < n; ++k) {
     const CorrelateEntry<real_t> e = pairs[k];
-    const real_t* __restrict a_re = x_re + e.x_bin * stride;
-    const real_t* __restrict a_im = x_im + e.x_bin * stride;
-    const real_t* __restrict b_re = g_re + e.g_bin * stride;
-    const real_t* __restrict b_im = g_im + e.g_bin * stride;
+    const real_t* __restrict a = x + 2 * e.x_bin * stride;
+    const real_t* __restrict b = g + 2 * e.g_bin * stride;
+    real_t sum[kLanes] = {};
+    int64_t q = 0;
+    for (; q + kLanes <= m; q += kLanes) {
+      for (int64_t j = 0; j < kLanes; ++j) sum[j] += a[q + j] * b[q + j];
+    }
+    for (; q < m; ++q) sum[q % kLanes] += a[q] * b[q];
     real_t sum_re = 0, sum_im = 0;
-#pragma omp simd reduction(+ : sum_re, sum_im)
-    for (int64_t t = 0; t < len; ++t) {
-      sum_re += a_re[t] * b_re[t];
-      sum_im += a_im[t] * b_im[t];
+    for (int64_t j = 0; j < kLanes; j += 2) {
+      sum_re += sum[j];
+      sum_im += sum[j + 1];
     }
     acc[k] += static_cast<double>(sum_re) + static_cast<double>(e.imag_sign) * sum_im;
   }
 }
 
 // Non-template entry points so that target_clones can compile an AVX2 variant of each.
-#define FOURIERFT_BLOCK_KERNELS(real_t)                                                          \
-  FOURIERFT_SIMD_CLONES void scatter_block(const ScatterEntry<real_t>* plan, int64_t n,          \
-                                           const real_t* in_re, const real_t* in_im,            \
-                                           real_t* out_re, real_t* out_im, int64_t stride,       \
-                                           int64_t len) {                                        \
-    scatter_block_impl<real_t>(plan, n, in_re, in_im, out_re, out_im, stride, len);             \
-  }                                                                                              \
-  FOURIERFT_SIMD_CLONES void correlate_block(const CorrelateEntry<real_t>* pairs, int64_t n,    \
-                                             const real_t* x_re, const real_t* x_im,            \
-                                             const real_t* g_re, const real_t* g_im,            \
-                                             int64_t stride, int64_t len, double* acc) {        \
-    correlate_block_impl<real_t>(pairs, n, x_re, x_im, g_re, g_im, stride, len, acc);           \
+#define FOURIERFT_BLOCK_KERNELS(real_t)                                                                      \
+  FOURIERFT_SIMD_CLONES void scatter_block(const ScatterEntry<real_t>* plan, int64_t n, const real_t* in,   \
+                                           real_t* out, int64_t stride, int64_t len) {                      \
+    scatter_block_impl<real_t>(plan, n, in, out, stride, len);                                               \
+  }                                                                                                          \
+  FOURIERFT_SIMD_CLONES void correlate_block(const CorrelateEntry<real_t>* pairs, int64_t n, const real_t* x, \
+                                             const real_t* g, int64_t stride, int64_t len, double* acc) {    \
+    correlate_block_impl<real_t>(pairs, n, x, g, stride, len, acc);                                          \
   }
 FOURIERFT_BLOCK_KERNELS(float)
 FOURIERFT_BLOCK_KERNELS(double)
 #undef FOURIERFT_BLOCK_KERNELS
 
-// Rows per block: the transposed buffers of a block stay within about 512 KiB (L2).
+// Rows per block: the block's half spectra (`bins` complex values per row, all buffers together) stay
+// within about 512 KiB (L2), and the blocks split evenly across `threads` (at a few hundred rows, one
+// thread with two blocks while the other has one costs a third of the call).
 template <typename real_t>
-int64_t block_rows(int64_t bins) {
+int64_t block_rows(int64_t bins, int64_t rows, int64_t threads) {
   const int64_t fit = (512 * 1024) / (2 * static_cast<int64_t>(sizeof(real_t)) * std::max<int64_t>(bins, 1));
-  if (fit >= 64) return 64;
-  if (fit >= 8) return fit / 8 * 8;
-  return std::max<int64_t>(fit, 1);
+  const int64_t most = fit >= 64 ? 64 : fit >= 8 ? fit / 8 * 8 : std::max<int64_t>(fit, 1);
+  int64_t blocks = (rows + most - 1) / most;
+  threads = std::max<int64_t>(threads, 1);
+  if (blocks > 1 && blocks < 8 * threads) blocks = (blocks + threads - 1) / threads * threads;
+  const int64_t even = (rows + blocks - 1) / blocks;
+  return std::min(most, most >= 8 ? (even + 7) / 8 * 8 : even);
 }
 
-// Copies rows [r0, r0 + len) of a row-major complex half spectrum into bin-major re/im buffers.
-// Bin-outer order: the block's rows are read a cache line (several bins) at a time and reused
-// from L1 across those bins, while the writes run contiguously along the block.
+// Copies a [rows, cols] matrix of complex values (row stride src_stride) into [cols, rows] (row stride
+// dst_stride): between the transforms' row-major half spectra and the bin-major blocks. 8 x 8 tiles, so that
+// the source and destination lines of a tile stay in L1; each complex value moves as one word.
 template <typename real_t>
-void to_bin_major(const c10::complex<real_t>* spec, int64_t row_stride, int64_t bins, int64_t r0,
-                  int64_t len, int64_t stride, real_t* re, real_t* im) {
-  const c10::complex<real_t>* base = spec + r0 * row_stride;
-  for (int64_t j = 0; j < bins; ++j) {
-    real_t* __restrict re_j = re + j * stride;
-    real_t* __restrict im_j = im + j * stride;
-    for (int64_t t = 0; t < len; ++t) {
-      const c10::complex<real_t> value = base[t * row_stride + j];
-      re_j[t] = value.real();
-      im_j[t] = value.imag();
+void transpose_complex(const real_t* src, int64_t src_stride, int64_t rows, int64_t cols, real_t* dst,
+                       int64_t dst_stride) {
+  using word_t = std::conditional_t<std::is_same_v<real_t, float>, uint64_t, std::array<double, 2>>;
+  static_assert(sizeof(word_t) == 2 * sizeof(real_t));
+  const auto* in = reinterpret_cast<const word_t*>(src);
+  auto* out = reinterpret_cast<word_t*>(dst);
+  constexpr int64_t kTile = 8;
+  for (int64_t r0 = 0; r0 < rows; r0 += kTile) {
+    const int64_t r1 = std::min(rows, r0 + kTile);
+    for (int64_t c0 = 0; c0 < cols; c0 += kTile) {
+      const int64_t c1 = std::min(cols, c0 + kTile);
+      for (int64_t c = c0; c < c1; ++c) {
+        for (int64_t r = r0; r < r1; ++r) out[c * dst_stride + r] = in[r * src_stride + c];
+      }
     }
   }
 }
 
-template <typename real_t>
-void from_bin_major(const real_t* re, const real_t* im, int64_t stride, int64_t bins, int64_t r0,
-                    int64_t len, c10::complex<real_t>* spec, int64_t row_stride) {
-  c10::complex<real_t>* base = spec + r0 * row_stride;
-  for (int64_t j = 0; j < bins; ++j) {
-    const real_t* __restrict re_j = re + j * stride;
-    const real_t* __restrict im_j = im + j * stride;
-    for (int64_t t = 0; t < len; ++t) {
-      base[t * row_stride + j] = c10::complex<real_t>(re_j[t], im_j[t]);
-    }
-  }
-}
-
-// A block of rows in bin-major layout: re[bin * rows + t], im[bin * rows + t].
-template <typename real_t>
-struct BinMajorBlock {
-  BinMajorBlock(int64_t bins, int64_t rows)
-      : storage(2 * bins * rows), re(storage.data()), im(storage.data() + bins * rows) {}
-  std::vector<real_t> storage;
-  real_t* re;
-  real_t* im;
-};
-
-// Per-task scratch of the blocked pipeline: the row-major half spectra the transforms write and read,
-// and their bin-major copies.
-// Plain buffers, no tensors: workers must not touch at::Tensor objects that another thread frees.
+// Per-thread scratch of the blocked pipeline: the bin-major half spectra of the block's input and output
+// rows, and the row-major half spectra the transforms write and read. Plain buffers, no tensors: workers
+// must not touch at::Tensor objects that another thread frees.
 template <typename real_t>
 struct Scratch {
-  Scratch(int64_t in_bins, int64_t out_bins, int64_t block)
-      : in(in_bins, block), out(out_bins, block), in_spec(block * in_bins), out_spec(block * out_bins) {}
-  BinMajorBlock<real_t> in, out;
-  std::vector<c10::complex<real_t>> in_spec, out_spec;
+  Scratch(int64_t in_bins, int64_t out_bins, int64_t staging_bins, int64_t block)
+      : in(2 * in_bins * block), out(2 * out_bins * block), rows(2 * staging_bins * block) {}
+  std::vector<real_t> in, out, rows;
 };
 
-// rfft of rows [r0, r0 + len) of a contiguous real [rows, m] array into spec (>= len rows of m/2+1).
+// rfft of rows [r0, r0 + len) of a contiguous real [rows, m] array, bin-major into spec (stride `block`), by way
+// of the row-major `staging`.
 template <typename real_t>
-const c10::complex<real_t>* rfft_block(const real_t* real2d, int64_t m, int64_t r0, int64_t len,
-                                       std::vector<c10::complex<real_t>>& spec) {
-  rfft_rows(real2d + r0 * m, spec.data(), m, len, std::is_same_v<real_t, double>);
-  return spec.data();
+void rfft_block(const real_t* real2d, int64_t m, int64_t r0, int64_t len, int64_t block, real_t* staging,
+                real_t* spec) {
+  const int64_t bins = m / 2 + 1;
+  rfft_rows(real2d + r0 * m, staging, m, len, std::is_same_v<real_t, double>);
+  transpose_complex(staging, bins, len, bins, spec, block);
 }
 
-// The scatter of one block already in scratch.in (bin-major), then the inverse transform into rows
-// [r0, r0 + len) of the contiguous real [rows, p] tensor `dst`.
+// The scatter of one block already in s.in (bin-major), then the inverse transform into rows
+// [r0, r0 + len) of the contiguous real [rows, p] array `dst`.
 template <typename real_t>
 void scatter_and_invert(const std::vector<ScatterEntry<real_t>>& plan, Scratch<real_t>& s, int64_t block,
                         int64_t len, int64_t out_len, real_t* dst, int64_t r0, const real_t* bias = nullptr) {
   const int64_t out_bins = out_len / 2 + 1;
-  std::fill(s.out.storage.begin(), s.out.storage.end(), real_t(0));
-  scatter_block(plan.data(), static_cast<int64_t>(plan.size()), s.in.re, s.in.im, s.out.re, s.out.im, block,
-                len);
+  std::fill(s.out.begin(), s.out.end(), real_t(0));
+  scatter_block(plan.data(), static_cast<int64_t>(plan.size()), s.in.data(), s.out.data(), block, len);
   // The self-mirrored bins 0 and p/2 hold 2z; their real part is 2 Re(z), the wanted value.
-  std::fill(s.out.im, s.out.im + len, real_t(0));
-  if (out_len % 2 == 0) std::fill(s.out.im + (out_len / 2) * block, s.out.im + (out_len / 2) * block + len, real_t(0));
-  from_bin_major(s.out.re, s.out.im, block, out_bins, 0, len, s.out_spec.data(), out_bins);
+  const auto clear_imag = [&](int64_t bin) {
+    real_t* b = s.out.data() + 2 * bin * block;
+    for (int64_t t = 0; t < len; ++t) b[2 * t + 1] = real_t(0);
+  };
+  clear_imag(0);
+  if (out_len % 2 == 0) clear_imag(out_len / 2);
+  transpose_complex(s.out.data(), block, out_bins, len, s.rows.data(), out_bins);
   real_t* out = dst + r0 * out_len;
-  irfft_rows(s.out_spec.data(), out, out_len, len, std::is_same_v<real_t, double>);
+  irfft_rows(s.rows.data(), out, out_len, len, std::is_same_v<real_t, double>);
   if (bias != nullptr) {  // epilogue while the rows are in cache: + bias
     for (int64_t t = 0; t < len; ++t) {
       real_t* __restrict row = out + t * out_len;
@@ -244,10 +245,10 @@ void scatter_and_invert(const std::vector<ScatterEntry<real_t>>& plan, Scratch<r
   }
 }
 
-// The calling thread's scratch of type S for these sizes, kept between calls (grow-only per thread, rebuilt when
-// the sizes change): a fresh ~1 MiB of buffers per call costs more in allocation, zeroing and page faults than
-// the transforms at a few hundred rows. Allocated and freed by the thread that uses it; every stage writes
-// the rows it later reads, so nothing of a previous call is read.
+// The calling thread's scratch of type S for these sizes, kept between calls (rebuilt when the sizes
+// change): a fresh ~1 MiB of buffers per call costs more in allocation, zeroing and page faults than the
+// transforms at a few hundred rows. Allocated and freed by the thread that uses it; every stage writes the
+// rows it later reads, so nothing of a previous call is read.
 template <typename S, typename... Sizes>
 S& thread_scratch(Sizes... sizes) {
   thread_local std::unique_ptr<S> scratch;
@@ -260,8 +261,8 @@ S& thread_scratch(Sizes... sizes) {
   return *scratch;
 }
 
-// Runs body(chunk, r0, len) over blocks of `block` rows, the blocks split into at most one contiguous chunk
-// per thread. Every transform, gather and scatter of a block happens while its rows are in cache: the
+// Runs body(chunk, scratch, r0, len) over blocks of `block` rows, the blocks split into at most one contiguous
+// chunk per thread. Every transform, gather and scatter of a block happens while its rows are in cache: the
 // pipeline reads the input and writes the output once, instead of one pass over memory per stage.
 // make_scratch() runs on the worker thread and returns that thread's scratch (thread_scratch): nothing
 // allocated by one thread is released by another.
@@ -292,13 +293,16 @@ void spectral_apply_rows(const at::Tensor& in2d, int64_t in_len, const std::vect
                          int64_t out_len, at::Tensor& dst, const real_t* bias = nullptr) {
   const int64_t rows = in2d.size(0);
   const int64_t in_bins = in_len / 2 + 1, out_bins = out_len / 2 + 1;
-  const int64_t block = block_rows<real_t>(in_bins + out_bins);
+  const int64_t staging_bins = std::max(in_bins, out_bins);
+  const int64_t block = block_rows<real_t>(in_bins + out_bins + staging_bins, rows, at::get_num_threads());
   const int64_t chunks = chunk_count(rows, block);
   const real_t* in = in2d.const_data_ptr<real_t>();
   real_t* out = dst.data_ptr<real_t>();
-  const auto make = [&]() -> Scratch<real_t>& { return thread_scratch<Scratch<real_t>>(in_bins, out_bins, block); };
+  const auto make = [&]() -> Scratch<real_t>& {
+    return thread_scratch<Scratch<real_t>>(in_bins, out_bins, staging_bins, block);
+  };
   for_each_block(rows, block, chunks, make, [&](int64_t, Scratch<real_t>& s, int64_t r0, int64_t len) {
-    to_bin_major(rfft_block<real_t>(in, in_len, r0, len, s.in_spec), in_bins, in_bins, 0, len, block, s.in.re, s.in.im);
+    rfft_block<real_t>(in, in_len, r0, len, block, s.rows.data(), s.in.data());
     scatter_and_invert(plan, s, block, len, out_len, out, r0, bias);
   });
 }
@@ -325,32 +329,32 @@ std::vector<double> spectral_backward_rows(const at::Tensor& g2d, const at::Tens
     pairs[k] = {static_cast<int32_t>(xb), static_cast<int32_t>(gb), static_cast<real_t>(-xs * gs)};
   }
   const int64_t g_bins = out_features / 2 + 1, x_bins = in_features / 2 + 1;
-  // Scratch: g's spectrum (in), grad_x's spectrum (out), and x's spectrum.
-  const int64_t block = block_rows<real_t>(g_bins + 2 * x_bins);
+  // Scratch: g's spectrum (in), grad_x's spectrum (out, when needed), and x's spectrum (when needed).
+  const int64_t x_spec_bins = need_grad_spectrum ? x_bins : 0;
+  const int64_t gx_spec_bins = need_grad_x ? x_bins : 0;
+  const int64_t staging_bins = std::max(g_bins, x_bins);
+  const int64_t block =
+      block_rows<real_t>(g_bins + gx_spec_bins + x_spec_bins + staging_bins, rows, at::get_num_threads());
   const int64_t chunks = chunk_count(rows, block);
   const real_t* g = g2d.const_data_ptr<real_t>();
   const real_t* x = need_grad_spectrum ? x2d.const_data_ptr<real_t>() : nullptr;
   real_t* gx = need_grad_x ? gx2d.data_ptr<real_t>() : nullptr;
   struct BackwardScratch {
-    BackwardScratch(int64_t g_bins, int64_t x_bins, int64_t x_block_bins, int64_t block)
-        : s(g_bins, x_bins, block), x(x_block_bins, block) {}
+    BackwardScratch(int64_t g_bins, int64_t gx_bins, int64_t x_bins, int64_t staging_bins, int64_t block)
+        : s(g_bins, gx_bins, staging_bins, block), x(2 * x_bins * block) {}
     Scratch<real_t> s;
-    BinMajorBlock<real_t> x;
+    std::vector<real_t> x;
   };
   std::vector<std::vector<double>> partial(chunks, std::vector<double>(pairs.size(), 0.0));
   const auto make = [&]() -> BackwardScratch& {
-    return thread_scratch<BackwardScratch>(g_bins, x_bins, need_grad_spectrum ? x_bins : int64_t{0}, block);
+    return thread_scratch<BackwardScratch>(g_bins, gx_spec_bins, x_spec_bins, staging_bins, block);
   };
   for_each_block(rows, block, chunks, make, [&](int64_t c, BackwardScratch& scratch, int64_t r0, int64_t len) {
     auto& s = scratch.s;
-    to_bin_major(rfft_block<real_t>(g, out_features, r0, len, s.in_spec), g_bins, g_bins, 0, len, block, s.in.re,
-                 s.in.im);
+    rfft_block<real_t>(g, out_features, r0, len, block, s.rows.data(), s.in.data());
     if (need_grad_spectrum) {
-      auto& xb = scratch.x;
-      // s.out_spec (grad_x's half spectrum, same width) is free until the scatter below.
-      to_bin_major(rfft_block<real_t>(x, in_features, r0, len, s.out_spec), x_bins, x_bins, 0, len, block, xb.re,
-                   xb.im);
-      correlate_block(pairs.data(), n, xb.re, xb.im, s.in.re, s.in.im, block, len, partial[c].data());
+      rfft_block<real_t>(x, in_features, r0, len, block, s.rows.data(), scratch.x.data());
+      correlate_block(pairs.data(), n, scratch.x.data(), s.in.data(), block, len, partial[c].data());
     }
     if (need_grad_x) scatter_and_invert(plan, s, block, len, in_features, gx, r0);
   });
