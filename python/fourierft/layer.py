@@ -139,17 +139,18 @@ class FourierFTKernels:
         elif (fused := self._fused_adapter(x, args, kwargs)) is not None:
             # The whole layer in one op: x @ (W + delta_W)^T + b, by the spectral pipeline with the base
             # GEMM accumulating into it, or one GEMM with W + delta_W (the cost model picks, per call).
-            spectrum, indices, scaling = self._spectral_inputs(fused)
-            base = self.base_layer
-            tokens = x.numel() // max(x.shape[-1], 1)
-            if (not torch.compiler.is_compiling() and x.device.type == "cpu"
-                    and not (torch.is_grad_enabled() and (spectrum.requires_grad or base.weight.requires_grad))
-                    and _C.merged_weight_cache_pays(tokens, self.out_features, self.in_features, spectrum.numel())):
+            adapter, spectrum, weight, bias = fused
+            indices = self.indices[adapter]
+            if indices.device != spectrum.device:
+                indices = self.indices[adapter] = indices.to(spectrum.device)
+            if (not (torch.is_grad_enabled() and (spectrum.requires_grad or weight.requires_grad))
+                    and x.device.type == "cpu" and not torch.compiler.is_compiling()
+                    and _C.merged_weight_cache_pays(x.numel() // max(x.shape[-1], 1), self.out_features,
+                                                    self.in_features, spectrum.numel())):
                 # Inference: one GEMM with the cached W + delta_W (the unmerged layer at the base's cost).
-                result = nn.functional.linear(x, self._merged_weight(fused, spectrum, base.weight), base.bias)
-            else:
-                result = ops.linear(x, base.weight, base.bias, spectrum, indices, self.out_features,
-                                    self.in_features, scaling)
+                return nn.functional.linear(x, self._merged_weight(adapter, spectrum, weight), bias)
+            return ops.linear(x, weight, bias, spectrum, indices, self.out_features, self.in_features,
+                              self.fourierft_scaling[adapter])
         else:
             result = self.base_layer(x, *args, **kwargs)
             for active_adapter in self.active_adapters:
@@ -160,28 +161,39 @@ class FourierFTKernels:
                 result = result + self._adapter_output(active_adapter, x)
         return result.to(previous_dtype)
 
-    def _fused_adapter(self, x: torch.Tensor, args, kwargs) -> Optional[str]:
-        """The one active adapter when ``base_layer(x) + adapter(x)`` can run as one ``ops.linear``: a plain
-        ``nn.Linear`` base without hooks or extra arguments, and ``x``, weight and spectrum of one float32 or
-        float64 dtype and device (PEFT casts ``x`` to the spectrum's dtype; then the sum is the same)."""
-        base = self.base_layer
-        if (args or kwargs or type(base) is not nn.Linear or base._forward_hooks or base._forward_pre_hooks
+    def _fused_adapter(self, x: torch.Tensor, args, kwargs) -> Optional[tuple]:
+        """``(adapter, spectrum, weight, bias)`` when ``base_layer(x) + adapter(x)`` can run as one
+        ``ops.linear``: a plain ``nn.Linear`` base (weight and bias registered parameters) without hooks or
+        extra arguments, one active adapter in this layer, and ``x``, weight and spectrum of one float32 or
+        float64 dtype and device (PEFT casts ``x`` to the spectrum's dtype; then the sum is the same); else
+        None (PEFT's composition). Reads the modules' parameter tables directly: this runs on every call, and
+        nn.Module attribute lookups cost about a microsecond each."""
+        if args or kwargs:
+            return None
+        base = self._modules.get("base_layer")
+        if (type(base) is not nn.Linear or base._forward_hooks or base._forward_pre_hooks
                 or _module._global_forward_hooks or _module._global_forward_pre_hooks):
             return None
-        found = None
-        for name in self.active_adapters:
-            if name not in self.fourierft_spectrum.keys():
+        spectra = self._modules.get("fourierft_spectrum")
+        if not isinstance(spectra, nn.ParameterDict):
+            return None
+        active = self.active_adapter
+        found = spectrum = None
+        for name in (active,) if isinstance(active, str) else active:
+            candidate = spectra._parameters.get(name)
+            if candidate is None:
                 continue
             if found is not None:
                 return None
-            found = name
-        if found is None:
+            found, spectrum = name, candidate
+        weight = base._parameters.get("weight")
+        if found is None or weight is None:
             return None
-        spectrum, weight = self.fourierft_spectrum[found], base.weight
-        if (x.dtype not in (torch.float32, torch.float64) or x.dtype != spectrum.dtype or x.dtype != weight.dtype
-                or x.device != spectrum.device or x.device != weight.device):
+        dtype, device = x.dtype, x.device
+        if (dtype not in (torch.float32, torch.float64) or spectrum.dtype != dtype or weight.dtype != dtype
+                or spectrum.device != device or weight.device != device):
             return None
-        return found
+        return found, spectrum, weight, base._parameters.get("bias")
 
     def _mixed_batch_forward(self, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any):
         """Each row ``i`` of the batch through adapter ``adapter_names[i]`` (``"__base__"``: none)."""
