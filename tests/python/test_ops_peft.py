@@ -52,9 +52,19 @@ def test_delta_weight_equals_peft(ops, kernels, shape, n):
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6 * expected.abs().max().item())
 
 
-@pytest.mark.parametrize("shape,n", [((7, 13), 50), ((64, 48), 1000), ((768, 768), 1000), ((3072, 768), 3000), ((768, 3072), 3000)])
+@pytest.fixture(params=["auto", "spectral", "merged"])
+def linear_path(request):
+    """The cost model's choice, or every route forced: "spectral" (pipeline forward and grad_x, the spectrum's
+    gradient by correlating the rows' spectra) and "merged" (W + delta_W GEMMs, the spectrum's gradient from
+    rfft2(g^T x)). With n = all 3072 entries of 64 x 48, "auto" takes the dense gradient route as well."""
+    with fourierft.ops.linear_path(request.param):
+        yield request.param
+
+
+@pytest.mark.parametrize("shape,n", [((7, 13), 50), ((64, 48), 1000), ((64, 48), 3072), ((768, 768), 1000),
+                                     ((3072, 768), 3000), ((768, 3072), 3000)])
 @pytest.mark.parametrize("leading", [(5,), (2, 3)])
-def test_spectral_linear_matches_peft_forward_and_gradients(ops, kernels, shape, n, leading):
+def test_spectral_linear_matches_peft_forward_and_gradients(ops, kernels, linear_path, shape, n, leading):
     out_features, in_features = shape
     torch.manual_seed(1)
     layer = peft_layer(out_features, in_features, n)
@@ -131,13 +141,8 @@ def test_gradcheck_delta_weight(ops, kernels):
     assert torch.autograd.gradcheck(lambda c: ops.delta_weight(c, indices, 6, 10, 3.0), (c,))
 
 
-@pytest.fixture(params=["auto", "spectral", "merged"])
-def linear_path(request):
-    with fourierft.ops.linear_path(request.param):
-        yield request.param
-
-
-@pytest.mark.parametrize("shape,n", [((7, 13), 50), ((64, 48), 1000), ((768, 768), 1000), ((3072, 768), 3000), ((768, 3072), 3000)])
+@pytest.mark.parametrize("shape,n", [((7, 13), 50), ((64, 48), 1000), ((64, 48), 3072), ((768, 768), 1000),
+                                     ((3072, 768), 3000), ((768, 3072), 3000)])
 @pytest.mark.parametrize("leading", [(5,), (2, 300)])
 def test_linear_matches_peft_layer_forward_and_gradients(ops, kernels, linear_path, shape, n, leading):
     """ops.linear (the whole layer) against PEFT's FourierFTLinear.forward: output, grad_x, grad_c, and
