@@ -130,15 +130,24 @@ def train_step(model, optimizer, ids, labels):
 
 
 def interleaved(fns: dict, reps: int, warmup: int = 2) -> dict:
+    """Median seconds per call of each function, repetitions interleaved so that machine noise hits every variant
+    alike; PEFT FourierFT's variants run in a pass of their own after the others: their dense out x in complex
+    temporaries evict the caches and return pages to the OS, which slowed whichever variant ran next (up to 15%
+    per layer, benchmarks/bench_layer.py) and would not happen in a model without PEFT's layers."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     times = {k: [] for k in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
-            began = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - began)
+
+    def timed(names):
+        for _ in range(reps):
+            for name in names:
+                began = time.perf_counter()
+                fns[name]()
+                times[name].append(time.perf_counter() - began)
+
+    timed([k for k in fns if not k.startswith("PEFT FourierFT")])
+    timed([k for k in fns if k.startswith("PEFT FourierFT")])
     return {k: statistics.median(v) for k, v in times.items()}
 
 
