@@ -185,7 +185,8 @@ All numbers below come from one run of
 ```
 
 on {datetime.date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}
-(CPU, {torch.get_num_threads()} threads), peft {peft.__version__}. Times are medians of interleaved repetitions.
+(CPU, {torch.get_num_threads()} threads), peft {peft.__version__}. Times are medians of interleaved repetitions (frozen, LoRA, fourierft);
+PEFT FourierFT is timed in its own pass after them (its dense temporaries slowed whichever layer ran next).
 
 ## Training step of one layer (forward + backward), square layers
 
