@@ -34,6 +34,8 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--out", default="out/paper-check")
     parser.add_argument("--no-write", action="store_true", help="print only, do not write docs/paper-check.md")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing: write the report from the runs' summary.json files under --out")
     args = parser.parse_args()
     # (key, label, finetune arguments): both published recipes, LoRA with FourierFT's head lr, the head alone.
     recipes = [
@@ -49,7 +51,15 @@ def main() -> int:
             run_args = finetune.parse_args(extra + [
                 "--seed", str(seed), "--epochs", str(args.epochs), "--quiet", "--no-save-merged",
                 "--out", f"{args.out}/{key}-seed{seed}"])
-            summary = finetune.run(run_args)
+            summary_path = pathlib.Path(args.out) / f"{key}-seed{seed}" / "summary.json"
+            if args.report_only:
+                summary = json.loads(summary_path.read_text())
+            else:
+                summary = {**finetune.run(run_args), "seed": seed}
+                # Every run's summary on disk as it finishes (the head-only run writes none of its own), so that
+                # a report can be rebuilt with --report-only without training again.
+                summary_path.parent.mkdir(parents=True, exist_ok=True)
+                summary_path.write_text(json.dumps(summary, indent=1, default=str) + "\n")
             runs[key].append(summary)
             step = f", {summary['seconds_per_step'] * 1000:.0f} ms/step" if "seconds_per_step" in summary else ""
             print(f"{key} seed {seed}: accuracy {summary['eval_accuracy_after']:.4f}{step}", flush=True)
@@ -87,7 +97,7 @@ def main() -> int:
                      f"{step_cell} |")
     lines += ["", "Per seed (accuracy %):", ""]
     for method in runs:
-        lines.append(f"- {method}: " + ", ".join(f"seed {r['args']['seed']}: {100 * r['eval_accuracy_after']:.2f}"
+        lines.append(f"- {method}: " + ", ".join(f"seed {r['seed']}: {100 * r['eval_accuracy_after']:.2f}"
                                                   for r in runs[method]))
     lines += ["", "## What this says", "",
               f"- Accuracy, each method's own recipe: FourierFT {f[1][0]:.2f} ± {f[1][1]:.2f} vs LoRA "
