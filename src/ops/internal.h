@@ -78,9 +78,9 @@ bool generic_kernels_on_cpu();
 /// transforms g and x for grad_c anyway).
 bool linear_uses_merged_weight(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency,
                                double pipeline_share = 1.0);
-/// The backward's spectrum gradient from the dense route, Re(rfft2(g^T x))[u, v] (one GEMM and one rfft2),
-/// instead of correlating the rows' spectra (tokens x n products): large n against the layer's size.
-/// Spectral forces the correlation, Merged the dense route.
+/// fourierft::linear's backward: the spectrum gradient from the dense route, Re(rfft2(g^T x))[u, v] (one GEMM
+/// and one rfft2), instead of correlating the rows' spectra (tokens x n products): large n against the layer's
+/// size. Spectral forces the correlation, Merged the dense route. (spectral_linear always correlates.)
 bool linear_grad_spectrum_is_dense(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency);
 
 // ---- autograd.cpp ------------------------------------------------------------------------------

@@ -54,9 +54,9 @@ def test_delta_weight_equals_peft(ops, kernels, shape, n):
 
 @pytest.fixture(params=["auto", "spectral", "merged"])
 def linear_path(request):
-    """The cost model's choice, or every route forced: "spectral" (pipeline forward and grad_x, the spectrum's
-    gradient by correlating the rows' spectra) and "merged" (W + delta_W GEMMs, the spectrum's gradient from
-    rfft2(g^T x)). With n = all 3072 entries of 64 x 48, "auto" takes the dense gradient route as well."""
+    """ops.linear by the cost model's choice, or every route forced: "spectral" (pipeline forward and grad_x, the
+    spectrum's gradient by correlating the rows' spectra) and "merged" (W + delta_W GEMMs, the spectrum's gradient
+    from rfft2(g^T x)). With n = all 3072 entries of 64 x 48, "auto" takes the dense gradient route as well."""
     with fourierft.ops.linear_path(request.param):
         yield request.param
 
@@ -64,7 +64,7 @@ def linear_path(request):
 @pytest.mark.parametrize("shape,n", [((7, 13), 50), ((64, 48), 1000), ((64, 48), 3072), ((768, 768), 1000),
                                      ((3072, 768), 3000), ((768, 3072), 3000)])
 @pytest.mark.parametrize("leading", [(5,), (2, 3)])
-def test_spectral_linear_matches_peft_forward_and_gradients(ops, kernels, linear_path, shape, n, leading):
+def test_spectral_linear_matches_peft_forward_and_gradients(ops, kernels, shape, n, leading):
     out_features, in_features = shape
     torch.manual_seed(1)
     layer = peft_layer(out_features, in_features, n)

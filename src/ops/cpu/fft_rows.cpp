@@ -123,12 +123,23 @@ Plan& plan_2d_for(bool is_double, bool forward, int64_t d1, int64_t d2, int64_t 
 
 }  // namespace
 
+namespace {
+// The ATen fallbacks' views of the caller's buffers: a real [rows, len] matrix and its half spectrum
+// [rows, len/2+1].
+at::Tensor real_view(const void* data, int64_t rows, int64_t len, bool is_double) {
+  return at::from_blob(const_cast<void*>(data), {rows, len}, at::TensorOptions().dtype(is_double ? at::kDouble : at::kFloat));
+}
+at::Tensor half_spectrum_view(const void* data, int64_t rows, int64_t len, bool is_double) {
+  return at::from_blob(const_cast<void*>(data), {rows, len / 2 + 1},
+                       at::TensorOptions().dtype(is_double ? at::kComplexDouble : at::kComplexFloat));
+}
+constexpr int64_t kUnnormalised = 0, kByN = 2;  // ATen's fft_norm_mode values
+}  // namespace
+
 void rfft2_dense(const void* in, void* out, int64_t d1, int64_t d2, bool is_double) {
   if (!fft_rows_use_cached_plans()) {
-    const auto real = at::TensorOptions().dtype(is_double ? at::kDouble : at::kFloat);
-    const auto input = at::from_blob(const_cast<void*>(in), {d1, d2}, real);
-    auto output = at::from_blob(out, {d1, d2 / 2 + 1}, real.dtype(is_double ? at::kComplexDouble : at::kComplexFloat));
-    at::_fft_r2c_out(output, input, {0, 1}, /*normalization=none*/ 0, /*onesided=*/true);
+    auto output = half_spectrum_view(out, d1, d2, is_double);
+    at::_fft_r2c_out(output, real_view(in, d1, d2, is_double), {0, 1}, kUnnormalised, /*onesided=*/true);
     return;
   }
   auto& plan = plan_2d_for(is_double, /*forward=*/true, d1, d2, at::get_num_threads());
@@ -137,10 +148,8 @@ void rfft2_dense(const void* in, void* out, int64_t d1, int64_t d2, bool is_doub
 
 void irfft2_dense(void* in, void* out, int64_t d1, int64_t d2, bool is_double) {
   if (!fft_rows_use_cached_plans()) {
-    const auto real = at::TensorOptions().dtype(is_double ? at::kDouble : at::kFloat);
-    const auto input = at::from_blob(in, {d1, d2 / 2 + 1}, real.dtype(is_double ? at::kComplexDouble : at::kComplexFloat));
-    auto output = at::from_blob(out, {d1, d2}, real);
-    output.copy_(at::fft_irfft2(input, std::vector<int64_t>{d1, d2}, {0, 1}, "forward"));  // unnormalised
+    auto output = real_view(out, d1, d2, is_double);
+    at::_fft_c2r_out(output, half_spectrum_view(in, d1, d2, is_double), {0, 1}, kUnnormalised, d2);
     return;
   }
   auto& plan = plan_2d_for(is_double, /*forward=*/false, d1, d2, at::get_num_threads());
@@ -154,10 +163,8 @@ bool fft_rows_use_cached_plans() {
 
 void rfft_rows(const void* in, void* out, int64_t len, int64_t rows, bool is_double) {
   if (!fft_rows_use_cached_plans()) {
-    const auto real = at::TensorOptions().dtype(is_double ? at::kDouble : at::kFloat);
-    const auto input = at::from_blob(const_cast<void*>(in), {rows, len}, real);
-    auto output = at::from_blob(out, {rows, len / 2 + 1}, real.dtype(is_double ? at::kComplexDouble : at::kComplexFloat));
-    at::_fft_r2c_out(output, input, {1}, /*normalization=none*/ 0, /*onesided=*/true);
+    auto output = half_spectrum_view(out, rows, len, is_double);
+    at::_fft_r2c_out(output, real_view(in, rows, len, is_double), {1}, kUnnormalised, /*onesided=*/true);
     return;
   }
   auto& plan = plan_for(is_double, /*forward=*/true, len, rows);
@@ -166,10 +173,8 @@ void rfft_rows(const void* in, void* out, int64_t len, int64_t rows, bool is_dou
 
 void irfft_rows(void* in, void* out, int64_t len, int64_t rows, bool is_double) {
   if (!fft_rows_use_cached_plans()) {
-    const auto real = at::TensorOptions().dtype(is_double ? at::kDouble : at::kFloat);
-    const auto input = at::from_blob(in, {rows, len / 2 + 1}, real.dtype(is_double ? at::kComplexDouble : at::kComplexFloat));
-    auto output = at::from_blob(out, {rows, len}, real);
-    at::_fft_c2r_out(output, input, {1}, /*normalization=by_n*/ 2, len);
+    auto output = real_view(out, rows, len, is_double);
+    at::_fft_c2r_out(output, half_spectrum_view(in, rows, len, is_double), {1}, kByN, len);
     return;
   }
   auto& plan = plan_for(is_double, /*forward=*/false, len, rows);

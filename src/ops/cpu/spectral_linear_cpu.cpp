@@ -438,21 +438,17 @@ std::tuple<at::Tensor, at::Tensor> spectral_linear_backward_cpu(
   }
   if (!need_grad_x && !need_grad_spectrum) return {grad_x, grad_spectrum};
   const auto x2d = need_grad_spectrum ? x.reshape({-1, in_features}).to(work).contiguous() : at::Tensor();
-  const bool dense_grad_c =
-      need_grad_spectrum && linear_grad_spectrum_is_dense(rows, out_features, in_features, n);
-  if (dense_grad_c) grad_spectrum = dense_grad_spectrum(g2d, x2d, spectrum, indices, out_features, in_features, scaling);
   const auto coeff = spectrum.to(work).contiguous();
   const auto idx = indices.contiguous();
   const int64_t* u = idx.const_data_ptr<int64_t>();
   const int64_t* v = u + n;
   auto gx2d = need_grad_x ? at::empty({rows, in_features}, g2d.options()) : at::Tensor();
-  if (need_grad_x || !dense_grad_c) {
-    AT_DISPATCH_FLOATING_TYPES(work, "fourierft_spectral_linear_backward", [&] {
-      const auto sums = spectral_backward_rows<scalar_t>(g2d, dense_grad_c ? at::Tensor() : x2d, coeff, u, v,
-                                                         out_features, in_features, scaling, gx2d);
-      if (!dense_grad_c) grad_spectrum = finish_grad_spectrum(sums, spectrum, out_features, in_features, scaling);
-    });
-  }
+  // Always by correlation: spectral_linear's contract is that nothing of size out x in is allocated (the
+  // dense gradient route is fourierft::linear's, see linear_backward_cpu).
+  AT_DISPATCH_FLOATING_TYPES(work, "fourierft_spectral_linear_backward", [&] {
+    const auto sums = spectral_backward_rows<scalar_t>(g2d, x2d, coeff, u, v, out_features, in_features, scaling, gx2d);
+    if (need_grad_spectrum) grad_spectrum = finish_grad_spectrum(sums, spectrum, out_features, in_features, scaling);
+  });
   if (need_grad_x) grad_x = gx2d.to(x.scalar_type()).view(grad_x_shape);
   return {grad_x, grad_spectrum};
 }
