@@ -61,11 +61,21 @@ struct ScatterEntry {
   real_t im;
 };
 
+// The scatter's entries sorted by output bin (stable: entries of one bin keep their order), so that the first
+// entry of each bin assigns and the rest accumulate: no zeroing pass over the output block, only over the
+// bins no entry writes (`empty`). Same sums, in the same order, as accumulating into zeros.
 template <typename real_t>
-std::vector<ScatterEntry<real_t>> make_scatter_plan(const real_t* coeff, const int64_t* src,
-                                                    int64_t src_len, const int64_t* dst,
-                                                    int64_t dst_len, int64_t n, double factor) {
-  std::vector<ScatterEntry<real_t>> plan(n);
+struct ScatterPlan {
+  std::vector<ScatterEntry<real_t>> entries;
+  std::vector<int32_t> empty;
+};
+
+template <typename real_t>
+ScatterPlan<real_t> make_scatter_plan(const real_t* coeff, const int64_t* src, int64_t src_len, const int64_t* dst,
+                                      int64_t dst_len, int64_t n, double factor) {
+  std::vector<ScatterEntry<real_t>> unsorted(n);
+  const int64_t dst_bins = dst_len / 2 + 1;
+  std::vector<int32_t> start(dst_bins + 1, 0);
   for (int64_t k = 0; k < n; ++k) {
     int64_t src_bin;
     double src_sign;
@@ -78,10 +88,18 @@ std::vector<ScatterEntry<real_t>> make_scatter_plan(const real_t* coeff, const i
     // 0.5 * factor: irfft(H2) is twice the wanted real part; the caller's factor rides along so
     // that no separate pass over the output is needed.
     const double weight = (self_mirror ? 2.0 : 1.0) * 0.5 * factor;
-    plan[k] = {static_cast<int32_t>(src_bin), static_cast<int32_t>(dst_bin),
-               static_cast<real_t>(weight * coeff[k]),
-               static_cast<real_t>(weight * coeff[k] * src_sign * dst_sign)};
+    unsorted[k] = {static_cast<int32_t>(src_bin), static_cast<int32_t>(dst_bin),
+                   static_cast<real_t>(weight * coeff[k]),
+                   static_cast<real_t>(weight * coeff[k] * src_sign * dst_sign)};
+    ++start[dst_bin + 1];
   }
+  ScatterPlan<real_t> plan;
+  for (int64_t b = 0; b < dst_bins; ++b) {
+    if (start[b + 1] == 0) plan.empty.push_back(static_cast<int32_t>(b));
+    start[b + 1] += start[b];
+  }
+  plan.entries.resize(n);
+  for (const auto& e : unsorted) plan.entries[start[e.dst]++] = e;
   return plan;
 }
 
@@ -112,6 +130,7 @@ __attribute__((always_inline)) inline void scatter_block_impl(const ScatterEntry
                                                               const real_t* in, real_t* out, int64_t stride,
                                                               int64_t len) {
   const int64_t m = 2 * len;
+  int32_t previous = -1;
   for (int64_t k = 0; k < n; ++k) {
     const ScatterEntry<real_t> e = plan[k];
     real_t w[kLanes];
@@ -122,10 +141,18 @@ __attribute__((always_inline)) inline void scatter_block_impl(const ScatterEntry
     real_t* __restrict o = out + 2 * e.dst * stride;
     const real_t* __restrict i = in + 2 * e.src * stride;
     int64_t q = 0;
-    for (; q + kLanes <= m; q += kLanes) {
-      for (int64_t j = 0; j < kLanes; ++j) o[q + j] += w[j] * i[q + j];
+    if (e.dst != previous) {  // the bin's first entry (the plan is sorted by output bin)
+      for (; q + kLanes <= m; q += kLanes) {
+        for (int64_t j = 0; j < kLanes; ++j) o[q + j] = w[j] * i[q + j];
+      }
+      for (; q < m; ++q) o[q] = w[q % kLanes] * i[q];
+    } else {
+      for (; q + kLanes <= m; q += kLanes) {
+        for (int64_t j = 0; j < kLanes; ++j) o[q + j] += w[j] * i[q + j];
+      }
+      for (; q < m; ++q) o[q] += w[q % kLanes] * i[q];
     }
-    for (; q < m; ++q) o[q] += w[q % kLanes] * i[q];
+    previous = e.dst;
   }
 }
 
@@ -301,11 +328,12 @@ void rfft_block(const real_t* real2d, int64_t m, int64_t r0, int64_t len, int64_
 // The scatter of one block already in s.in (bin-major), then the inverse transform into rows
 // [r0, r0 + len) of the contiguous real [rows, p] array `dst`.
 template <typename real_t>
-void scatter_and_invert(const std::vector<ScatterEntry<real_t>>& plan, Scratch<real_t>& s, int64_t block,
-                        int64_t len, int64_t out_len, real_t* dst, int64_t r0, const real_t* bias = nullptr) {
+void scatter_and_invert(const ScatterPlan<real_t>& plan, Scratch<real_t>& s, int64_t block, int64_t len,
+                        int64_t out_len, real_t* dst, int64_t r0, const real_t* bias = nullptr) {
   const int64_t out_bins = out_len / 2 + 1;
-  std::fill(s.out.begin(), s.out.end(), real_t(0));
-  scatter_block(plan.data(), static_cast<int64_t>(plan.size()), s.in.data(), s.out.data(), block, len);
+  for (const int32_t bin : plan.empty) std::fill_n(s.out.data() + 2 * bin * block, 2 * len, real_t(0));
+  scatter_block(plan.entries.data(), static_cast<int64_t>(plan.entries.size()), s.in.data(), s.out.data(), block,
+                len);
   // The self-mirrored bins 0 and p/2 hold 2z; their real part is 2 Re(z), the wanted value.
   const auto clear_imag = [&](int64_t bin) {
     real_t* b = s.out.data() + 2 * bin * block;
@@ -368,7 +396,7 @@ int64_t chunk_count(int64_t rows, int64_t block) {
 
 // Rows of `in2d` (contiguous real [rows, m]) through the spectral apply into `dst` (real [rows, p]).
 template <typename real_t>
-void spectral_apply_rows(const at::Tensor& in2d, int64_t in_len, const std::vector<ScatterEntry<real_t>>& plan,
+void spectral_apply_rows(const at::Tensor& in2d, int64_t in_len, const ScatterPlan<real_t>& plan,
                          int64_t out_len, at::Tensor& dst, const real_t* bias = nullptr) {
   const int64_t rows = in2d.size(0);
   const int64_t in_bins = in_len / 2 + 1, out_bins = out_len / 2 + 1;
@@ -395,7 +423,7 @@ std::vector<double> spectral_backward_rows(const at::Tensor& g2d, const at::Tens
                                            int64_t in_features, double scaling, at::Tensor& gx2d) {
   const int64_t rows = g2d.size(0), n = coeff.size(0);
   const bool need_grad_x = gx2d.defined(), need_grad_spectrum = x2d.defined();
-  std::vector<ScatterEntry<real_t>> plan;
+  ScatterPlan<real_t> plan;
   if (need_grad_x) {
     plan = make_scatter_plan<real_t>(coeff.const_data_ptr<real_t>(), u, out_features, v, in_features, n,
                                      scaling / static_cast<double>(out_features));
