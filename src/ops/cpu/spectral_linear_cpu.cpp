@@ -125,6 +125,17 @@ struct CorrelateEntry {
 // for odd j; the fixed-size inner loops vectorise.
 constexpr int64_t kLanes = 16;
 
+// o = w * i (kAssign) or o += w * i over a run of m reals, w repeating every kLanes lanes.
+template <bool kAssign, typename real_t>
+__attribute__((always_inline)) inline void scaled_run(const real_t* w, const real_t* __restrict i,
+                                                      real_t* __restrict o, int64_t m) {
+  int64_t q = 0;
+  for (; q + kLanes <= m; q += kLanes) {
+    for (int64_t j = 0; j < kLanes; ++j) o[q + j] = kAssign ? w[j] * i[q + j] : o[q + j] + w[j] * i[q + j];
+  }
+  for (; q < m; ++q) o[q] = kAssign ? w[q % kLanes] * i[q] : o[q] + w[q % kLanes] * i[q];
+}
+
 template <typename real_t>
 __attribute__((always_inline)) inline void scatter_block_impl(const ScatterEntry<real_t>* plan, int64_t n,
                                                               const real_t* in, real_t* out, int64_t stride,
@@ -140,17 +151,10 @@ __attribute__((always_inline)) inline void scatter_block_impl(const ScatterEntry
     }
     real_t* __restrict o = out + 2 * e.dst * stride;
     const real_t* __restrict i = in + 2 * e.src * stride;
-    int64_t q = 0;
     if (e.dst != previous) {  // the bin's first entry (the plan is sorted by output bin)
-      for (; q + kLanes <= m; q += kLanes) {
-        for (int64_t j = 0; j < kLanes; ++j) o[q + j] = w[j] * i[q + j];
-      }
-      for (; q < m; ++q) o[q] = w[q % kLanes] * i[q];
+      scaled_run<true>(w, i, o, m);
     } else {
-      for (; q + kLanes <= m; q += kLanes) {
-        for (int64_t j = 0; j < kLanes; ++j) o[q + j] += w[j] * i[q + j];
-      }
-      for (; q < m; ++q) o[q] += w[q % kLanes] * i[q];
+      scaled_run<false>(w, i, o, m);
     }
     previous = e.dst;
   }
