@@ -53,11 +53,15 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const std::opti
                   const at::Tensor& spectrum, const at::Tensor& indices, int64_t out_features, int64_t in_features,
                   double scaling);
 
-/// Which path fourierft::linear takes: Auto (the cost model, per call and per gradient), or always the
-/// spectral pipeline (forward, grad_x, and the spectrum gradient by correlating the rows' spectra), or always
-/// the dense route (one GEMM with W + delta_W forward and for grad_x; the spectrum gradient read from
-/// rfft2(grad_out^T x)). Process-wide; for benchmarks and tests (both paths are held to PEFT).
-enum class LinearPath { Auto, Spectral, Merged };
+/// Which path fourierft::linear takes: Auto (the cost model, per call and per gradient), or always one route for
+/// the forward, grad_x and the spectrum gradient:
+///   Spectral: the blocked spectral pipeline; the spectrum gradient by correlating the rows' spectra;
+///   Merged:   one GEMM with W + delta_W (delta_W built per call) forward and for grad_x;
+///   Folded:   the coefficients folded onto two real half-spectrum matrices and applied by two GEMMs between
+///             row FFTs (the large-n route);
+/// Merged and Folded take the spectrum gradient from the folded route's two GEMMs. Process-wide; for
+/// benchmarks and tests (every route is held to PEFT).
+enum class LinearPath { Auto, Spectral, Merged, Folded };
 void set_linear_path(LinearPath path);
 LinearPath linear_path();
 

@@ -78,9 +78,12 @@ def linear(
 
 @contextlib.contextmanager
 def linear_path(path: str) -> Iterator[None]:
-    """Inside the block, :func:`linear` always takes ``path``: ``"spectral"``, ``"merged"`` or ``"auto"``
-    (the cost model, the default). Process-wide while active, restored afterwards; for benchmarks and
-    tests, which hold both paths to PEFT.
+    """Inside the block, :func:`linear` always takes ``path``: ``"spectral"`` (the blocked pipeline; the
+    spectrum's gradient by correlating the rows' spectra), ``"merged"`` (one GEMM with ``W + delta_W``),
+    ``"folded"`` (the coefficients folded onto two real half-spectrum matrices and applied by two GEMMs
+    between row FFTs: the route for large ``n``) or ``"auto"`` (the cost model, per call and per gradient;
+    the default). ``"merged"`` and ``"folded"`` take the spectrum's gradient from the folded GEMMs.
+    Process-wide while active, restored afterwards; for benchmarks and tests, which hold every route to PEFT.
 
     >>> with fourierft.ops.linear_path("merged"):
     ...     y = fourierft.ops.linear(x, weight, bias, spectrum, indices, out_features, in_features, scaling)

@@ -114,13 +114,17 @@ PYBIND11_MODULE(_C, m) {
         if (path == "auto") fourierft::set_linear_path(fourierft::LinearPath::Auto);
         else if (path == "spectral") fourierft::set_linear_path(fourierft::LinearPath::Spectral);
         else if (path == "merged") fourierft::set_linear_path(fourierft::LinearPath::Merged);
-        else throw py::value_error("fourierft: linear path must be 'auto', 'spectral' or 'merged', got '" + path + "'");
+        else if (path == "folded") fourierft::set_linear_path(fourierft::LinearPath::Folded);
+        else throw py::value_error("fourierft: linear path must be 'auto', 'spectral', 'merged' or 'folded', got '" +
+                                   path + "'");
       },
-      py::arg("path"), "Which path fourierft.linear takes: 'auto' (the cost model), 'spectral' or 'merged'.");
+      py::arg("path"),
+      "Which path fourierft.linear takes: 'auto' (the cost model), 'spectral', 'merged' or 'folded'.");
   m.def("linear_path", []() {
     switch (fourierft::linear_path()) {
       case fourierft::LinearPath::Spectral: return std::string("spectral");
       case fourierft::LinearPath::Merged: return std::string("merged");
+      case fourierft::LinearPath::Folded: return std::string("folded");
       default: return std::string("auto");
     }
   });

@@ -47,11 +47,16 @@ constexpr double kPipelineNsPerCoefficient = 0.2;
 // scattering the n coefficients into it (random writes).
 constexpr double kMergeNsPerPointLog = 0.1;
 constexpr double kMergeNsPerCoefficient = 8.0;
+// The folded route: per row, the real FFTs of both widths and two GEMM rows against the h1 x h2 matrices; per
+// call, building those matrices (zeroing 2 h1 h2 values, then n scattered adds: random writes, as the merged
+// weight's; the spectrum gradient's n reads of A and B cost about the same).
+constexpr double kFoldedNsPerMultiplyAdd = 0.006;
+constexpr double kFoldedNsPerPointLog = 0.07;
+constexpr double kFoldedBuildNsPerPoint = 0.2;
+constexpr double kFoldedBuildNsPerCoefficient = 8.0;
 // The spectrum gradient by correlation costs, per row and coefficient, two gathers and a multiply-add in the
-// pipeline's blocks; densely, one GEMM g^T x (per row, d1 d2 multiply-adds) and one rfft2 of d1 x d2.
+// pipeline's blocks.
 constexpr double kCorrelateNsPerCoefficient = 0.2;
-constexpr double kGemmNsPerMultiplyAdd = 0.005;
-constexpr double kFft2NsPerPointLog = 0.05;
 // A cached W + delta_W costs, per call, the fingerprint of W (one read) against the pipeline.
 constexpr double kFingerprintNsPerPoint = 0.2;
 
@@ -72,27 +77,47 @@ bool merged_weight_cache_pays(int64_t tokens, int64_t out_features, int64_t in_f
 }
 
 namespace detail {
-bool linear_uses_merged_weight(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency,
-                               double pipeline_share) {
+namespace {
+double half_bins(int64_t d1, int64_t d2) {
+  return static_cast<double>(d1 / 2 + 1) * static_cast<double>(d2 / 2 + 1);
+}
+double folded_gemm_ns(int64_t tokens, int64_t d1, int64_t d2) {
+  return static_cast<double>(std::max<int64_t>(tokens, 1)) * 2.0 * half_bins(d1, d2) * kFoldedNsPerMultiplyAdd;
+}
+}  // namespace
+
+LinearRoute linear_route(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency,
+                         double pipeline_share) {
   switch (forced_linear_path.load(std::memory_order_relaxed)) {
-    case LinearPath::Spectral: return false;
-    case LinearPath::Merged: return true;
+    case LinearPath::Spectral: return LinearRoute::Pipeline;
+    case LinearPath::Merged: return LinearRoute::Merged;
+    case LinearPath::Folded: return LinearRoute::Folded;
     case LinearPath::Auto: break;
   }
-  const double points = static_cast<double>(out_features) * static_cast<double>(in_features);
-  return kMergeNsPerPointLog * points * std::log2(points + 1) + kMergeNsPerCoefficient * static_cast<double>(n_frequency) <
-         pipeline_share * pipeline_ns(tokens, out_features, in_features, n_frequency);
+  const double d1 = static_cast<double>(out_features), d2 = static_cast<double>(in_features);
+  const double points = d1 * d2, n = static_cast<double>(n_frequency);
+  const double pipeline = pipeline_share * pipeline_ns(tokens, out_features, in_features, n_frequency);
+  const double merged = kMergeNsPerPointLog * points * std::log2(points + 1) + kMergeNsPerCoefficient * n;
+  const double folded =
+      folded_gemm_ns(tokens, out_features, in_features) +
+      static_cast<double>(std::max<int64_t>(tokens, 1)) * kFoldedNsPerPointLog *
+          (d1 * std::log2(d1 + 1) + d2 * std::log2(d2 + 1)) +
+      kFoldedBuildNsPerPoint * 2.0 * half_bins(out_features, in_features) + kFoldedBuildNsPerCoefficient * n;
+  if (pipeline <= merged && pipeline <= folded) return LinearRoute::Pipeline;
+  return merged < folded ? LinearRoute::Merged : LinearRoute::Folded;
 }
 
-bool linear_grad_spectrum_is_dense(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency) {
+bool linear_grad_spectrum_is_folded(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency) {
   switch (forced_linear_path.load(std::memory_order_relaxed)) {
     case LinearPath::Spectral: return false;
-    case LinearPath::Merged: return true;
+    case LinearPath::Merged:
+    case LinearPath::Folded: return true;
     case LinearPath::Auto: break;
   }
+  // Both need x's row transforms; the GEMMs replace the tokens x n products (and g's transforms, shared with a
+  // pipeline grad_x, are counted for neither).
   const double t = static_cast<double>(std::max<int64_t>(tokens, 1));
-  const double points = static_cast<double>(out_features) * static_cast<double>(in_features);
-  return t * points * kGemmNsPerMultiplyAdd + kFft2NsPerPointLog * points * std::log2(points + 1) <
+  return folded_gemm_ns(tokens, out_features, in_features) + kFoldedBuildNsPerCoefficient * n_frequency <
          t * static_cast<double>(n_frequency) * kCorrelateNsPerCoefficient;
 }
 }  // namespace detail

@@ -72,16 +72,21 @@ FOURIERFT_DECLARE_KERNELS(meta)
 bool generic_kernels_on_cpu();
 
 // ---- cost_model.cpp ----------------------------------------------------------------------------
-/// fourierft.linear (forward, and the backward's grad_x): one GEMM with W + delta_W instead of the
-/// GEMM with W plus the spectral pipeline. Follows set_linear_path when it is not Auto. `pipeline_share`:
-/// the part of the pipeline the merged weight saves (1 in the forward; about half in a backward that
-/// transforms g and x for grad_c anyway).
-bool linear_uses_merged_weight(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency,
-                               double pipeline_share = 1.0);
-/// fourierft::linear's backward: the spectrum gradient from the dense route, Re(rfft2(g^T x))[u, v] (one GEMM
-/// and one rfft2), instead of correlating the rows' spectra (tokens x n products): large n against the layer's
-/// size. Spectral forces the correlation, Merged the dense route. (spectral_linear always correlates.)
-bool linear_grad_spectrum_is_dense(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency);
+/// How fourierft::linear computes x delta_W^T (forward) or g delta_W (the backward's grad_x):
+///   Pipeline: the blocked spectral pipeline (tokens x n gathers between row FFTs), the base GEMM accumulating;
+///   Merged:   one GEMM with W + delta_W, delta_W built for the call (an irfft2 of d1 x d2);
+///   Folded:   the coefficients folded onto two real half-spectrum matrices, two GEMMs of tokens x h1 x h2
+///             between row FFTs (spectral_linear_cpu.cpp), the base GEMM accumulating.
+enum class LinearRoute { Pipeline, Merged, Folded };
+/// The cheapest route by the cost model, or the one set_linear_path forces (Spectral: Pipeline). `pipeline_share`:
+/// the part of the pipeline another route saves (1 in the forward; about half in a backward that transforms g
+/// and x for grad_c by correlation anyway).
+LinearRoute linear_route(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency,
+                         double pipeline_share = 1.0);
+/// fourierft::linear's backward: the spectrum gradient by the folded route's two GEMMs (A = Re G^T Re X,
+/// B = Im G^T Im X) instead of correlating the rows' spectra (tokens x n products): large n against the layer's
+/// size. Spectral forces the correlation, Merged and Folded the GEMMs. (spectral_linear always correlates.)
+bool linear_grad_spectrum_is_folded(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency);
 
 // ---- autograd.cpp ------------------------------------------------------------------------------
 at::Tensor spectral_linear_autograd(const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices,

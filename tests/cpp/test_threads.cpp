@@ -17,8 +17,8 @@ namespace {
 
 // The serving case: one adapted layer, many threads, inference. Every result must equal the reference
 // (no torn or stale delta_W), on every path. Runs under AddressSanitizer too (tests/CMakeLists.txt).
-TEST(Threads, ThreadsShareOneLayerForInference) {
-  for (const auto path : {ForwardPath::Dense, ForwardPath::Spectral, ForwardPath::Auto}) {
+void share_one_layer_for_inference(ForwardPath path) {
+  {
     auto layer = frozen_layer(path);
     std::vector<torch::Tensor> inputs, expected;
     for (int i = 0; i < 8; ++i) {
@@ -48,8 +48,23 @@ TEST(Threads, ThreadsShareOneLayerForInference) {
       });
     }
     for (auto& thread : threads) thread.join();
-    EXPECT_EQ(failures.load(), 0) << "path " << path;
+    EXPECT_EQ(failures.load(), 0) << "path " << path << ", linear path " << static_cast<int>(fourierft::linear_path());
   }
+}
+
+TEST(Threads, ThreadsShareOneLayerForInference) {
+  for (const auto path : {ForwardPath::Dense, ForwardPath::Spectral, ForwardPath::Auto}) share_one_layer_for_inference(path);
+}
+
+// The whole-layer op's every route (fourierft::linear under ForwardPath::Auto) under the same load: the folded
+// route's blocked transforms and GEMMs, the pipeline, the merged weight.
+TEST(Threads, ThreadsShareOneLayerOnEveryLinearRoute) {
+  for (const auto route : {fourierft::LinearPath::Folded, fourierft::LinearPath::Spectral,
+                           fourierft::LinearPath::Merged}) {
+    fourierft::set_linear_path(route);
+    share_one_layer_for_inference(ForwardPath::Auto);
+  }
+  fourierft::set_linear_path(fourierft::LinearPath::Auto);
 }
 
 // Every thread's first forward misses the cache at the same moment and stores into it: many fresh layers,

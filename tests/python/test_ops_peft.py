@@ -52,11 +52,13 @@ def test_delta_weight_equals_peft(ops, kernels, shape, n):
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6 * expected.abs().max().item())
 
 
-@pytest.fixture(params=["auto", "spectral", "merged"])
+@pytest.fixture(params=["auto", "spectral", "merged", "folded"])
 def linear_path(request):
     """ops.linear by the cost model's choice, or every route forced: "spectral" (pipeline forward and grad_x, the
-    spectrum's gradient by correlating the rows' spectra) and "merged" (W + delta_W GEMMs, the spectrum's gradient
-    from rfft2(g^T x)). With n = all 3072 entries of 64 x 48, "auto" takes the dense gradient route as well."""
+    spectrum's gradient by correlating the rows' spectra), "merged" (W + delta_W GEMMs) and "folded" (the
+    coefficients folded onto two half-spectrum matrices, GEMMs between row FFTs); the last two take the
+    spectrum's gradient from the folded GEMMs. With n = all 3072 entries of 64 x 48, "auto" takes the folded
+    gradient as well."""
     with fourierft.ops.linear_path(request.param):
         yield request.param
 
@@ -126,6 +128,41 @@ def test_spectral_pipeline_blocks_match_dense_float64(ops, dtype, out_features, 
         check(y, reference.detach(), f"{layer} output")
         check(gx, want[0] + base_grad_x, f"{layer} grad_x")
         check(gc, want[1], f"{layer} grad_c")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("out_features,in_features,rows,n", [(64, 48, 37, 3072), (33, 20, 5, 300), (770, 388, 131, 30000),
+                                                            (1, 7, 3, 7), (6, 1, 4, 6), (128, 257, 70, 1000)])
+def test_folded_route_matches_dense_float64(ops, dtype, out_features, in_features, rows, n):
+    """The folded route (forward, grad_x and grad_c by GEMMs against the coefficients folded onto the half
+    spectra's bins) against PEFT's dense formula in float64, differentiated by autograd, with entries on every
+    self-mirrored bin (u or v = 0 or width/2, where the fold doubles or cancels) and odd and even widths."""
+    indices = ops.entry_indices(out_features, in_features, n, 99).clone()
+    special = [(u, v) for u in {0, out_features // 2, out_features - 1} for v in {0, in_features // 2, in_features - 1}]
+    taken = {tuple(p) for p in indices.t().tolist()}
+    free = [k for k in range(n) if tuple(indices[:, k].tolist()) not in special]
+    for k, (u, v) in zip(free, [p for p in special if p not in taken]):
+        indices[:, k] = torch.tensor([u, v])
+    assert len({tuple(p) for p in indices.t().tolist()}) == n
+    torch.manual_seed(6)
+    c = torch.randn(n, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(rows, in_features, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(rows, out_features, dtype=torch.float64)
+    weight = torch.randn(out_features, in_features, dtype=torch.float64) / in_features**0.5
+    bias = torch.randn(out_features, dtype=torch.float64)
+    dense = torch.zeros(out_features, in_features, dtype=torch.complex128).index_put(
+        (indices[0], indices[1]), c.to(torch.complex128))
+    expected = x @ (weight + torch.fft.ifft2(dense).real * 150.0).T + bias
+    want = torch.autograd.grad((expected * g).sum(), [x, c])
+    xs = x.detach().to(dtype).requires_grad_(True)
+    cs = c.detach().to(dtype).requires_grad_(True)
+    with fourierft.ops.linear_path("folded"):
+        y = ops.linear(xs, weight.to(dtype), bias.to(dtype), cs, indices, out_features, in_features, 150.0)
+        gx, gc = torch.autograd.grad((y * g.to(dtype)).sum(), [xs, cs])
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for name, got, reference in [("output", y, expected.detach()), ("grad_x", gx, want[0]), ("grad_c", gc, want[1])]:
+        assert got.dtype == dtype, name
+        assert ((got.double() - reference).norm() / reference.norm()).item() < tol, name
 
 
 def test_half_precision_runs_where_peft_needs_float32(ops, kernels):

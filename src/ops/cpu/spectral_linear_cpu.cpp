@@ -22,6 +22,7 @@
 #include <memory>
 #include <tuple>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
@@ -492,12 +493,134 @@ at::Tensor finish_grad_spectrum(const std::vector<double>& sums, const at::Tenso
   return grad;
 }
 
-// grad_c by the dense route: the gradient of delta_W is g^T x, and delta_weight's backward reads the
-// coefficients' gradients from its rfft2 (linear_grad_spectrum_is_dense picks it when n is large against the
-// layer: one GEMM and one 2-D transform instead of tokens x n products).
-at::Tensor dense_grad_spectrum(const at::Tensor& g2d, const at::Tensor& x2d, const at::Tensor& spectrum,
-                               const at::Tensor& indices, int64_t out_features, int64_t in_features, double scaling) {
-  return delta_weight_backward_cpu(g2d.t().mm(x2d), spectrum, indices, out_features, in_features, scaling);
+// ---------------------------------------------------------------------------------------------
+// The folded route (large n against the layer, DESIGN.md section 2): the n coefficients folded onto two real
+// matrices over the half spectra's bins (h1 = d1/2 + 1 by h2 = d2/2 + 1),
+//   R[a, b] = sum c_k,   I[a, b] = - sum s(u_k) s(v_k) c_k,   over the entries with fold(u_k) = a, fold(v_k) = b,
+// where fold(k) = min(k, d - k) and s(k) = +1 for k <= d/2, -1 above (the real parts of a real signal's spectrum
+// are even, the imaginary parts odd). Then, with X = rfft(x) and G = rfft(g) per row:
+//   forward: y      = irfft(Re X R^T + i Im X I^T) * alpha / (2 d2)
+//   grad_x : grad_x = irfft(Re G R   + i Im G I  ) * alpha / (2 d1)
+//   grad_c : grad_c_k = alpha / (d1 d2) * (A[a_k, b_k] - s(u_k) s(v_k) B[a_k, b_k]),  A = Re G^T Re X,
+//            B = Im G^T Im X,
+// i.e. two real GEMMs of tokens x h1 x h2 each (together half the base layer's GEMM) between row transforms,
+// whatever n is: what the pipeline does in tokens x n gathers, and cheaper than building delta_W (an irfft2 of
+// d1 x d2) when the tokens are few against log(d1 d2). The output's self-mirrored bins (0 and d/2) take the
+// real part twice (Re(ifft(Z)) = irfft of Z's Hermitian part): their rows (forward) or columns (grad_x) of R
+// are doubled and of I cleared.
+
+// Re and Im of the rows' half spectra, each a contiguous real [rows, len/2 + 1] matrix (the GEMMs' operands):
+// blocks of rows transformed and split while in cache (one read of the input, one write of each part).
+std::pair<at::Tensor, at::Tensor> half_spectra(const at::Tensor& rows2d) {
+  const int64_t rows = rows2d.size(0), len = rows2d.size(1), bins = len / 2 + 1;
+  auto re = at::empty({rows, bins}, rows2d.options()), im = at::empty({rows, bins}, rows2d.options());
+  AT_DISPATCH_FLOATING_TYPES(rows2d.scalar_type(), "fourierft_half_spectra", [&] {
+    const int64_t block = block_rows<scalar_t>(bins, rows, at::get_num_threads(), 256 * 1024, 8);
+    const scalar_t* in = rows2d.const_data_ptr<scalar_t>();
+    scalar_t* pr = re.data_ptr<scalar_t>();
+    scalar_t* pi = im.data_ptr<scalar_t>();
+    const auto make = [&]() -> std::vector<scalar_t>& {
+      return thread_scratch<std::vector<scalar_t>>(static_cast<size_t>(2 * bins * block));
+    };
+    for_each_block(rows, block, chunk_count(rows, block), make,
+                   [&](int64_t, std::vector<scalar_t>& staging, int64_t r0, int64_t n_rows) {
+                     rfft_rows(in + r0 * len, staging.data(), len, n_rows, std::is_same_v<scalar_t, double>);
+                     const scalar_t* z = staging.data();
+                     for (int64_t q = 0; q < n_rows * bins; ++q) {
+                       pr[r0 * bins + q] = z[2 * q];
+                       pi[r0 * bins + q] = z[2 * q + 1];
+                     }
+                   });
+  });
+  return {re, im};
+}
+
+// out = irfft(re + i im, out_len) per row (normalised by 1/out_len), the parts [rows, out_len/2 + 1] joined and
+// transformed block by block.
+at::Tensor irfft_of_parts(const at::Tensor& re, const at::Tensor& im, int64_t out_len) {
+  const int64_t rows = re.size(0), bins = out_len / 2 + 1;
+  auto out = at::empty({rows, out_len}, re.options());
+  AT_DISPATCH_FLOATING_TYPES(re.scalar_type(), "fourierft_irfft_of_parts", [&] {
+    const int64_t block = block_rows<scalar_t>(bins, rows, at::get_num_threads(), 256 * 1024, 8);
+    const scalar_t* pr = re.const_data_ptr<scalar_t>();
+    const scalar_t* pi = im.const_data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const auto make = [&]() -> std::vector<scalar_t>& {
+      return thread_scratch<std::vector<scalar_t>>(static_cast<size_t>(2 * bins * block));
+    };
+    for_each_block(rows, block, chunk_count(rows, block), make,
+                   [&](int64_t, std::vector<scalar_t>& staging, int64_t r0, int64_t n_rows) {
+                     scalar_t* z = staging.data();
+                     for (int64_t q = 0; q < n_rows * bins; ++q) {
+                       z[2 * q] = pr[r0 * bins + q];
+                       z[2 * q + 1] = pi[r0 * bins + q];
+                     }
+                     irfft_rows(z, o + r0 * out_len, out_len, n_rows, std::is_same_v<scalar_t, double>);
+                   });
+  });
+  return out;
+}
+
+// [2, h1, h2]: R and I, times `factor`, the self-mirrored bins of the output side (rows: the forward; columns:
+// grad_x) doubled in R and cleared in I. Threads split the rows; each zeroes its band and adds the entries
+// that land in it.
+at::Tensor folded_coefficients(const at::Tensor& coeff, const int64_t* u, const int64_t* v, int64_t d1, int64_t d2,
+                               bool output_is_rows, double factor) {
+  const int64_t n = coeff.size(0), h1 = d1 / 2 + 1, h2 = d2 / 2 + 1;
+  auto folded = at::empty({2, h1, h2}, coeff.options());
+  const auto self_mirrored = [](int64_t bin, int64_t len) { return bin == 0 || 2 * bin == len; };
+  AT_DISPATCH_FLOATING_TYPES(coeff.scalar_type(), "fourierft_folded_coefficients", [&] {
+    const scalar_t* c = coeff.const_data_ptr<scalar_t>();
+    scalar_t* re = folded.data_ptr<scalar_t>();
+    scalar_t* im = re + h1 * h2;
+    at::parallel_for(0, h1, std::max<int64_t>(1, (1 << 15) / h2), [&](int64_t a0, int64_t a1) {
+      std::fill(re + a0 * h2, re + a1 * h2, scalar_t(0));
+      std::fill(im + a0 * h2, im + a1 * h2, scalar_t(0));
+      for (int64_t k = 0; k < n; ++k) {
+        const bool u_upper = 2 * u[k] > d1, v_upper = 2 * v[k] > d2;
+        const int64_t a = u_upper ? d1 - u[k] : u[k];
+        if (a < a0 || a >= a1) continue;
+        const int64_t b = v_upper ? d2 - v[k] : v[k];
+        const bool mirrored = output_is_rows ? self_mirrored(a, d1) : self_mirrored(b, d2);
+        const double value = factor * static_cast<double>(c[k]);
+        re[a * h2 + b] += static_cast<scalar_t>(mirrored ? 2 * value : value);
+        if (!mirrored) im[a * h2 + b] += static_cast<scalar_t>(u_upper == v_upper ? -value : value);
+      }
+    });
+  });
+  return folded;
+}
+
+// irfft(Re S F^T + i Im S G^T, out_len) for the half spectra (re, im) of the input rows, (F, G) = (R, I) for the
+// forward (output bins are R's rows) or (R^T, I^T) for grad_x.
+at::Tensor folded_apply(const std::pair<at::Tensor, at::Tensor>& spec, const at::Tensor& folded, bool output_is_rows,
+                        int64_t out_len) {
+  const auto r = folded.select(0, 0), i = folded.select(0, 1);
+  return irfft_of_parts(spec.first.mm(output_is_rows ? r.t() : r), spec.second.mm(output_is_rows ? i.t() : i),
+                        out_len);
+}
+
+// grad_c from the half spectra of g's and x's rows.
+at::Tensor folded_grad_spectrum(const std::pair<at::Tensor, at::Tensor>& g_spec,
+                                const std::pair<at::Tensor, at::Tensor>& x_spec, const int64_t* u, const int64_t* v,
+                                int64_t d1, int64_t d2, double scaling, const at::Tensor& spectrum) {
+  const auto a = g_spec.first.t().mm(x_spec.first).contiguous();
+  const auto b = g_spec.second.t().mm(x_spec.second).contiguous();
+  const int64_t n = spectrum.size(0), h2 = d2 / 2 + 1;
+  const double factor = scaling / (static_cast<double>(d1) * d2);
+  auto grad = at::empty({n}, spectrum.options());
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "fourierft_folded_grad_spectrum", [&] {
+    const scalar_t* pa = a.const_data_ptr<scalar_t>();
+    const scalar_t* pb = b.const_data_ptr<scalar_t>();
+    scalar_t* out = grad.data_ptr<scalar_t>();
+    for (int64_t k = 0; k < n; ++k) {
+      const bool u_upper = 2 * u[k] > d1, v_upper = 2 * v[k] > d2;
+      const int64_t at = (u_upper ? d1 - u[k] : u[k]) * h2 + (v_upper ? d2 - v[k] : v[k]);
+      const double value = u_upper == v_upper ? pa[at] - pb[at] : pa[at] + pb[at];
+      out[k] = static_cast<scalar_t>(factor * value);
+    }
+  });
+  return grad;
 }
 
 }  // namespace
@@ -561,7 +684,7 @@ std::tuple<at::Tensor, at::Tensor> spectral_linear_backward_cpu(
   const int64_t* v = u + n;
   auto gx2d = need_grad_x ? at::empty({rows, in_features}, g2d.options()) : at::Tensor();
   // Always by correlation: spectral_linear's contract is that nothing of size out x in is allocated (the
-  // dense gradient route is fourierft::linear's, see linear_backward_cpu).
+  // folded gradient route is fourierft::linear's, see linear_backward_cpu).
   AT_DISPATCH_FLOATING_TYPES(work, "fourierft_spectral_linear_backward", [&] {
     const auto sums = spectral_backward_rows<scalar_t>(g2d, x2d, coeff, u, v, out_features, in_features, scaling, gx2d);
     if (need_grad_spectrum) grad_spectrum = finish_grad_spectrum(sums, spectrum, out_features, in_features, scaling);
@@ -577,9 +700,11 @@ std::tuple<at::Tensor, at::Tensor> spectral_linear_backward_cpu(
 //   spectral: the blocked pipeline writes x delta_W^T (+ b, in its epilogue) into y, and the GEMM
 //             accumulates x W^T into it (beta = 1): no separate pass over y for either addition;
 //   merged:   one GEMM with W + delta_W (delta_W from its irfft2, never kept: nothing of size
-//             out x in outlives the call).
-// The backward makes the same choice for grad_x (grad_x = g (W + delta_W), or the pipeline on g and a
-// GEMM accumulating g W into it), and always computes grad_c from the rfft of g's and x's blocks.
+//             out x in outlives the call);
+//   folded:   the two half-spectrum GEMMs between row transforms (above), the GEMM with W accumulating.
+// The backward makes the same choice for grad_x (grad_x = g (W + delta_W), the pipeline or the folded GEMMs on
+// g, and a GEMM accumulating g W), and computes grad_c by correlating the rfft of g's and x's blocks inside the
+// pipeline's pass, or by the folded route's two GEMMs at large n (linear_grad_spectrum_is_folded).
 namespace fourierft::detail {
 namespace {
 
@@ -612,7 +737,8 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   out_shape.back() = out_features;
   if (rows == 0) return at::linear(x, weight, bias);
   const int64_t n = spectrum.size(0);
-  if (linear_uses_merged_weight(rows, out_features, in_features, n)) {
+  const auto route = linear_route(rows, out_features, in_features, n);
+  if (route == LinearRoute::Merged) {
     return at::linear(x2d, merged_weight(weight, spectrum, indices, out_features, in_features, scaling), bias)
         .view(out_shape);
   }
@@ -621,6 +747,14 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   const int64_t* u = idx.const_data_ptr<int64_t>();
   const int64_t* v = u + n;
   const auto b = bias.has_value() && bias->defined() ? bias->to(x.scalar_type()).contiguous() : at::Tensor();
+  if (route == LinearRoute::Folded) {
+    const auto folded = folded_coefficients(coeff, u, v, out_features, in_features, /*output_is_rows=*/true,
+                                            0.5 * scaling / static_cast<double>(in_features));
+    auto y = folded_apply(half_spectra(x2d), folded, /*output_is_rows=*/true, out_features);
+    y.addmm_(x2d, weight.t());
+    if (b.defined()) y.add_(b);
+    return y.view(out_shape);
+  }
   auto y = at::empty({rows, out_features}, x2d.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fourierft_linear", [&] {
     const auto plan = make_scatter_plan<scalar_t>(coeff.const_data_ptr<scalar_t>(), v, in_features, u,
@@ -668,24 +802,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
     return {grad_x, grad_weight, grad_bias, grad_spectrum};
   }
   const int64_t n = spectrum.size(0);
-  // The spectrum's gradient densely, or by correlation inside the pipeline's pass over g and x (then the
-  // merged weight saves only about half of that pass).
-  const bool dense_grad_c =
-      need_grad_spectrum && linear_grad_spectrum_is_dense(rows, out_features, in_features, n);
-  const bool correlate = need_grad_spectrum && !dense_grad_c;
-  if (dense_grad_c) grad_spectrum = dense_grad_spectrum(g2d, x2d, spectrum, indices, out_features, in_features, scaling);
-  const bool merged =
-      need_grad_x && linear_uses_merged_weight(rows, out_features, in_features, n, correlate ? 0.5 : 1.0);
-  if (merged) grad_x = g2d.mm(merged_weight(weight, spectrum, indices, out_features, in_features, scaling));
-  at::Tensor gx2d = need_grad_x && !merged ? at::empty({rows, in_features}, g2d.options()) : at::Tensor();
-  if (gx2d.defined() || correlate) {
-    const auto coeff = spectrum.contiguous();
-    const auto idx = indices.contiguous();
-    const int64_t* u = idx.const_data_ptr<int64_t>();
-    const int64_t* v = u + n;
+  const auto coeff = spectrum.contiguous();
+  const auto idx = indices.contiguous();
+  const int64_t* u = idx.const_data_ptr<int64_t>();
+  const int64_t* v = u + n;
+  // The spectrum's gradient by the folded route's GEMMs, or by correlation inside the pipeline's pass over g and
+  // x (then grad_x by another route saves only about half of that pass).
+  const bool folded_grad_c = need_grad_spectrum && linear_grad_spectrum_is_folded(rows, out_features, in_features, n);
+  const bool correlate = need_grad_spectrum && !folded_grad_c;
+  const auto route = need_grad_x ? linear_route(rows, out_features, in_features, n, correlate ? 0.5 : 1.0)
+                                 : LinearRoute::Pipeline;
+  std::pair<at::Tensor, at::Tensor> g_spec;
+  if (folded_grad_c || (need_grad_x && route == LinearRoute::Folded)) g_spec = half_spectra(g2d);
+  if (folded_grad_c) {
+    grad_spectrum =
+        folded_grad_spectrum(g_spec, half_spectra(x2d), u, v, out_features, in_features, scaling, spectrum);
+  }
+  at::Tensor gx2d;
+  if (need_grad_x && route == LinearRoute::Merged) {
+    grad_x = g2d.mm(merged_weight(weight, spectrum, indices, out_features, in_features, scaling));
+  } else if (need_grad_x && route == LinearRoute::Folded) {
+    const auto folded = folded_coefficients(coeff, u, v, out_features, in_features, /*output_is_rows=*/false,
+                                            0.5 * scaling / static_cast<double>(out_features));
+    gx2d = folded_apply(g_spec, folded, /*output_is_rows=*/false, in_features);
+  } else if (need_grad_x) {
+    gx2d = at::empty({rows, in_features}, g2d.options());
+  }
+  const bool pipeline_grad_x = need_grad_x && route == LinearRoute::Pipeline;
+  if (pipeline_grad_x || correlate) {
     AT_DISPATCH_FLOATING_TYPES(g2d.scalar_type(), "fourierft_linear_backward", [&] {
+      at::Tensor pipeline_gx = pipeline_grad_x ? gx2d : at::Tensor();
       const auto sums = spectral_backward_rows<scalar_t>(g2d, correlate ? x2d : at::Tensor(), coeff, u, v,
-                                                         out_features, in_features, scaling, gx2d);
+                                                         out_features, in_features, scaling, pipeline_gx);
       if (correlate) grad_spectrum = finish_grad_spectrum(sums, spectrum, out_features, in_features, scaling);
     });
   }
