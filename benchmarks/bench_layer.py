@@ -194,7 +194,8 @@ Frozen base weight, input requiring grad (a layer inside a network), adapter par
 Ratios are to the frozen base layer alone (1.00x = free); "fourierft / LoRA" below 1 means ours is cheaper.
 Layers: PEFT's LoRA `Linear` (r=8), PEFT's `FourierFTLinear` (dense `ifft2` + extra GEMM every step), and
 `fourierft.FourierFTLinear` (the whole layer as `fourierft.ops.linear`: the cost model picks the spectral
-pipeline or one GEMM with W + delta_W, forward and backward separately). Noise: half the interquartile range
+pipeline, one GEMM with W + delta_W or the folded half-spectrum GEMMs, forward and backward separately).
+Noise: half the interquartile range
 of the frozen layer's repetitions, relative to its median. Added memory: tensors kept for backward beyond the
 layer's parameters (the input included) plus trainable parameters with gradient and two AdamW moments.
 fourierft <= LoRA r=8 in {wins} of {len(configs)} configurations.
