@@ -87,6 +87,21 @@ def test_spectral_linear_matches_peft_forward_and_gradients(ops, kernels, shape,
     assert (gc - expected_gc).norm() / expected_gc.norm() < 1e-4
 
 
+def float64_problem(indices, rows, out_features, in_features, seed):
+    """Random float64 coefficients (requiring grad), input (requiring grad), upstream gradient, base weight and
+    bias, and PEFT's dense delta_W = Re(ifft2(spectrum)) * 150 built from them: the reference of the route tests."""
+    n = indices.shape[1]
+    torch.manual_seed(seed)
+    c = torch.randn(n, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(rows, in_features, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(rows, out_features, dtype=torch.float64)
+    weight = torch.randn(out_features, in_features, dtype=torch.float64) / in_features**0.5
+    bias = torch.randn(out_features, dtype=torch.float64)
+    dense = torch.zeros(out_features, in_features, dtype=torch.complex128).index_put(
+        (indices[0], indices[1]), c.to(torch.complex128))
+    return c, x, g, weight, bias, torch.fft.ifft2(dense).real * 150.0
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("out_features,in_features,rows", [(2048, 1536, 67), (1536, 2048, 9), (770, 388, 131),
                                                           (256, 256, 3), (4096, 64, 17)])
@@ -98,15 +113,7 @@ def test_spectral_pipeline_blocks_match_dense_float64(ops, dtype, out_features, 
     spectral path."""
     n = 1000
     indices = ops.entry_indices(out_features, in_features, n, 2024)
-    torch.manual_seed(5)
-    c = torch.randn(n, dtype=torch.float64, requires_grad=True)
-    x = torch.randn(rows, in_features, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(rows, out_features, dtype=torch.float64)
-    weight = torch.randn(out_features, in_features, dtype=torch.float64) / in_features**0.5
-    bias = torch.randn(out_features, dtype=torch.float64)
-    dense = torch.zeros(out_features, in_features, dtype=torch.complex128).index_put(
-        (indices[0], indices[1]), c.to(torch.complex128))
-    delta_w = torch.fft.ifft2(dense).real * 150.0
+    c, x, g, weight, bias, delta_w = float64_problem(indices, rows, out_features, in_features, seed=5)
     expected = x @ delta_w.T
     want = torch.autograd.grad((expected * g).sum(), [x, c])
     tol = 1e-4 if dtype == torch.float32 else 1e-10
@@ -144,15 +151,8 @@ def test_folded_route_matches_dense_float64(ops, dtype, out_features, in_feature
     for k, (u, v) in zip(free, [p for p in special if p not in taken]):
         indices[:, k] = torch.tensor([u, v])
     assert len({tuple(p) for p in indices.t().tolist()}) == n
-    torch.manual_seed(6)
-    c = torch.randn(n, dtype=torch.float64, requires_grad=True)
-    x = torch.randn(rows, in_features, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(rows, out_features, dtype=torch.float64)
-    weight = torch.randn(out_features, in_features, dtype=torch.float64) / in_features**0.5
-    bias = torch.randn(out_features, dtype=torch.float64)
-    dense = torch.zeros(out_features, in_features, dtype=torch.complex128).index_put(
-        (indices[0], indices[1]), c.to(torch.complex128))
-    expected = x @ (weight + torch.fft.ifft2(dense).real * 150.0).T + bias
+    c, x, g, weight, bias, delta_w = float64_problem(indices, rows, out_features, in_features, seed=6)
+    expected = x @ (weight + delta_w).T + bias
     want = torch.autograd.grad((expected * g).sum(), [x, c])
     xs = x.detach().to(dtype).requires_grad_(True)
     cs = c.detach().to(dtype).requires_grad_(True)
