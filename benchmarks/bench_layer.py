@@ -1,6 +1,7 @@
-"""Per-layer training-step cost: frozen base vs PEFT FourierFT vs our dense and spectral paths.
+"""Per-layer training-step cost: frozen base vs LoRA r=8 vs PEFT FourierFT vs fourierft.
 
-Measured side by side in one process, same inputs, interleaved repetitions, median time.
+Measured side by side in one process, same inputs: the frozen layer, LoRA and ours in rounds (order rotated),
+ratios as medians of per-round ratios with a 95% bootstrap interval; PEFT FourierFT in its own pass.
 Each variant does forward + backward of one linear layer with a frozen base weight, the input
 requiring grad (as for a layer inside a network) and, for the adapters, the spectrum requiring grad.
 
@@ -16,6 +17,7 @@ import datetime
 import os
 import pathlib
 import platform
+import random
 import statistics
 import sys
 import time
@@ -83,26 +85,42 @@ def saved_bytes(layer, x):
     return sum(seen.values()) + 4 * sum(p.numel() * p.element_size() for p in trainable(layer))
 
 
-def measure(in_features, out_features, n, tokens, reps, with_peft=True):
+def measure(in_features, out_features, n, tokens, reps, seconds, with_peft=True):
+    """Per-step times of every variant. The frozen layer, LoRA and ours run in rounds, one step each, the
+    order rotated from round to round (the variant after another runs with its caches and pages disturbed);
+    at least `reps` rounds, and more until `seconds` have passed (at most 500 rounds): a 0.2 ms step needs
+    hundreds of repetitions for a stable median, a 200 ms step a few."""
     variants = make_variants(in_features, out_features, n, with_peft)
     x = torch.randn(tokens, in_features, requires_grad=True)
     grad_out = torch.randn(tokens, out_features)
     times = {name: [] for name in variants}
     for name, layer in variants.items():  # warm-up
         time_step(layer, x, grad_out)
-    # Interleaved so that machine noise hits every variant alike. PEFT FourierFT runs in its own pass: its
-    # dense out x in complex temporaries evict the caches and return pages to the OS, which slowed whatever
-    # ran next by up to 15% (measured at width 256 and 2048, 128 tokens) and would not happen in a model
-    # without PEFT's layers.
-    interleaved = {name: layer for name, layer in variants.items() if name != "PEFT FourierFT"}
-    for _ in range(reps):
-        for name, layer in interleaved.items():
+    # PEFT FourierFT runs in its own pass: its dense out x in complex temporaries evict the caches and return
+    # pages to the OS, which slowed whatever ran next by up to 15% (measured at width 256 and 2048, 128 tokens)
+    # and would not happen in a model without PEFT's layers.
+    interleaved = [(name, layer) for name, layer in variants.items() if name != "PEFT FourierFT"]
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < reps or (time.perf_counter() - start < seconds and rounds < 500):
+        shift = rounds % len(interleaved)
+        for name, layer in interleaved[shift:] + interleaved[:shift]:
             times[name].append(time_step(layer, x, grad_out))
+        rounds += 1
     if "PEFT FourierFT" in variants:
         for _ in range(reps):
             times["PEFT FourierFT"].append(time_step(variants["PEFT FourierFT"], x, grad_out))
     memory = {name: saved_bytes(layer, x) for name, layer in variants.items()}
     return times, memory
+
+
+def paired_ratio(numerator, denominator, resamples=2000):
+    """Median over rounds of numerator[i] / denominator[i] (the two steps of one round ran back to back, so
+    the machine's drift cancels) and a 95% bootstrap interval of that median (fixed seed: reproducible)."""
+    ratios = [a / b for a, b in zip(numerator, denominator)]
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    return statistics.median(ratios), medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
 def time_delta_weight(size, n, reps=5):
@@ -128,7 +146,9 @@ def time_delta_weight(size, n, reps=5):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="two configurations, print only")
-    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--reps", type=int, default=7, help="least rounds per configuration")
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="more rounds until this long has passed per configuration (at most 500 rounds)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks-layer.md"))
     args = parser.parse_args()
 
@@ -142,30 +162,30 @@ def main():
                    (256, 1000, 128), (768, 1000, 128), (2048, 1000, 128), (4096, 1000, 128), (8192, 1000, 128),
                    (384, 100, 4096), (1024, 100, 1024), (4096, 100, 512),
                    (384, 14746, 4096), (1024, 104858, 1024), (2048, 419430, 256)]
-    header = ("| width | n | tokens | frozen base (ms) | LoRA r=8 | PEFT FourierFT | fourierft | fourierft / LoRA | "
-              "noise (IQR) | added memory: LoRA / PEFT FourierFT / fourierft (MiB) |")
-    rows = [header, "|" + "---|" * 10]
+    header = ("| width | n | tokens | rounds | frozen base (ms) | LoRA r=8 | PEFT FourierFT | fourierft | "
+              "fourierft / LoRA [95% interval] | | added memory: LoRA / PEFT FourierFT / fourierft (MiB) |")
+    rows = [header, "|" + "---|" * 11]
     print(header, flush=True)
-    wins = 0
+    verdicts = {"below": 0, "tie": 0, "above": 0}
     for width, n, tokens in configs:
-        work = width * width * tokens
-        reps = args.reps if work <= 2048 * 2048 * 1024 else max(3, args.reps // 2)
         with_peft = width <= 4096  # PEFT's dense complex spectrum at 8192^2 is 512 MiB per step
-        times, memory = measure(width, width, n, tokens, reps, with_peft)
-        med = {k: statistics.median(v) for k, v in times.items()}
-        base = med["frozen base"]
-        q = statistics.quantiles(times["frozen base"], n=4)
-        noise = (q[2] - q[0]) / base * 100
-        ratio = med["fourierft"] / med["LoRA r=8"]
-        wins += ratio <= 1.0
-        peft_cell = f"{med['PEFT FourierFT'] / base:.2f}x" if with_peft else "—"
+        times, memory = measure(width, width, n, tokens, args.reps, args.seconds, with_peft)
+        base = statistics.median(times["frozen base"])
+        lora = paired_ratio(times["LoRA r=8"], times["frozen base"])[0]
+        ours = paired_ratio(times["fourierft"], times["frozen base"])[0]
+        ratio, low, high = paired_ratio(times["fourierft"], times["LoRA r=8"])
+        verdict = "below" if high < 1.0 else "above" if low > 1.0 else "tie"
+        verdicts[verdict] += 1
+        peft_cell = f"{statistics.median(times['PEFT FourierFT']) / base:.2f}x" if with_peft else "—"
         peft_mem = f"{memory['PEFT FourierFT'] / 2**20:.1f}" if with_peft else "—"
-        row = (f"| {width} | {n} | {tokens} | {base * 1e3:.2f} | {med['LoRA r=8'] / base:.3f}x | {peft_cell} | "
-               f"{med['fourierft'] / base:.3f}x | {ratio:.3f} | ±{noise / 2:.1f}% | "
+        row = (f"| {width} | {n} | {tokens} | {len(times['frozen base'])} | {base * 1e3:.2f} | {lora:.3f}x | "
+               f"{peft_cell} | {ours:.3f}x | {ratio:.3f} [{low:.3f}, {high:.3f}] | {verdict} | "
                f"{memory['LoRA r=8'] / 2**20:.1f} / {peft_mem} / {memory['fourierft'] / 2**20:.1f} |")
         rows.append(row)
         print(row, flush=True)
-    print(f"fourierft <= LoRA r=8 in {wins} of {len(configs)} configurations", flush=True)
+    summary = (f"fourierft below LoRA r=8 in {verdicts['below']} of {len(configs)} configurations, tied (the interval "
+               f"contains 1) in {verdicts['tie']}, above in {verdicts['above']}")
+    print(summary, flush=True)
 
     dw_size = 1024 if args.quick else 4096
     dw = time_delta_weight(dw_size, 1000)
@@ -185,20 +205,23 @@ All numbers below come from one run of
 ```
 
 on {datetime.date.today().isoformat()}, {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}
-(CPU, {torch.get_num_threads()} threads), peft {peft.__version__}. Times are medians of interleaved repetitions (frozen, LoRA, fourierft);
-PEFT FourierFT is timed in its own pass after them (its dense temporaries slowed whichever layer ran next).
+(CPU, {torch.get_num_threads()} threads), peft {peft.__version__}.
 
 ## Training step of one layer (forward + backward), square layers
 
 Frozen base weight, input requiring grad (a layer inside a network), adapter parameters requiring grad.
-Ratios are to the frozen base layer alone (1.00x = free); "fourierft / LoRA" below 1 means ours is cheaper.
 Layers: PEFT's LoRA `Linear` (r=8), PEFT's `FourierFTLinear` (dense `ifft2` + extra GEMM every step), and
 `fourierft.FourierFTLinear` (the whole layer as `fourierft.ops.linear`: the cost model picks the spectral
 pipeline, one GEMM with W + delta_W or the folded half-spectrum GEMMs, forward and backward separately).
-Noise: half the interquartile range
-of the frozen layer's repetitions, relative to its median. Added memory: tensors kept for backward beyond the
-layer's parameters (the input included) plus trainable parameters with gradient and two AdamW moments.
-fourierft <= LoRA r=8 in {wins} of {len(configs)} configurations.
+The frozen layer, LoRA and ours run in rounds of one step each, the order rotated every round, at least
+{args.reps} rounds and more until {args.seconds:g} s have passed (at most 500). Ratios to the frozen layer (1.00x = free)
+and "fourierft / LoRA" are medians over rounds of the two steps' ratio within a round (the machine's drift
+cancels); the interval is a 95% bootstrap interval of that median: "below" / "above" when it excludes 1, "tie"
+when the two are not told apart by this run. PEFT FourierFT is timed in its own pass after the rounds (its dense
+temporaries slowed whichever layer ran next): the median of that pass over the frozen layer's median.
+Added memory: tensors kept for backward beyond the layer's parameters (the input included) plus trainable
+parameters with gradient and two AdamW moments.
+{summary}.
 
 {chr(10).join(rows)}
 
