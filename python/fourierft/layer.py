@@ -74,7 +74,7 @@ class FourierFTKernels:
         """``W + delta_W`` for inference with a frozen spectrum and base weight, cached.
 
         Keyed like the delta_W cache plus a 64-bit fingerprint of the base weight's values, recomputed
-        per call (one read of W, ~0.2 ns per entry): PEFT's ``merge``/``unmerge`` and
+        per call (one read of W, 0.2-0.35 ns per entry): PEFT's ``merge``/``unmerge`` and
         ``weight.data.mul_()`` change W behind its version counter. Costs one weight-sized tensor per
         layer while cached."""
         cache_key = (adapter, "weight")

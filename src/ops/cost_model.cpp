@@ -57,8 +57,14 @@ constexpr double kFoldedBuildNsPerCoefficient = 8.0;
 // The spectrum gradient by correlation costs, per row and coefficient, two gathers and a multiply-add in the
 // pipeline's blocks.
 constexpr double kCorrelateNsPerCoefficient = 0.2;
-// A cached W + delta_W costs, per call, the fingerprint of W (one read) against the pipeline.
-constexpr double kFingerprintNsPerPoint = 0.2;
+// A cached W + delta_W costs, per call, the fingerprint of W (one read; in a model W comes from memory, not
+// cache: 0.18-0.20 ns per entry at 768^2-1024^2, 0.32-0.35 at 2048^2-4096^2, measured between GEMMs) against
+// the pipeline's forward alone, which inference runs at ~0.75 of pipeline_ns (fitted on forward + backward
+// calls; measured 0.7-0.75 of it at widths 768-4096, 512-1024 tokens). With 0.2 and the whole pipeline_ns the
+// cache won at 2048^2 and 4096^2 with 512 tokens, where it cost 1.34 and 5.8 ms a call against the pipeline's
+// 1.19 and 2.65.
+constexpr double kFingerprintNsPerPoint = 0.35;
+constexpr double kInferencePipelineShare = 0.75;
 
 double pipeline_ns(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency) {
   const double d1 = static_cast<double>(out_features), d2 = static_cast<double>(in_features);
@@ -73,7 +79,7 @@ LinearPath linear_path() { return forced_linear_path.load(); }
 
 bool merged_weight_cache_pays(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency) {
   return kFingerprintNsPerPoint * static_cast<double>(out_features) * static_cast<double>(in_features) <
-         pipeline_ns(tokens, out_features, in_features, n_frequency);
+         kInferencePipelineShare * pipeline_ns(tokens, out_features, in_features, n_frequency);
 }
 
 namespace detail {
