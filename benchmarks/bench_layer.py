@@ -114,13 +114,17 @@ def measure(in_features, out_features, n, tokens, reps, seconds, with_peft=True)
     return times, memory
 
 
-def paired_ratio(numerator, denominator, resamples=2000):
-    """Median over rounds of numerator[i] / denominator[i] (the two steps of one round ran back to back, so
-    the machine's drift cancels) and a 95% bootstrap interval of that median (fixed seed: reproducible)."""
-    ratios = [a / b for a, b in zip(numerator, denominator)]
+def paired_ratios(numerator, denominator):
+    """numerator[i] / denominator[i] per round: the two steps of one round ran back to back, so the machine's
+    drift cancels."""
+    return [a / b for a, b in zip(numerator, denominator)]
+
+
+def median_interval(ratios, resamples=2000):
+    """95% bootstrap interval of the median of `ratios` (fixed seed: reproducible)."""
     rng = random.Random(0)
     medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
-    return statistics.median(ratios), medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
+    return medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]
 
 
 def time_delta_weight(size, n, reps=5):
@@ -171,9 +175,10 @@ def main():
         with_peft = width <= 4096  # PEFT's dense complex spectrum at 8192^2 is 512 MiB per step
         times, memory = measure(width, width, n, tokens, args.reps, args.seconds, with_peft)
         base = statistics.median(times["frozen base"])
-        lora = paired_ratio(times["LoRA r=8"], times["frozen base"])[0]
-        ours = paired_ratio(times["fourierft"], times["frozen base"])[0]
-        ratio, low, high = paired_ratio(times["fourierft"], times["LoRA r=8"])
+        lora = statistics.median(paired_ratios(times["LoRA r=8"], times["frozen base"]))
+        ours = statistics.median(paired_ratios(times["fourierft"], times["frozen base"]))
+        ours_to_lora = paired_ratios(times["fourierft"], times["LoRA r=8"])
+        ratio, (low, high) = statistics.median(ours_to_lora), median_interval(ours_to_lora)
         verdict = "below" if high < 1.0 else "above" if low > 1.0 else "tie"
         verdicts[verdict] += 1
         peft_cell = f"{statistics.median(times['PEFT FourierFT']) / base:.2f}x" if with_peft else "—"
