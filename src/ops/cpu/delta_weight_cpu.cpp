@@ -43,7 +43,8 @@ at::Tensor delta_weight_cpu(const at::Tensor& spectrum, const at::Tensor& indice
   // Doubled Hermitian part of the real sparse F: c at (u, v) and c at (-u, -v), each kept where its
   // column lies in the half spectrum. irfft2 of it is 2 Re(ifft2(F)); the transform is unnormalised, so the
   // coefficients carry 0.5 * scaling / (d1 d2).
-  auto spec = at::empty({out_features, half}, coeff.options().dtype(c10::toComplexType(work)));
+  const int64_t stride = padded_bins(half, work == at::kDouble);  // rows of `half` values, `stride` apart
+  auto spec = at::empty({out_features, stride}, coeff.options().dtype(c10::toComplexType(work)));
   auto dw = at::empty({out_features, in_features}, coeff.options());
   const double factor = 0.5 * scaling / (static_cast<double>(out_features) * in_features);
   AT_DISPATCH_FLOATING_TYPES(work, "fourierft_delta_weight", [&] {
@@ -54,17 +55,17 @@ at::Tensor delta_weight_cpu(const at::Tensor& spectrum, const at::Tensor& indice
     // the cost at large n: split across threads, each band's writes stay local to the thread that zeroed it).
     const int64_t grain = std::max<int64_t>(1, (1 << 16) / half);
     at::parallel_for(0, out_features, grain, [&](int64_t r0, int64_t r1) {
-      std::fill(h + r0 * half, h + r1 * half, complex_t(0));
+      std::fill(h + r0 * stride, h + r1 * stride, complex_t(0));
       for (int64_t k = 0; k < n; ++k) {
         const int64_t uk = u[k], vk = v[k];
         const auto value = static_cast<scalar_t>(factor * c[k]);
-        if (uk >= r0 && uk < r1 && vk < half) h[uk * half + vk] += value;
+        if (uk >= r0 && uk < r1 && vk < half) h[uk * stride + vk] += value;
         const int64_t mu = uk == 0 ? 0 : out_features - uk;  // (-u) mod d1, without a division
         const int64_t mv = vk == 0 ? 0 : in_features - vk;
-        if (mu >= r0 && mu < r1 && mv < half) h[mu * half + mv] += value;
+        if (mu >= r0 && mu < r1 && mv < half) h[mu * stride + mv] += value;
       }
     });
-    irfft2_dense(h, dw.data_ptr<scalar_t>(), out_features, in_features, std::is_same_v<scalar_t, double>);
+    irfft2_dense(h, dw.data_ptr<scalar_t>(), out_features, in_features, std::is_same_v<scalar_t, double>, stride);
   });
   return dw.to(spectrum.scalar_type());
 }
@@ -83,8 +84,9 @@ at::Tensor delta_weight_backward_cpu(const at::Tensor& grad, const at::Tensor& s
   const int64_t n = spectrum.size(0);
   const auto work = compute_dtype(grad.scalar_type(), spectrum.scalar_type());
   const auto g = grad.to(work).contiguous();
-  auto g_spec = at::empty({out_features, in_features / 2 + 1}, g.options().dtype(c10::toComplexType(work)));
-  rfft2_dense(g.const_data_ptr(), g_spec.data_ptr(), out_features, in_features, work == at::kDouble);
+  const int64_t stride = padded_bins(in_features / 2 + 1, work == at::kDouble);
+  auto g_spec = at::empty({out_features, stride}, g.options().dtype(c10::toComplexType(work)));
+  rfft2_dense(g.const_data_ptr(), g_spec.data_ptr(), out_features, in_features, work == at::kDouble, stride);
   const auto idx = indices.contiguous();
   const int64_t* u = idx.const_data_ptr<int64_t>();
   const int64_t* v = u + n;
@@ -100,7 +102,7 @@ at::Tensor delta_weight_backward_cpu(const at::Tensor& grad, const at::Tensor& s
         row = (out_features - row) % out_features;
         col = in_features - col;
       }
-      o[k] = static_cast<scalar_t>(norm * r[row * half + col].real());
+      o[k] = static_cast<scalar_t>(norm * r[row * stride + col].real());
     }
   });
   return out.to(spectrum.scalar_type());

@@ -62,15 +62,15 @@ struct Plan {
   }
 };
 
-// One committed descriptor per (double, forward, length, rows), single-threaded: the callers run
-// one block per thread.
-Plan& plan_for(bool is_double, bool forward, int64_t len, int64_t rows) {
-  thread_local std::map<std::tuple<bool, bool, int64_t, int64_t>, std::unique_ptr<Plan>> cache;
-  const auto key = std::make_tuple(is_double, forward, len, rows);
+// One committed descriptor per (double, forward, length, rows, spectrum row distance), single-threaded: the
+// callers run one block per thread.
+Plan& plan_for(bool is_double, bool forward, int64_t len, int64_t rows, int64_t stride) {
+  thread_local std::map<std::tuple<bool, bool, int64_t, int64_t, int64_t>, std::unique_ptr<Plan>> cache;
+  const auto key = std::make_tuple(is_double, forward, len, rows, stride);
   if (auto it = cache.find(key); it != cache.end()) return *it->second;
   if (cache.size() >= 64) cache.clear();  // many shapes on this thread: start over rather than grow unbounded
   auto plan = std::make_unique<Plan>();
-  const long half = static_cast<long>(len / 2 + 1);
+  const long half = static_cast<long>(stride);
   check(is_double ? DftiCreateDescriptor_d_1d(&plan->handle, kReal, static_cast<long>(len))
                   : DftiCreateDescriptor_s_1d(&plan->handle, kReal, static_cast<long>(len)),
         "descriptor creation", len, rows);
@@ -93,16 +93,16 @@ Plan& plan_for(bool is_double, bool forward, int64_t len, int64_t rows) {
   return *stored;
 }
 
-// One committed 2-D real descriptor per (double, forward, d1, d2, threads) and thread: unnormalised, out of
+// One committed 2-D real descriptor per (double, forward, d1, d2, threads, complex row distance) and thread: unnormalised, out of
 // place, row-major [d1, d2] real <-> [d1, d2/2+1] complex; MKL runs it on up to `threads` threads.
-Plan& plan_2d_for(bool is_double, bool forward, int64_t d1, int64_t d2, int64_t threads) {
-  thread_local std::map<std::tuple<bool, bool, int64_t, int64_t, int64_t>, std::unique_ptr<Plan>> cache;
-  const auto key = std::make_tuple(is_double, forward, d1, d2, threads);
+Plan& plan_2d_for(bool is_double, bool forward, int64_t d1, int64_t d2, int64_t threads, int64_t stride) {
+  thread_local std::map<std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t>, std::unique_ptr<Plan>> cache;
+  const auto key = std::make_tuple(is_double, forward, d1, d2, threads, stride);
   if (auto it = cache.find(key); it != cache.end()) return *it->second;
   if (cache.size() >= 16) cache.clear();
   auto plan = std::make_unique<Plan>();
   long lengths[2] = {static_cast<long>(d1), static_cast<long>(d2)};
-  const long half = static_cast<long>(d2 / 2 + 1);
+  const long half = static_cast<long>(stride);
   long real_strides[3] = {0, static_cast<long>(d2), 1};
   long complex_strides[3] = {0, half, 1};
   check(is_double ? DftiCreateDescriptor_d_md(&plan->handle, kReal, 2L, lengths)
@@ -129,31 +129,41 @@ namespace {
 at::Tensor real_view(const void* data, int64_t rows, int64_t len, bool is_double) {
   return at::from_blob(const_cast<void*>(data), {rows, len}, at::TensorOptions().dtype(is_double ? at::kDouble : at::kFloat));
 }
-at::Tensor half_spectrum_view(const void* data, int64_t rows, int64_t len, bool is_double) {
-  return at::from_blob(const_cast<void*>(data), {rows, len / 2 + 1},
+at::Tensor half_spectrum_view(const void* data, int64_t rows, int64_t len, bool is_double, int64_t stride = -1) {
+  return at::from_blob(const_cast<void*>(data), {rows, len / 2 + 1}, {stride < 0 ? len / 2 + 1 : stride, 1},
                        at::TensorOptions().dtype(is_double ? at::kComplexDouble : at::kComplexFloat));
 }
 constexpr int64_t kUnnormalised = 0, kByN = 2;  // ATen's fft_norm_mode values
 }  // namespace
 
-void rfft2_dense(const void* in, void* out, int64_t d1, int64_t d2, bool is_double) {
+void rfft2_dense(const void* in, void* out, int64_t d1, int64_t d2, bool is_double, int64_t out_stride) {
+  const int64_t stride = out_stride < 0 ? d2 / 2 + 1 : out_stride;
   if (!fft_rows_use_cached_plans()) {
-    auto output = half_spectrum_view(out, d1, d2, is_double);
-    at::_fft_r2c_out(output, real_view(in, d1, d2, is_double), {0, 1}, kUnnormalised, /*onesided=*/true);
+    half_spectrum_view(out, d1, d2, is_double, stride)
+        .copy_(at::_fft_r2c(real_view(in, d1, d2, is_double), {0, 1}, kUnnormalised, /*onesided=*/true));
     return;
   }
-  auto& plan = plan_2d_for(is_double, /*forward=*/true, d1, d2, at::get_num_threads());
+  auto& plan = plan_2d_for(is_double, /*forward=*/true, d1, d2, at::get_num_threads(), stride);
   check(DftiComputeForward(plan.handle, const_cast<void*>(in), out), "2-D forward transform", d2, d1);
 }
 
-void irfft2_dense(void* in, void* out, int64_t d1, int64_t d2, bool is_double) {
+void irfft2_dense(void* in, void* out, int64_t d1, int64_t d2, bool is_double, int64_t in_stride) {
+  const int64_t stride = in_stride < 0 ? d2 / 2 + 1 : in_stride;
   if (!fft_rows_use_cached_plans()) {
     auto output = real_view(out, d1, d2, is_double);
-    at::_fft_c2r_out(output, half_spectrum_view(in, d1, d2, is_double), {0, 1}, kUnnormalised, d2);
+    at::_fft_c2r_out(output, half_spectrum_view(in, d1, d2, is_double, stride).contiguous(), {0, 1}, kUnnormalised,
+                     d2);
     return;
   }
-  auto& plan = plan_2d_for(is_double, /*forward=*/false, d1, d2, at::get_num_threads());
+  auto& plan = plan_2d_for(is_double, /*forward=*/false, d1, d2, at::get_num_threads(), stride);
   check(DftiComputeBackward(plan.handle, in, out), "2-D inverse transform", d2, d1);
+}
+
+int64_t padded_bins(int64_t bins, bool is_double) {
+  const int64_t bytes = is_double ? 16 : 8, per_line = 64 / bytes;
+  int64_t stride = (bins + per_line - 1) / per_line * per_line;
+  if ((stride * bytes) % 4096 == 0) stride += per_line;
+  return stride;
 }
 
 bool fft_rows_use_cached_plans() {
@@ -161,23 +171,29 @@ bool fft_rows_use_cached_plans() {
   return available;
 }
 
-void rfft_rows(const void* in, void* out, int64_t len, int64_t rows, bool is_double) {
+void rfft_rows(const void* in, void* out, int64_t len, int64_t rows, bool is_double, int64_t out_stride) {
+  const int64_t half = len / 2 + 1, stride = out_stride < 0 ? half : out_stride;
   if (!fft_rows_use_cached_plans()) {
-    auto output = half_spectrum_view(out, rows, len, is_double);
-    at::_fft_r2c_out(output, real_view(in, rows, len, is_double), {1}, kUnnormalised, /*onesided=*/true);
+    auto output = half_spectrum_view(out, rows, len, is_double, stride);
+    if (stride == half) {
+      at::_fft_r2c_out(output, real_view(in, rows, len, is_double), {1}, kUnnormalised, /*onesided=*/true);
+    } else {
+      output.copy_(at::_fft_r2c(real_view(in, rows, len, is_double), {1}, kUnnormalised, /*onesided=*/true));
+    }
     return;
   }
-  auto& plan = plan_for(is_double, /*forward=*/true, len, rows);
+  auto& plan = plan_for(is_double, /*forward=*/true, len, rows, stride);
   check(DftiComputeForward(plan.handle, const_cast<void*>(in), out), "forward transform", len, rows);
 }
 
-void irfft_rows(void* in, void* out, int64_t len, int64_t rows, bool is_double) {
+void irfft_rows(void* in, void* out, int64_t len, int64_t rows, bool is_double, int64_t in_stride) {
+  const int64_t half = len / 2 + 1, stride = in_stride < 0 ? half : in_stride;
   if (!fft_rows_use_cached_plans()) {
     auto output = real_view(out, rows, len, is_double);
-    at::_fft_c2r_out(output, half_spectrum_view(in, rows, len, is_double), {1}, kByN, len);
+    at::_fft_c2r_out(output, half_spectrum_view(in, rows, len, is_double, stride).contiguous(), {1}, kByN, len);
     return;
   }
-  auto& plan = plan_for(is_double, /*forward=*/false, len, rows);
+  auto& plan = plan_for(is_double, /*forward=*/false, len, rows, stride);
   check(DftiComputeBackward(plan.handle, in, out), "inverse transform", len, rows);
 }
 

@@ -310,13 +310,18 @@ void transpose_complex(const real_t* src, int64_t src_stride, int64_t rows, int6
   transpose_words(in, src_stride, rows, cols, out, dst_stride);
 }
 
+template <typename real_t>
+int64_t staging_stride(int64_t bins) {
+  return padded_bins(bins, std::is_same_v<real_t, double>);
+}
+
 // Per-thread scratch of the blocked pipeline: the bin-major half spectra of the block's input and output
 // rows, and the row-major half spectra the transforms write and read. Plain buffers, no tensors: workers
 // must not touch at::Tensor objects that another thread frees.
 template <typename real_t>
 struct Scratch {
   Scratch(int64_t in_bins, int64_t out_bins, int64_t staging_bins, int64_t block)
-      : in(2 * in_bins * block), out(2 * out_bins * block), rows(2 * staging_bins * block) {}
+      : in(2 * in_bins * block), out(2 * out_bins * block), rows(2 * staging_stride<real_t>(staging_bins) * block) {}
   std::vector<real_t> in, out, rows;
 };
 
@@ -325,9 +330,9 @@ struct Scratch {
 template <typename real_t>
 void rfft_block(const real_t* real2d, int64_t m, int64_t r0, int64_t len, int64_t block, real_t* staging,
                 real_t* spec) {
-  const int64_t bins = m / 2 + 1;
-  rfft_rows(real2d + r0 * m, staging, m, len, std::is_same_v<real_t, double>);
-  transpose_complex(staging, bins, len, bins, spec, block);
+  const int64_t bins = m / 2 + 1, stride = staging_stride<real_t>(bins);
+  rfft_rows(real2d + r0 * m, staging, m, len, std::is_same_v<real_t, double>, stride);
+  transpose_complex(staging, stride, len, bins, spec, block);
 }
 
 // The scatter of one block already in s.in (bin-major), then the inverse transform into rows
@@ -346,9 +351,10 @@ void scatter_and_invert(const ScatterPlan<real_t>& plan, Scratch<real_t>& s, int
   };
   clear_imag(0);
   if (out_len % 2 == 0) clear_imag(out_len / 2);
-  transpose_complex(s.out.data(), block, out_bins, len, s.rows.data(), out_bins);
+  const int64_t stride = staging_stride<real_t>(out_bins);
+  transpose_complex(s.out.data(), block, out_bins, len, s.rows.data(), stride);
   real_t* out = dst + r0 * out_len;
-  irfft_rows(s.rows.data(), out, out_len, len, std::is_same_v<real_t, double>);
+  irfft_rows(s.rows.data(), out, out_len, len, std::is_same_v<real_t, double>, stride);
   if (bias != nullptr) {  // epilogue while the rows are in cache: + bias
     for (int64_t t = 0; t < len; ++t) {
       real_t* __restrict row = out + t * out_len;
@@ -519,16 +525,21 @@ std::pair<at::Tensor, at::Tensor> half_spectra(const at::Tensor& rows2d) {
     const scalar_t* in = rows2d.const_data_ptr<scalar_t>();
     scalar_t* pr = re.data_ptr<scalar_t>();
     scalar_t* pi = im.data_ptr<scalar_t>();
+    const int64_t stride = staging_stride<scalar_t>(bins);
     const auto make = [&]() -> std::vector<scalar_t>& {
-      return thread_scratch<std::vector<scalar_t>>(static_cast<size_t>(2 * bins * block));
+      return thread_scratch<std::vector<scalar_t>>(static_cast<size_t>(2 * stride * block));
     };
     for_each_block(rows, block, chunk_count(rows, block), make,
                    [&](int64_t, std::vector<scalar_t>& staging, int64_t r0, int64_t n_rows) {
-                     rfft_rows(in + r0 * len, staging.data(), len, n_rows, std::is_same_v<scalar_t, double>);
-                     const scalar_t* z = staging.data();
-                     for (int64_t q = 0; q < n_rows * bins; ++q) {
-                       pr[r0 * bins + q] = z[2 * q];
-                       pi[r0 * bins + q] = z[2 * q + 1];
+                     rfft_rows(in + r0 * len, staging.data(), len, n_rows, std::is_same_v<scalar_t, double>, stride);
+                     for (int64_t t = 0; t < n_rows; ++t) {
+                       const scalar_t* z = staging.data() + 2 * t * stride;
+                       scalar_t* __restrict r = pr + (r0 + t) * bins;
+                       scalar_t* __restrict i = pi + (r0 + t) * bins;
+                       for (int64_t q = 0; q < bins; ++q) {
+                         r[q] = z[2 * q];
+                         i[q] = z[2 * q + 1];
+                       }
                      }
                    });
   });
@@ -545,17 +556,23 @@ at::Tensor irfft_of_parts(const at::Tensor& re, const at::Tensor& im, int64_t ou
     const scalar_t* pr = re.const_data_ptr<scalar_t>();
     const scalar_t* pi = im.const_data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
+    const int64_t stride = staging_stride<scalar_t>(bins);
     const auto make = [&]() -> std::vector<scalar_t>& {
-      return thread_scratch<std::vector<scalar_t>>(static_cast<size_t>(2 * bins * block));
+      return thread_scratch<std::vector<scalar_t>>(static_cast<size_t>(2 * stride * block));
     };
     for_each_block(rows, block, chunk_count(rows, block), make,
                    [&](int64_t, std::vector<scalar_t>& staging, int64_t r0, int64_t n_rows) {
-                     scalar_t* z = staging.data();
-                     for (int64_t q = 0; q < n_rows * bins; ++q) {
-                       z[2 * q] = pr[r0 * bins + q];
-                       z[2 * q + 1] = pi[r0 * bins + q];
+                     for (int64_t t = 0; t < n_rows; ++t) {
+                       scalar_t* __restrict z = staging.data() + 2 * t * stride;
+                       const scalar_t* r = pr + (r0 + t) * bins;
+                       const scalar_t* i = pi + (r0 + t) * bins;
+                       for (int64_t q = 0; q < bins; ++q) {
+                         z[2 * q] = r[q];
+                         z[2 * q + 1] = i[q];
+                       }
                      }
-                     irfft_rows(z, o + r0 * out_len, out_len, n_rows, std::is_same_v<scalar_t, double>);
+                     irfft_rows(staging.data(), o + r0 * out_len, out_len, n_rows, std::is_same_v<scalar_t, double>,
+                                stride);
                    });
   });
   return out;
