@@ -18,6 +18,7 @@ import os
 import pathlib
 import platform
 import random
+import resource
 import statistics
 import sys
 import time
@@ -58,14 +59,27 @@ def trainable(layer):
     return [p for p in layer.parameters() if p.requires_grad]
 
 
-def time_step(layer, x, grad_out):
+def time_step(layer, x, grad_out, faults=None):
+    """Seconds for one forward + backward; appends the step's minor page faults to `faults` if given."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
     layer(x).backward(grad_out)
     elapsed = time.perf_counter() - start
+    if faults is not None:
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     x.grad = None
     for p in trainable(layer):
         p.grad = None
     return elapsed
+
+
+# glibc's malloc hands blocks above a moving threshold (128 KiB, raised as such blocks are freed) to mmap and
+# trims freed memory at the heap's top: then a step that frees and reallocates a few MiB page-faults them back in.
+# Measured with the default settings (width 1024, 2048 tokens): LoRA r=8 took 5000-7000 minor faults per step in
+# one process and none in another, its step 1.44x or 1.25x the frozen layer's; ours none. Fixed thresholds keep
+# freed memory in the heap (the steady state a long training loop reaches), so every variant is timed without
+# that lottery. --default-malloc times glibc as it comes.
+PINNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(32 << 20), "MALLOC_TRIM_THRESHOLD_": str(4 << 30)}
 
 
 def saved_bytes(layer, x):
@@ -94,6 +108,7 @@ def measure(in_features, out_features, n, tokens, reps, seconds, with_peft=True)
     x = torch.randn(tokens, in_features, requires_grad=True)
     grad_out = torch.randn(tokens, out_features)
     times = {name: [] for name in variants}
+    faults = {name: [] for name in variants}
     for name, layer in variants.items():  # warm-up
         time_step(layer, x, grad_out)
     # PEFT FourierFT runs in its own pass: its dense out x in complex temporaries evict the caches and return
@@ -105,13 +120,13 @@ def measure(in_features, out_features, n, tokens, reps, seconds, with_peft=True)
     while rounds < reps or (time.perf_counter() - start < seconds and rounds < 500):
         shift = rounds % len(interleaved)
         for name, layer in interleaved[shift:] + interleaved[:shift]:
-            times[name].append(time_step(layer, x, grad_out))
+            times[name].append(time_step(layer, x, grad_out, faults[name]))
         rounds += 1
     if "PEFT FourierFT" in variants:
         for _ in range(reps):
             times["PEFT FourierFT"].append(time_step(variants["PEFT FourierFT"], x, grad_out))
     memory = {name: saved_bytes(layer, x) for name, layer in variants.items()}
-    return times, memory
+    return times, memory, faults
 
 
 def paired_ratios(numerator, denominator):
@@ -154,7 +169,12 @@ def main():
     parser.add_argument("--seconds", type=float, default=10.0,
                         help="more rounds until this long has passed per configuration (at most 500 rounds)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks-layer.md"))
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="time with glibc malloc's default (moving) thresholds instead of pinned ones")
     args = parser.parse_args()
+    if not args.default_malloc and any(os.environ.get(k) != v for k, v in PINNED_MALLOC.items()):
+        # The thresholds are read when the process starts: run again with them set.
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **PINNED_MALLOC})
 
     if args.quick:
         configs = [(768, 1000, 2048), (4096, 1000, 128)]
@@ -167,13 +187,14 @@ def main():
                    (384, 100, 4096), (1024, 100, 1024), (4096, 100, 512),
                    (384, 14746, 4096), (1024, 104858, 1024), (2048, 419430, 256)]
     header = ("| width | n | tokens | rounds | frozen base (ms) | LoRA r=8 | PEFT FourierFT | fourierft | "
-              "fourierft / LoRA [95% interval] | | added memory: LoRA / PEFT FourierFT / fourierft (MiB) |")
-    rows = [header, "|" + "---|" * 11]
+              "fourierft / LoRA [95% interval] | | page faults per step: LoRA / fourierft | "
+              "added memory: LoRA / PEFT FourierFT / fourierft (MiB) |")
+    rows = [header, "|" + "---|" * 12]
     print(header, flush=True)
     verdicts = {"below": 0, "tie": 0, "above": 0}
     for width, n, tokens in configs:
         with_peft = width <= 4096  # PEFT's dense complex spectrum at 8192^2 is 512 MiB per step
-        times, memory = measure(width, width, n, tokens, args.reps, args.seconds, with_peft)
+        times, memory, faults = measure(width, width, n, tokens, args.reps, args.seconds, with_peft)
         base = statistics.median(times["frozen base"])
         lora = statistics.median(paired_ratios(times["LoRA r=8"], times["frozen base"]))
         ours = statistics.median(paired_ratios(times["fourierft"], times["frozen base"]))
@@ -185,6 +206,7 @@ def main():
         peft_mem = f"{memory['PEFT FourierFT'] / 2**20:.1f}" if with_peft else "—"
         row = (f"| {width} | {n} | {tokens} | {len(times['frozen base'])} | {base * 1e3:.2f} | {lora:.3f}x | "
                f"{peft_cell} | {ours:.3f}x | {ratio:.3f} [{low:.3f}, {high:.3f}] | {verdict} | "
+               f"{statistics.median(faults['LoRA r=8']):.0f} / {statistics.median(faults['fourierft']):.0f} | "
                f"{memory['LoRA r=8'] / 2**20:.1f} / {peft_mem} / {memory['fourierft'] / 2**20:.1f} |")
         rows.append(row)
         print(row, flush=True)
@@ -200,7 +222,12 @@ def main():
 
     if args.quick:
         return
-    command = "  .venv/bin/python benchmarks/bench_layer.py"
+    command = "  .venv/bin/python benchmarks/bench_layer.py" + (" --default-malloc" if args.default_malloc else "")
+    malloc_note = ("glibc malloc with its default thresholds" if args.default_malloc else
+                   "glibc malloc with fixed thresholds (" + ", ".join(f"{k}={v}" for k, v in PINNED_MALLOC.items()) +
+                   ": freed memory stays in the heap, the steady state of a long training loop; with the moving "
+                   "default, a layer's step could page-fault its temporaries back in every time in one process and "
+                   "never in another — `--default-malloc` times that)")
     text = f"""# Benchmarks
 
 All numbers below come from one run of
@@ -224,6 +251,7 @@ and "fourierft / LoRA" are medians over rounds of the two steps' ratio within a 
 cancels); the interval is a 95% bootstrap interval of that median: "below" / "above" when it excludes 1, "tie"
 when the two are not told apart by this run. PEFT FourierFT is timed in its own pass after the rounds (its dense
 temporaries slowed whichever layer ran next): the median of that pass over the frozen layer's median.
+Memory allocation: {malloc_note}. "Page faults per step": median minor faults of one step.
 Added memory: tensors kept for backward beyond the layer's parameters (the input included) plus trainable
 parameters with gradient and two AdamW moments.
 {summary}.

@@ -65,6 +65,18 @@ constexpr double kCorrelateNsPerCoefficient = 0.2;
 // 1.19 and 2.65.
 constexpr double kFingerprintNsPerPoint = 0.35;
 constexpr double kInferencePipelineShare = 0.75;
+// Inside a training step (after the base GEMMs, the padded half spectra of fft_rows.h), the pipeline's forward
+// costs 0.40-0.60 of pipeline_ns (measured at widths 384-2048, 512-4096 tokens, n = 1000, forward timed alone
+// in rounds with the frozen layer's), while the merged route's extra cost is ~1.0-1.3x its estimate at 2048+
+// tokens (0.6x at fewer, where the pipeline wins anyway). The forward (and a backward's grad_x alone: the same
+// transforms and scatter) compares merged against 0.55 of pipeline_ns: merged from ~2.5 tokens per feature
+// (768 x 2048, 1536 x 4096: merged; 1024 x 2048, 2048 x 2048: pipeline; all as measured). Beside a correlation
+// that transforms g's and x's rows anyway, grad_x by the pipeline adds 0.23-0.27 of pipeline_ns warm, ~0.3 in
+// a step: merged from ~4 tokens per feature (768 x 2048: pipeline, 1.261x vs 1.290x the frozen layer; 384 x 4096,
+// 512 x 4096, 256 x 8192: merged, 1.317x vs 1.408x, 1.260x vs 1.294x, 1.418x vs 1.570x; 1024 x 4096 tied). With
+// the shares 1.0 and 0.5 the forward merged from 1.4 tokens per feature and grad_x from 2.9.
+constexpr double kForwardPipelineShare = 0.55;
+constexpr double kGradXBesideCorrelationShare = 0.3;
 
 double pipeline_ns(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency) {
   const double d1 = static_cast<double>(out_features), d2 = static_cast<double>(in_features);
@@ -93,7 +105,7 @@ double folded_gemm_ns(int64_t tokens, int64_t d1, int64_t d2) {
 }  // namespace
 
 LinearRoute linear_route(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency,
-                         double pipeline_share) {
+                         RoutePass pass) {
   switch (forced_linear_path.load(std::memory_order_relaxed)) {
     case LinearPath::Spectral: return LinearRoute::Pipeline;
     case LinearPath::Merged: return LinearRoute::Merged;
@@ -102,6 +114,8 @@ LinearRoute linear_route(int64_t tokens, int64_t out_features, int64_t in_featur
   }
   const double d1 = static_cast<double>(out_features), d2 = static_cast<double>(in_features);
   const double points = d1 * d2, n = static_cast<double>(n_frequency);
+  const double pipeline_share =
+      pass == RoutePass::GradXBesideCorrelation ? kGradXBesideCorrelationShare : kForwardPipelineShare;
   const double pipeline = pipeline_share * pipeline_ns(tokens, out_features, in_features, n_frequency);
   const double merged = kMergeNsPerPointLog * points * std::log2(points + 1) + kMergeNsPerCoefficient * n;
   const double folded =

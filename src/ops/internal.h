@@ -78,11 +78,12 @@ bool generic_kernels_on_cpu();
 ///   Folded:   the coefficients folded onto two real half-spectrum matrices, two GEMMs of tokens x h1 x h2
 ///             between row FFTs (spectral_linear_cpu.cpp), the base GEMM accumulating.
 enum class LinearRoute { Pipeline, Merged, Folded };
-/// The cheapest route by the cost model, or the one set_linear_path forces (Spectral: Pipeline). `pipeline_share`:
-/// the part of the pipeline another route saves (1 in the forward; about half in a backward that transforms g
-/// and x for grad_c by correlation anyway).
+/// Which product the route computes: the forward's x delta_W^T, the backward's g delta_W alone, or g delta_W
+/// beside a correlation for grad_c (which transforms g's rows anyway, so the pipeline costs less extra).
+enum class RoutePass { Forward, GradX, GradXBesideCorrelation };
+/// The cheapest route by the cost model, or the one set_linear_path forces (Spectral: Pipeline).
 LinearRoute linear_route(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency,
-                         double pipeline_share = 1.0);
+                         RoutePass pass);
 /// fourierft::linear's backward: the spectrum gradient by the folded route's two GEMMs (A = Re G^T Re X,
 /// B = Im G^T Im X) instead of correlating the rows' spectra (tokens x n products): large n against the layer's
 /// size. Spectral forces the correlation, Merged and Folded the GEMMs. (spectral_linear always correlates.)

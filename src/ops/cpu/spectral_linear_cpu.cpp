@@ -754,7 +754,7 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   out_shape.back() = out_features;
   if (rows == 0) return at::linear(x, weight, bias);
   const int64_t n = spectrum.size(0);
-  const auto route = linear_route(rows, out_features, in_features, n);
+  const auto route = linear_route(rows, out_features, in_features, n, RoutePass::Forward);
   if (route == LinearRoute::Merged) {
     return at::linear(x2d, merged_weight(weight, spectrum, indices, out_features, in_features, scaling), bias)
         .view(out_shape);
@@ -827,8 +827,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
   // x (then grad_x by another route saves only about half of that pass).
   const bool folded_grad_c = need_grad_spectrum && linear_grad_spectrum_is_folded(rows, out_features, in_features, n);
   const bool correlate = need_grad_spectrum && !folded_grad_c;
-  const auto route = need_grad_x ? linear_route(rows, out_features, in_features, n, correlate ? 0.5 : 1.0)
-                                 : LinearRoute::Pipeline;
+  const auto route =
+      need_grad_x ? linear_route(rows, out_features, in_features, n,
+                                 correlate ? RoutePass::GradXBesideCorrelation : RoutePass::GradX)
+                  : LinearRoute::Pipeline;
   std::pair<at::Tensor, at::Tensor> g_spec;
   if (folded_grad_c || (need_grad_x && route == LinearRoute::Folded)) g_spec = half_spectra(g2d);
   if (folded_grad_c) {
