@@ -24,11 +24,14 @@ std::string case_name(const Case& c) {
          std::to_string(c.n_frequency);
 }
 
-// Odd, even, prime, rectangular shapes; n from 1 to out*in.
+// Odd, even, prime, rectangular shapes; n from 1 to out*in. 1022 x 1024: half spectra of 512 and 513 values per
+// row, which the transforms' buffers pad to 520 (float) / 516 and 516 (double): 512 values are exactly 4 KiB
+// (float) or 8 KiB (double) and take the extra cache line (fft_rows.h, padded_bins).
 const std::vector<Case> kCases = {
     {1, 1, 1},        {7, 13, 1},       {7, 13, 40},      {7, 13, 91},     {13, 7, 91},
     {64, 48, 1},      {64, 48, 1000},   {64, 48, 3072},   {2, 9, 18},      {31, 17, 200},
     {768, 768, 1000}, {3072, 768, 3000}, {768, 3072, 500}, {6, 8, 48},     {97, 101, 5000},
+    {1022, 1024, 1000},
 };
 
 class SpectralVsDense : public ::testing::TestWithParam<Case> {};
