@@ -93,8 +93,9 @@ Plan& plan_for(bool is_double, bool forward, int64_t len, int64_t rows, int64_t 
   return *stored;
 }
 
-// One committed 2-D real descriptor per (double, forward, d1, d2, threads, complex row distance) and thread: unnormalised, out of
-// place, row-major [d1, d2] real <-> [d1, d2/2+1] complex; MKL runs it on up to `threads` threads.
+// One committed 2-D real descriptor per (double, forward, d1, d2, threads, complex row distance) and thread:
+// unnormalised, out of place, row-major [d1, d2] real <-> [d1, d2/2+1] complex (rows `stride` apart); MKL runs it
+// on up to `threads` threads.
 Plan& plan_2d_for(bool is_double, bool forward, int64_t d1, int64_t d2, int64_t threads, int64_t stride) {
   thread_local std::map<std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t>, std::unique_ptr<Plan>> cache;
   const auto key = std::make_tuple(is_double, forward, d1, d2, threads, stride);

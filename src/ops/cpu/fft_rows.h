@@ -16,23 +16,22 @@ namespace fourierft::detail {
 
 /// out[r] = rfft(in[r]) (unnormalised) for `rows` contiguous real rows of length `len` (float, or double
 /// when `is_double`) into `rows` contiguous complex rows of len/2+1. Raw pointers: these run on worker
-/// threads, which must not touch the caller's tensors.
-/// `out_stride`: distance between output rows in complex values (at least len/2+1; -1: len/2+1).
+/// threads, which must not touch the caller's tensors. `out_stride`: distance between output rows in complex
+/// values (at least len/2+1; -1: len/2+1, contiguous).
 void rfft_rows(const void* in, void* out, int64_t len, int64_t rows, bool is_double, int64_t out_stride = -1);
 
 /// out[r] = irfft(in[r], len) (normalised by 1/len, as torch.fft.irfft) for `rows` contiguous complex rows
-/// of len/2+1 into `rows` contiguous real rows of length `len`. `in` may be overwritten.
-/// `in_stride`: distance between input rows in complex values (at least len/2+1; -1: len/2+1).
+/// of len/2+1 into `rows` contiguous real rows of length `len`. `in` may be overwritten. `in_stride`: distance
+/// between input rows in complex values (at least len/2+1; -1: len/2+1, contiguous).
 void irfft_rows(void* in, void* out, int64_t len, int64_t rows, bool is_double, int64_t in_stride = -1);
 
-/// out = rfft2(in) (unnormalised) of one contiguous real [d1, d2] matrix into a contiguous complex
-/// [d1, d2/2+1] one, on up to at::get_num_threads() threads (the caller's thread, not a worker's).
-/// `out_stride`: distance between the output's rows in complex values (-1: d2/2+1).
+/// out = rfft2(in) (unnormalised) of one contiguous real [d1, d2] matrix into a complex [d1, d2/2+1] one, on up
+/// to at::get_num_threads() threads (the caller's thread, not a worker's). `out_stride`: distance between the
+/// output's rows in complex values (-1: d2/2+1, contiguous).
 void rfft2_dense(const void* in, void* out, int64_t d1, int64_t d2, bool is_double, int64_t out_stride = -1);
 
-/// out = irfft2(in, (d1, d2)) UNnormalised (no 1/(d1 d2)): contiguous complex [d1, d2/2+1] into real [d1, d2].
-/// `in` is overwritten.
-/// `in_stride`: distance between the input's rows in complex values (-1: d2/2+1).
+/// out = irfft2(in, (d1, d2)) UNnormalised (no 1/(d1 d2)): complex [d1, d2/2+1] into contiguous real [d1, d2].
+/// `in` is overwritten. `in_stride`: distance between the input's rows in complex values (-1: d2/2+1).
 void irfft2_dense(void* in, void* out, int64_t d1, int64_t d2, bool is_double, int64_t in_stride = -1);
 
 /// Row distance, in complex values, for a row-major half spectrum of `bins` values per row that FFTs read or

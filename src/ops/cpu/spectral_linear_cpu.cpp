@@ -310,18 +310,21 @@ void transpose_complex(const real_t* src, int64_t src_stride, int64_t rows, int6
   transpose_words(in, src_stride, rows, cols, out, dst_stride);
 }
 
+// Row distance of the row-major staging (fft_rows.h: padded_bins, against 4 KiB aliasing).
 template <typename real_t>
 int64_t staging_stride(int64_t bins) {
   return padded_bins(bins, std::is_same_v<real_t, double>);
 }
 
 // Per-thread scratch of the blocked pipeline: the bin-major half spectra of the block's input and output
-// rows, and the row-major half spectra the transforms write and read. Plain buffers, no tensors: workers
-// must not touch at::Tensor objects that another thread frees.
+// rows, and the row-major half spectra the transforms write and read (rows staging_stride apart). Plain
+// buffers, no tensors: workers must not touch at::Tensor objects that another thread frees.
 template <typename real_t>
 struct Scratch {
   Scratch(int64_t in_bins, int64_t out_bins, int64_t staging_bins, int64_t block)
-      : in(2 * in_bins * block), out(2 * out_bins * block), rows(2 * staging_stride<real_t>(staging_bins) * block) {}
+      : in(2 * in_bins * block),
+        out(2 * out_bins * block),
+        rows(2 * staging_stride<real_t>(staging_bins) * block) {}
   std::vector<real_t> in, out, rows;
 };
 
