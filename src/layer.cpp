@@ -318,9 +318,10 @@ ForwardPath FourierFTLayer::resolve_path(const std::string& name, int64_t tokens
   const auto& spectrum = spectra().at(name);
   const bool frozen = !(torch::GradMode::is_enabled() && spectrum.requires_grad());
   const bool cached = frozen && delta_cache_.find(name, spectrum, state.scaling).defined();
-  return spectral_path_is_cheaper(tokens, out_features_, in_features_, state.n_frequency, cached)
-             ? ForwardPath::Spectral
-             : ForwardPath::Dense;
+  // The adapter runs in the spectrum's dtype on its device (PEFT's composition), as the cost model is told.
+  const LayerCall call{spectrum.device().type(), spectrum.scalar_type(), tokens, out_features_, in_features_,
+                       state.n_frequency, !frozen};
+  return adapter_path(call, cached) == LinearPath::Spectral ? ForwardPath::Spectral : ForwardPath::Dense;
 }
 
 torch::Tensor FourierFTLayer::dense_delta(const std::string& name, const AdapterState& state) {
@@ -475,11 +476,28 @@ const std::string* FourierFTLayer::fused_adapter(const torch::Tensor& x) const {
   if (found == nullptr) return nullptr;
   const auto& spectrum = spectra().at(*found);
   const auto& weight = base_weight();
-  const bool real = x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble;
-  return real && x.scalar_type() == spectrum.scalar_type() && x.scalar_type() == weight.scalar_type() &&
-                 x.device() == spectrum.device() && x.device() == weight.device()
+  const auto dtype = x.scalar_type();
+  const bool full = (dtype == at::kFloat || dtype == at::kDouble) && spectrum.scalar_type() == dtype;
+  // A half-precision model with a float32 spectrum (PEFT's autocast_adapter_dtype): the op keeps x's dtype.
+  const bool half = (dtype == at::kHalf || dtype == at::kBFloat16) && spectrum.scalar_type() == at::kFloat;
+  return (full || half) && weight.scalar_type() == dtype && x.device() == spectrum.device() &&
+                 x.device() == weight.device()
              ? found
              : nullptr;
+}
+
+torch::Tensor FourierFTLayer::cached_model_delta(const std::string& name, const AdapterState& state,
+                                                 at::ScalarType dtype) {
+  // Keyed apart from the spectrum-dtype delta_W of the dense adapter path (same values, another dtype).
+  const std::string key = name + "\x1f" + c10::toString(dtype);
+  const auto& spectrum = spectra().at(name);
+  auto delta = delta_cache_.find(key, spectrum, state.scaling);
+  if (!delta.defined()) {
+    torch::NoGradGuard no_grad;
+    delta = get_delta_weight(name).to(dtype);
+    delta_cache_.store(key, spectrum, state.scaling, delta);
+  }
+  return delta;
 }
 
 torch::Tensor FourierFTLayer::adapted_forward(
@@ -502,8 +520,18 @@ torch::Tensor FourierFTLayer::adapted_forward(
       const auto& spectrum = spectra().at(*name);
       const auto indices =
           state.indices.device() == spectrum.device() ? state.indices : state.indices.to(spectrum.device());
-      return linear(x, base_weight(), base_bias->defined() ? std::optional<torch::Tensor>(*base_bias) : std::nullopt,
-                    spectrum, indices, out_features_, in_features_, state.scaling);
+      const auto bias = base_bias->defined() ? std::optional<torch::Tensor>(*base_bias) : std::nullopt;
+      const bool training =
+          torch::GradMode::is_enabled() && (spectrum.requires_grad() || base_weight().requires_grad());
+      const LayerCall call{x.device().type(), x.scalar_type(), x.numel() / std::max<int64_t>(x.size(-1), 1),
+                           out_features_, in_features_, state.n_frequency, training};
+      if (inference_cache_for(call) == InferenceCache::Delta) {
+        // Inference: delta_W in the model's dtype, kept while the spectrum holds the same values, beside the base
+        // GEMM (nothing of size out x in recomputed per call).
+        return torch::nn::functional::linear(x, base_weight(), bias ? *bias : torch::Tensor())
+            .add_(torch::nn::functional::linear(x, cached_model_delta(*name, state, x.scalar_type())));
+      }
+      return linear(x, base_weight(), bias, spectrum, indices, out_features_, in_features_, state.scaling);
     }
   }
   auto result = base(x);

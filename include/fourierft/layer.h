@@ -228,9 +228,12 @@ class FourierFTLayer {
   /// W0 + sum of their delta_W (a new tensor); with `check`, throws if it is not finite.
   torch::Tensor merged_weight(const std::vector<std::string>& present, bool check) const;
   torch::Tensor dense_delta(const std::string& name, const AdapterState& state);
-  /// The single present active adapter when the whole layer can run as one fourierft::linear (Auto path,
-  /// matching float32/float64 dtypes on one device), else nullptr.
+  /// The single present active adapter when the whole layer can run as one fourierft::linear (Auto path, one
+  /// device, x and W of one dtype: float32/float64 with a spectrum of that dtype, or bfloat16/float16 with a float32
+  /// spectrum), else nullptr.
   const std::string* fused_adapter(const torch::Tensor& x) const;
+  /// Inference (InferenceCache::Delta): delta_W of `name` in `dtype`, cached while the spectrum keeps its values.
+  torch::Tensor cached_model_delta(const std::string& name, const AdapterState& state, at::ScalarType dtype);
 
   torch::OrderedDict<std::string, AdapterState> adapters_{"FourierFT adapter"};
   DeltaCache delta_cache_;

@@ -13,6 +13,8 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <c10/core/DeviceType.h>
+#include <c10/core/ScalarType.h>
 
 #include <cstdint>
 #include <optional>
@@ -53,40 +55,72 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const std::opti
                   const at::Tensor& spectrum, const at::Tensor& indices, int64_t out_features, int64_t in_features,
                   double scaling);
 
-/// Which path fourierft::linear takes: Auto (the cost model, per call and per gradient), or always one route for
+/// Which route fourierft::linear takes: Auto (the cost model, per call and per gradient), or always one route for
 /// the forward, grad_x and the spectrum gradient:
-///   Spectral: the blocked spectral pipeline; the spectrum gradient by correlating the rows' spectra;
-///   Merged:   one GEMM with W + delta_W (delta_W built per call) forward and for grad_x;
-///   Folded:   the coefficients folded onto two real half-spectrum matrices and applied by two GEMMs between
-///             row FFTs (the large-n route);
-/// Merged and Folded take the spectrum gradient from the folded route's two GEMMs. Process-wide; for
-/// benchmarks and tests (every route is held to PEFT).
-enum class LinearPath { Auto, Spectral, Merged, Folded };
+///   Spectral: matrix-free (the CPU's blocked pipeline; elsewhere row FFTs around sparse products); the spectrum
+///             gradient by correlating the rows' spectra;
+///   Dense:    delta_W built for the call (irfft2, float32) and applied by GEMMs: one GEMM with W + delta_W where the
+///             model's dtype keeps delta_W (float32/float64), else x delta_W^T in the model's dtype beside the base
+///             GEMM (bfloat16/float16: tensor cores, float32 accumulation); the spectrum gradient from g^T x
+///             (`Merged` is its former name);
+///   Folded:   (CPU) the coefficients folded onto two real half-spectrum matrices and applied by two GEMMs between
+///             row FFTs (the large-n route); on other devices, Dense.
+/// Dense and Folded take the spectrum gradient by GEMMs. Process-wide; for benchmarks and tests (every route is held
+/// to PEFT).
+enum class LinearPath { Auto, Spectral, Dense, Folded, Merged = Dense };
 void set_linear_path(LinearPath path);
 LinearPath linear_path();
+
+/// One call of an adapted linear layer as the cost model sees it (src/ops/cost_model.cpp, the one place where routes
+/// are chosen, for every device: the ops, the C++ layers and the Python layer all ask it).
+struct LayerCall {
+  c10::DeviceType device = c10::DeviceType::CPU;
+  /// The model's (input's) dtype.
+  at::ScalarType dtype = at::kFloat;
+  int64_t tokens = 0;
+  int64_t out_features = 0;
+  int64_t in_features = 0;
+  int64_t n_frequency = 0;
+  /// The spectrum (or the base weight) takes a gradient in this call.
+  bool training = false;
+};
+
+/// The routes fourierft::linear takes for `call` on its device (the forward's; with `call.training`, grad_x's and the
+/// spectrum gradient's too), as the cost model picks them or set_linear_path forces them: Spectral, Dense or Folded
+/// (CPU only). For tests, benchmarks and the route tables in docs/.
+struct LinearRoutes {
+  LinearPath forward = LinearPath::Spectral;
+  LinearPath grad_x = LinearPath::Spectral;
+  LinearPath grad_spectrum = LinearPath::Spectral;
+};
+LinearRoutes linear_routes(const LayerCall& call);
+
+/// A layer that cannot run as one fourierft::linear (several active adapters, a Conv1D or hooked base): whether its
+/// adapter's x delta_W^T is cheaper by spectral_linear (Spectral) or by a GEMM with delta_W (Dense; `delta_cached`:
+/// a frozen spectrum's delta_W is already at hand).
+LinearPath adapter_path(const LayerCall& call, bool delta_cached);
+
+/// Inference with a frozen spectrum and base weight: what a layer keeps between calls so that nothing of size
+/// out x in is recomputed per call. MergedWeight: W + delta_W (CPU, float32/float64: one GEMM per call, W's values
+/// fingerprinted per call); Delta: delta_W in the model's dtype, applied by a second GEMM beside the base's (GPUs);
+/// None: no cache (the cost model prefers recomputing, or set_inference_cache(false)). Either cache costs one
+/// weight-sized tensor per adapted layer. A forced set_linear_path(Dense) gives Delta on every device, Spectral and
+/// Folded give None.
+enum class InferenceCache { None, MergedWeight, Delta };
+InferenceCache inference_cache_for(const LayerCall& call);
+/// Turns the inference caches off (process-wide) or back on (the default): for memory-bound deployments.
+void set_inference_cache(bool enabled);
+bool inference_cache();
 
 /// A 64-bit fingerprint of a CPU tensor's values (bytes, dtype and shape), read once in parallel: the key
 /// of caches that must notice changes made behind the version counter (`p.data.mul_()`, PEFT's merge
 /// through `.data`).
 uint64_t fingerprint(const at::Tensor& tensor);
 
-/// Inference with a frozen spectrum and base weight: true when caching `W + delta_W` (one GEMM per call,
-/// after fingerprinting W and comparing the spectrum) is cheaper than the spectral pipeline per call.
-/// The cache costs one more weight-sized tensor per layer.
-bool merged_weight_cache_pays(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency);
-
 /// Runs the device-generic implementation (ATen operations only, the one registered for CUDA) for CPU
 /// tensors too, instead of the fused CPU kernels: slower, for testing the generic path where no GPU is
 /// available (the tests hold both to PEFT's formula). Process-wide; off by default.
 void set_generic_kernels(bool enabled);
 bool generic_kernels();
-
-/// The forward-path cost model (calibrated on CPU, docs/benchmarks.md): true when the matrix-free
-/// spectral path is expected to be cheaper than materialising delta_W and doing one GEMM, for
-/// `tokens` rows through an `out_features x in_features` layer with `n_frequency` coefficients.
-/// `delta_cached`: delta_W is already materialised (frozen spectrum), so the dense path only pays
-/// the GEMM. Used by the C++ layers and by the Python layer, so both pick the same path.
-bool spectral_path_is_cheaper(int64_t tokens, int64_t out_features, int64_t in_features,
-                              int64_t n_frequency, bool delta_cached);
 
 }  // namespace fourierft

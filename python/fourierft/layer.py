@@ -90,6 +90,20 @@ class FourierFTKernels:
         self.__dict__.setdefault(_CACHE, {})[cache_key] = (self._spectrum_key(adapter, spectrum), stamp, merged)
         return merged
 
+    def _model_delta(self, adapter: str, spectrum: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``delta_W`` in the model's ``dtype`` for inference on a GPU, cached (keyed like ``_cached_delta``):
+        the layer then costs one more GEMM than the base, with nothing recomputed per call."""
+        cache_key = (adapter, "delta", dtype)
+        entry = self.__dict__.get(_CACHE, {}).get(cache_key)
+        if entry is not None:
+            key, delta = entry
+            if delta.dtype == dtype and self._key_matches(adapter, spectrum, key, delta):
+                return delta
+        with torch.no_grad():
+            delta = self.get_delta_weight(adapter).to(dtype)
+        self.__dict__.setdefault(_CACHE, {})[cache_key] = (self._spectrum_key(adapter, spectrum), delta)
+        return delta
+
     def __getstate__(self):
         # torch.save(model) / pickle / deepcopy: the cache is derived data, never serialised.
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
@@ -114,15 +128,20 @@ class FourierFTKernels:
         ``torch.compile``; with a frozen spectrum, one GEMM with a cached ``delta_W`` where the cost
         model says that is cheaper (small layers, many tokens, very large ``n_frequency``)."""
         spectrum, indices, scaling = self._spectral_inputs(adapter)
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled() and spectrum.requires_grad):
+        if torch.compiler.is_compiling():
             return ops.spectral_linear(x, spectrum, indices, self.out_features, self.in_features, scaling)
-        delta = self._cached_delta(adapter, spectrum)
+        training = torch.is_grad_enabled() and spectrum.requires_grad
+        caching = not training and _C.inference_cache()
+        delta = self._cached_delta(adapter, spectrum) if caching else None
         tokens = x.numel() // max(x.shape[-1], 1)
-        if _C.spectral_path_is_cheaper(tokens, self.out_features, self.in_features, spectrum.numel(),
-                                       delta is not None):
+        route = _C.adapter_path(x.device, spectrum.dtype, tokens, self.out_features, self.in_features,
+                                spectrum.numel(), training, delta is not None)
+        if route == "spectral":
             return ops.spectral_linear(x, spectrum, indices, self.out_features, self.in_features, scaling)
+        if training:  # delta_W for this call, differentiable (its backward: an rfft2 of g^T x)
+            return nn.functional.linear(x, self.get_delta_weight(adapter))
         if delta is None:
-            delta = self._store_delta(adapter, spectrum)
+            delta = self._store_delta(adapter, spectrum) if caching else self.get_delta_weight(adapter)
         return nn.functional.linear(x, delta)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -144,11 +163,16 @@ class FourierFTKernels:
             if indices.device != spectrum.device:
                 indices = self.indices[adapter] = indices.to(spectrum.device)
             if (not (torch.is_grad_enabled() and (spectrum.requires_grad or weight.requires_grad))
-                    and x.device.type == "cpu" and not torch.compiler.is_compiling()
-                    and _C.merged_weight_cache_pays(x.numel() // max(x.shape[-1], 1), self.out_features,
-                                                    self.in_features, spectrum.numel())):
-                # Inference: one GEMM with the cached W + delta_W (the unmerged layer at the base's cost).
-                return nn.functional.linear(x, self._merged_weight(adapter, spectrum, weight), bias)
+                    and not torch.compiler.is_compiling()):
+                # Inference: what the cost model says to keep between calls, so that nothing of size out x in is
+                # recomputed per call (fourierft.ops.inference_cache(False) turns it off).
+                cache = _C.inference_cache_for(x.device, x.dtype, x.numel() // max(x.shape[-1], 1),
+                                               self.out_features, self.in_features, spectrum.numel())
+                if cache == "weight":  # one GEMM with the cached W + delta_W (CPU, float32/float64)
+                    return nn.functional.linear(x, self._merged_weight(adapter, spectrum, weight), bias)
+                if cache == "delta":  # the base GEMM and one with delta_W cached in the model's dtype (GPUs)
+                    delta = self._model_delta(adapter, spectrum, x.dtype)
+                    return nn.functional.linear(x, weight, bias).add_(nn.functional.linear(x, delta))
             return ops.linear(x, weight, bias, spectrum, indices, self.out_features, self.in_features,
                               self.fourierft_scaling[adapter])
         else:
@@ -164,9 +188,10 @@ class FourierFTKernels:
     def _fused_adapter(self, x: torch.Tensor, args, kwargs) -> Optional[tuple]:
         """``(adapter, spectrum, weight, bias)`` when ``base_layer(x) + adapter(x)`` can run as one
         ``ops.linear``: a plain ``nn.Linear`` base (weight and bias registered parameters) without hooks or
-        extra arguments, one active adapter in this layer, and ``x``, weight and spectrum of one float32 or
-        float64 dtype and device (PEFT casts ``x`` to the spectrum's dtype; then the sum is the same); else
-        None (PEFT's composition). Reads the modules' parameter tables directly: this runs on every call, and
+        extra arguments, one active adapter in this layer, ``x``, weight and spectrum on one device, ``x`` and weight
+        of one dtype, and the spectrum of that dtype (float32/float64; PEFT casts ``x`` to the spectrum's dtype, then
+        the sum is the same) or float32 for a bfloat16/float16 model (the op computes the adapter in the model's
+        precision, within its rounding of PEFT's float32 adapter); else None (PEFT's composition). Reads the modules' parameter tables directly: this runs on every call, and
         nn.Module attribute lookups cost about a microsecond each."""
         if args or kwargs:
             return None
@@ -190,8 +215,11 @@ class FourierFTKernels:
         if found is None or weight is None:
             return None
         dtype, device = x.dtype, x.device
-        if (dtype not in (torch.float32, torch.float64) or spectrum.dtype != dtype or weight.dtype != dtype
-                or spectrum.device != device or weight.device != device):
+        full = dtype in (torch.float32, torch.float64) and spectrum.dtype == dtype
+        # A half-precision model with PEFT's float32 adapter (autocast_adapter_dtype): the op returns x's dtype, as
+        # PEFT's layer does after its float32 adapter.
+        half = dtype in (torch.bfloat16, torch.float16) and spectrum.dtype == torch.float32
+        if not (full or half) or weight.dtype != dtype or spectrum.device != device or weight.device != device:
             return None
         return found, spectrum, weight, base._parameters.get("bias")
 

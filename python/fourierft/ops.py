@@ -15,7 +15,8 @@ import torch
 
 from . import _C  # noqa: F401  (loads libfourierft.so, which registers the ops)
 
-__all__ = ["entry_indices", "delta_weight", "spectral_linear", "linear", "linear_path", "generic_kernels"]
+__all__ = ["entry_indices", "delta_weight", "spectral_linear", "linear", "linear_path", "linear_routes",
+           "inference_cache", "generic_kernels"]
 
 
 def entry_indices(out_features: int, in_features: int, n_frequency: int, random_loc_seed: int) -> torch.Tensor:
@@ -78,14 +79,17 @@ def linear(
 
 @contextlib.contextmanager
 def linear_path(path: str) -> Iterator[None]:
-    """Inside the block, :func:`linear` always takes ``path``: ``"spectral"`` (the blocked pipeline; the
-    spectrum's gradient by correlating the rows' spectra), ``"merged"`` (one GEMM with ``W + delta_W``),
-    ``"folded"`` (the coefficients folded onto two real half-spectrum matrices and applied by two GEMMs
-    between row FFTs: the route for large ``n``) or ``"auto"`` (the cost model, per call and per gradient;
-    the default). ``"merged"`` and ``"folded"`` take the spectrum's gradient from the folded GEMMs.
-    Process-wide while active, restored afterwards; for benchmarks and tests, which hold every route to PEFT.
+    """Inside the block, :func:`linear` (and the layers' adapters) always take ``path``: ``"spectral"``
+    (matrix-free: the CPU's blocked pipeline, elsewhere row FFTs around sparse products; the spectrum's gradient by
+    correlating the rows' spectra), ``"dense"`` (``delta_W`` built for the call and applied by GEMMs: one with
+    ``W + delta_W`` for float32/float64 models, a second one in the model's dtype beside the base GEMM for
+    bfloat16/float16; the spectrum's gradient from ``g^T x``; ``"merged"`` is its former name), ``"folded"`` (CPU:
+    the coefficients folded onto two real half-spectrum matrices and applied by two GEMMs between row FFTs, the route
+    for large ``n``; elsewhere ``"dense"``) or ``"auto"`` (the cost model, per call, per gradient and per device;
+    the default). Process-wide while active, restored afterwards; for benchmarks and tests, which hold every route to
+    PEFT.
 
-    >>> with fourierft.ops.linear_path("merged"):
+    >>> with fourierft.ops.linear_path("dense"):
     ...     y = fourierft.ops.linear(x, weight, bias, spectrum, indices, out_features, in_features, scaling)
     """
     before = _C.linear_path()
@@ -94,6 +98,38 @@ def linear_path(path: str) -> Iterator[None]:
         yield
     finally:
         _C.set_linear_path(before)
+
+
+def linear_routes(device, dtype: torch.dtype, tokens: int, out_features: int, in_features: int, n_frequency: int,
+                  training: bool = True) -> dict:
+    """The routes :func:`linear` takes for such a call on ``device`` (``"cpu"``, ``"cuda"``, a ``torch.device``), as
+    the one cost model (``src/ops/cost_model.cpp``) picks them, or as :func:`linear_path` forces them:
+    ``{"forward": ..., "grad_x": ..., "grad_spectrum": ...}`` (the gradients only with ``training``), each
+    ``"spectral"``, ``"dense"`` or ``"folded"`` (CPU). Needs no tensor and no GPU: for planning and tests.
+
+    >>> fourierft.ops.linear_routes("cuda", torch.bfloat16, 16384, 3072, 3072, 1000)
+    {'forward': 'dense', 'grad_x': 'dense', 'grad_spectrum': 'dense'}
+    """
+    return _C.linear_routes(torch.device(device), dtype, tokens, out_features, in_features, n_frequency, training)
+
+
+@contextlib.contextmanager
+def inference_cache(enabled: bool = True) -> Iterator[None]:
+    """Inside the block, adapted layers run inference with (``True``, the default everywhere) or without their
+    caches: with a frozen spectrum a layer keeps ``W + delta_W`` (CPU, float32/float64, where the cost model says it
+    pays) or ``delta_W`` in the model's dtype (GPUs), one weight-sized tensor per adapted layer, so that nothing of
+    size ``out x in`` is recomputed per call. Off, every call recomputes (memory-bound deployments). Process-wide
+    while active, restored afterwards; ``fourierft._C.set_inference_cache(False)`` turns it off for good.
+
+    >>> with fourierft.ops.inference_cache(False):
+    ...     logits = model(**batch).logits
+    """
+    before = _C.inference_cache()
+    _C.set_inference_cache(enabled)
+    try:
+        yield
+    finally:
+        _C.set_inference_cache(before)
 
 
 @contextlib.contextmanager

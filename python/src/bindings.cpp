@@ -2,7 +2,7 @@
 //   - config validation and PEFT's adapter_config.json (FourierFTConfig),
 //   - PEFT's target-module matching (match_target_module),
 //   - the safetensors reader/writer of adapter checkpoints,
-//   - the forward-path cost model.
+//   - the cost model (routes per device, inference caches).
 // The kernels are not bound here: loading this module loads libfourierft.so, whose static
 // initialisers register them as torch.ops.fourierft.*.
 #include <torch/csrc/utils/pybind.h>  // torch's pybind11 with the at::Tensor type casters
@@ -32,6 +32,16 @@ void translate_errors(std::exception_ptr error) {
   } catch (const c10::Error& e) {
     PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
   }
+}
+
+std::string path_name(fourierft::LinearPath path) {
+  switch (path) {
+    case fourierft::LinearPath::Spectral: return "spectral";
+    case fourierft::LinearPath::Dense: return "dense";
+    case fourierft::LinearPath::Folded: return "folded";
+    case fourierft::LinearPath::Auto: break;
+  }
+  return "auto";
 }
 
 py::tuple file_to_python(fourierft::safetensors::File file) {
@@ -113,28 +123,61 @@ PYBIND11_MODULE(_C, m) {
       [](const std::string& path) {
         if (path == "auto") fourierft::set_linear_path(fourierft::LinearPath::Auto);
         else if (path == "spectral") fourierft::set_linear_path(fourierft::LinearPath::Spectral);
-        else if (path == "merged") fourierft::set_linear_path(fourierft::LinearPath::Merged);
+        else if (path == "dense" || path == "merged") fourierft::set_linear_path(fourierft::LinearPath::Dense);
         else if (path == "folded") fourierft::set_linear_path(fourierft::LinearPath::Folded);
-        else throw py::value_error("fourierft: linear path must be 'auto', 'spectral', 'merged' or 'folded', got '" +
-                                   path + "'");
+        else throw py::value_error("fourierft: linear path must be 'auto', 'spectral', 'dense' (or its former name "
+                                   "'merged') or 'folded', got '" + path + "'");
       },
       py::arg("path"),
-      "Which path fourierft.linear takes: 'auto' (the cost model), 'spectral', 'merged' or 'folded'.");
-  m.def("linear_path", []() {
-    switch (fourierft::linear_path()) {
-      case fourierft::LinearPath::Spectral: return std::string("spectral");
-      case fourierft::LinearPath::Merged: return std::string("merged");
-      case fourierft::LinearPath::Folded: return std::string("folded");
-      default: return std::string("auto");
-    }
-  });
+      "Which route fourierft.linear takes: 'auto' (the cost model), 'spectral', 'dense' or 'folded'.");
+  m.def("linear_path", []() { return path_name(fourierft::linear_path()); });
   m.def("fingerprint", &fourierft::fingerprint, py::arg("tensor"),
         "64-bit fingerprint of a CPU tensor's values (bytes, dtype, shape).");
-  m.def("merged_weight_cache_pays", &fourierft::merged_weight_cache_pays, py::arg("tokens"),
-        py::arg("out_features"), py::arg("in_features"), py::arg("n_frequency"),
-        "Inference: whether a cached W + delta_W beats the spectral pipeline per call.");
-  m.def("spectral_path_is_cheaper", &fourierft::spectral_path_is_cheaper, py::arg("tokens"),
-        py::arg("out_features"), py::arg("in_features"), py::arg("n_frequency"),
-        py::arg("delta_cached"),
-        "The forward-path cost model shared with the C++ layers.");
+  m.def("set_inference_cache", &fourierft::set_inference_cache, py::arg("enabled"),
+        "Turns the layers' inference caches (W + delta_W or delta_W, one weight-sized tensor per layer) off or on.");
+  m.def("inference_cache", &fourierft::inference_cache, "Whether the layers' inference caches are on (the default).");
+  m.def(
+      "inference_cache_for",
+      [](const at::Device& device, at::ScalarType dtype, int64_t tokens, int64_t out_features, int64_t in_features,
+         int64_t n_frequency) {
+        const fourierft::LayerCall call{device.type(), dtype, tokens, out_features, in_features, n_frequency, false};
+        switch (fourierft::inference_cache_for(call)) {
+          case fourierft::InferenceCache::MergedWeight: return std::string("weight");
+          case fourierft::InferenceCache::Delta: return std::string("delta");
+          default: return std::string("none");
+        }
+      },
+      py::arg("device"), py::arg("dtype"), py::arg("tokens"), py::arg("out_features"), py::arg("in_features"),
+      py::arg("n_frequency"),
+      "Inference with a frozen spectrum: what the layer caches ('weight': W + delta_W, 'delta': delta_W in the "
+      "model's dtype, 'none').");
+  m.def(
+      "adapter_path",
+      [](const at::Device& device, at::ScalarType dtype, int64_t tokens, int64_t out_features, int64_t in_features,
+         int64_t n_frequency, bool training, bool delta_cached) {
+        const fourierft::LayerCall call{device.type(), dtype, tokens, out_features, in_features, n_frequency, training};
+        return path_name(fourierft::adapter_path(call, delta_cached));
+      },
+      py::arg("device"), py::arg("dtype"), py::arg("tokens"), py::arg("out_features"), py::arg("in_features"),
+      py::arg("n_frequency"), py::arg("training"), py::arg("delta_cached"),
+      "A layer that cannot run as one fourierft.linear: 'spectral' (spectral_linear) or 'dense' (a GEMM with "
+      "delta_W).");
+  m.def(
+      "linear_routes",
+      [](const at::Device& device, at::ScalarType dtype, int64_t tokens, int64_t out_features, int64_t in_features,
+         int64_t n_frequency, bool training) {
+        const fourierft::LayerCall call{device.type(), dtype, tokens, out_features, in_features, n_frequency, training};
+        const auto routes = fourierft::linear_routes(call);
+        py::dict out;
+        out["forward"] = path_name(routes.forward);
+        if (training) {
+          out["grad_x"] = path_name(routes.grad_x);
+          out["grad_spectrum"] = path_name(routes.grad_spectrum);
+        }
+        return out;
+      },
+      py::arg("device"), py::arg("dtype"), py::arg("tokens"), py::arg("out_features"), py::arg("in_features"),
+      py::arg("n_frequency"), py::arg("training"),
+      "The routes fourierft.linear takes for such a call on that device (forward; with training, grad_x and "
+      "grad_spectrum too).");
 }

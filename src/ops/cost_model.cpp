@@ -1,7 +1,18 @@
-// Which forward path is cheaper: the matrix-free spectral one or materialising delta_W and one GEMM.
+// The one cost model: which route an adapted linear layer takes, per call, on every device.
+//
+// Every decision about how to compute x delta_W^T (and its gradients) is made here, from the device type, the
+// model's dtype, the tokens of the call, out, in, n and whether the call trains: fourierft::linear's forward and
+// backward (CPU fused kernels and the ATen implementation registered for CUDA), the C++ FourierFTLayer and the
+// Python layer (through fourierft._C) all ask these functions, so they cannot disagree.
+//
+// Two sets of constants: the CPU's, fitted on the 2-core x86 VM of docs/benchmarks.md, and the CUDA GPU's, from
+// the rates measured on an NVIDIA H200 (../shared/DESIGN.md section 7) where a rate was measured, and from the
+// data sheet where none was (said so beside each). Other accelerators take the GPU's.
 #include "internal.h"
 
 #include <fourierft/ops.h>
+
+#include <c10/core/ScalarType.h>
 
 #include <algorithm>
 #include <atomic>
@@ -9,34 +20,15 @@
 
 namespace fourierft {
 
-namespace {
-// Per-call costs in units of ~0.03 ns, fitted on CPU (2-core x86 VM, float32; docs/benchmarks.md):
-// one real FFT of width d costs about kFftCostPerPoint * d * log2(d) per row (the spectral path runs the
-// forward and inverse transforms of both widths' rows) ...
-constexpr double kFftCostPerPoint = 3.5;
-// ... plus the O(n) gather/scatter per row and coefficient (cache-missing reads, ~2 ns each) ...
-constexpr double kGatherCostPerCoefficient = 60.0;
-// ... against one GEMM per row (~0.015 ns per multiply-add) on the dense path ...
-constexpr double kGemmCostPerMultiplyAdd = 0.5;
-// ... which, unless delta_W is cached, first builds it with one inverse FFT of the d1 x d2 spectrum.
-constexpr double kDeltaWeightCostPerPoint = 10.0;
-}  // namespace
-
-bool spectral_path_is_cheaper(int64_t tokens, int64_t out_features, int64_t in_features,
-                              int64_t n_frequency, bool delta_cached) {
-  const double d1 = static_cast<double>(out_features);
-  const double d2 = static_cast<double>(in_features);
-  const double t = static_cast<double>(std::max<int64_t>(tokens, 1));
-  const double spectral = t * (kFftCostPerPoint * (d1 * std::log2(d1 + 1) + d2 * std::log2(d2 + 1)) +
-                               kGatherCostPerCoefficient * static_cast<double>(n_frequency));
-  double dense = t * d1 * d2 * kGemmCostPerMultiplyAdd;
-  if (!delta_cached) dense += kDeltaWeightCostPerPoint * d1 * d2 * std::log2(d1 * d2 + 1);
-  return spectral <= dense;
-}
+using detail::LinearRoute;
+using detail::RoutePass;
 
 namespace {
 std::atomic<LinearPath> forced_linear_path{LinearPath::Auto};
+std::atomic<bool> inference_cache_enabled{true};
 
+// ------------------------------------------------------------------------------------------------
+// CPU
 // fourierft::linear, per call, in nanoseconds (fitted on the 2-core x86 VM of docs/benchmarks.md, float32, from
 // ops.linear timings with each path forced by set_linear_path, widths 256-4096, 128-8192 tokens, n 1000..10%).
 // The spectral pipeline costs, per row, a real FFT of each width with the transposes around it, and the
@@ -84,14 +76,187 @@ double pipeline_ns(int64_t tokens, int64_t out_features, int64_t in_features, in
          (kPipelineNsPerPointLog * (d1 * std::log2(d1 + 1) + d2 * std::log2(d2 + 1)) +
           kPipelineNsPerCoefficient * static_cast<double>(n_frequency));
 }
+
+// The non-fused layer's choice on the CPU (several active adapters, a Conv1D or hooked base): spectral_linear
+// against a GEMM with delta_W, in units of ~0.03 ns (fitted with the first CPU kernels): per row a real FFT of each
+// width and the O(n) gathers, against one GEMM row, plus building delta_W (an irfft2) unless it is cached.
+constexpr double kAdapterFftCostPerPoint = 3.5;
+constexpr double kAdapterGatherCostPerCoefficient = 60.0;
+constexpr double kAdapterGemmCostPerMultiplyAdd = 0.5;
+constexpr double kAdapterDeltaCostPerPoint = 10.0;
+
+// ------------------------------------------------------------------------------------------------
+// CUDA (and any other accelerator), in nanoseconds. Measured on an NVIDIA H200, torch 2.11 + CUDA 13:
+//   a bf16 GEMM 16384 x 3072 x 3072 in 0.39 ms (~790 TFLOP/s): 2.5e-6 ns per multiply-add;
+//   a device copy at ~4.3 TB/s: the floor of every memory-bound pass (2.3e-4 ns per byte);
+//   cuFFT r2c or c2r of 16384 x 3072 float32 rows in 0.36 ms each: 7.2e-3 ns per real point and transform.
+// From the data sheet, not measured: float32 GEMMs without TF32 at ~67 TFLOP/s (3.0e-5 ns per multiply-add),
+// float64 at about half that rate.
+constexpr double kGpuHalfGemmNsPerMultiplyAdd = 2.5e-6;
+constexpr double kGpuFloatGemmNsPerMultiplyAdd = 3.0e-5;
+constexpr double kGpuDoubleGemmNsPerMultiplyAdd = 6.0e-5;
+constexpr double kGpuNsPerByte = 1.0 / 4300.0;
+constexpr double kGpuFftNsPerPoint = 7.2e-3;
+// Per kernel launch (~5 us with the host's dispatch), and per host synchronisation: the sparse spectral route
+// sorts its n entries into a CSR pattern (unique), whose size the host must read (about two per pass).
+constexpr double kGpuLaunchNs = 5000.0;
+constexpr double kGpuSyncNs = 20000.0;
+// The sparse products of the spectral route (SpMM / SDDMM): memory-bound over the rows' interleaved half spectra,
+// plus a cost per stored entry and row (not measured: taken as 1e-4 ns, so that 1000 entries cost about one
+// row transform of width 3072).
+constexpr double kGpuSparseNsPerEntry = 1.0e-4;
+
+bool half_precision(at::ScalarType dtype) { return dtype == at::kHalf || dtype == at::kBFloat16; }
+
+double gpu_gemm_ns(at::ScalarType dtype, double m, double k, double n) {
+  const double rate = dtype == at::kDouble  ? kGpuDoubleGemmNsPerMultiplyAdd
+                      : dtype == at::kFloat ? kGpuFloatGemmNsPerMultiplyAdd
+                                            : kGpuHalfGemmNsPerMultiplyAdd;
+  const double bytes = static_cast<double>(c10::elementSize(dtype)) * (m * k + k * n + m * n);
+  return std::max(rate * m * k * n, kGpuNsPerByte * bytes) + kGpuLaunchNs;
+}
+
+// delta_W from the n coefficients: zero and scatter the doubled Hermitian half spectrum, an irfft2 (two passes of
+// transforms over d1 x d2 points), then, for a half-precision model, the cast (read 4 bytes, write 2 per entry).
+double gpu_delta_build_ns(const LayerCall& call) {
+  const double points = static_cast<double>(call.out_features) * static_cast<double>(call.in_features);
+  return 2.0 * kGpuFftNsPerPoint * points + kGpuNsPerByte * points * (half_precision(call.dtype) ? 14.0 : 12.0) +
+         6 * kGpuLaunchNs;
+}
+
+// One row transform pair and one sparse product over the call's rows (input width `in_len`, output `out_len`),
+// a half-precision input converted to float32 first.
+double gpu_spectral_apply_ns(const LayerCall& call, int64_t in_len, int64_t out_len) {
+  const double t = static_cast<double>(std::max<int64_t>(call.tokens, 1));
+  const double widths = static_cast<double>(in_len + out_len);
+  const double transforms = kGpuFftNsPerPoint * t * widths;
+  const double sparse = kGpuNsPerByte * t * 8.0 * widths + kGpuSparseNsPerEntry * t * 4.0 * call.n_frequency;
+  const double convert = half_precision(call.dtype) ? kGpuNsPerByte * t * 6.0 * widths : 0.0;
+  return transforms + sparse + convert + 2 * kGpuSyncNs + 10 * kGpuLaunchNs;
+}
+
+// What a route adds to the layer's own GEMMs on the GPU, in one pass.
+double gpu_route_ns(const LayerCall& call, LinearRoute route, RoutePass pass) {
+  const double t = static_cast<double>(std::max<int64_t>(call.tokens, 1));
+  const double d1 = static_cast<double>(call.out_features), d2 = static_cast<double>(call.in_features);
+  if (route == LinearRoute::Pipeline) {
+    return pass == RoutePass::Forward ? gpu_spectral_apply_ns(call, call.in_features, call.out_features)
+                                      : gpu_spectral_apply_ns(call, call.out_features, call.in_features);
+  }
+  // Dense: delta_W is built in every pass (never kept from the forward for the backward: a weight-sized tensor per
+  // layer). A half-precision model adds one GEMM of its own dtype; float32/float64 fold delta_W into W (one add
+  // over d1 x d2) and the layer's GEMM does the rest.
+  const double apply = half_precision(call.dtype) ? gpu_gemm_ns(call.dtype, t, d2, d1)
+                                                  : kGpuNsPerByte * d1 * d2 * 12.0 + kGpuLaunchNs;
+  return gpu_delta_build_ns(call) + apply;
+}
+
+// The spectrum's gradient: densely, G = g^T x (one GEMM of the model's dtype, float32 accumulation) and an rfft2
+// of G read at the n entries; spectrally, the rows' transforms of x and g and one sampled product over 2n entries.
+double gpu_grad_spectrum_ns(const LayerCall& call, bool dense) {
+  const double t = static_cast<double>(std::max<int64_t>(call.tokens, 1));
+  const double d1 = static_cast<double>(call.out_features), d2 = static_cast<double>(call.in_features);
+  if (dense) return gpu_gemm_ns(call.dtype, d1, t, d2) + gpu_delta_build_ns(call);
+  return kGpuFftNsPerPoint * t * (d1 + d2) + kGpuNsPerByte * t * 8.0 * (d1 + d2) +
+         kGpuSparseNsPerEntry * t * 2.0 * call.n_frequency + 2 * kGpuSyncNs + 10 * kGpuLaunchNs;
+}
+
+bool on_cpu(const LayerCall& call) { return call.device == c10::DeviceType::CPU; }
 }  // namespace
 
 void set_linear_path(LinearPath path) { forced_linear_path.store(path); }
 LinearPath linear_path() { return forced_linear_path.load(); }
+void set_inference_cache(bool enabled) { inference_cache_enabled.store(enabled); }
+bool inference_cache() { return inference_cache_enabled.load(); }
 
-bool merged_weight_cache_pays(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency) {
-  return kFingerprintNsPerPoint * static_cast<double>(out_features) * static_cast<double>(in_features) <
-         kInferencePipelineShare * pipeline_ns(tokens, out_features, in_features, n_frequency);
+InferenceCache inference_cache_for(const LayerCall& call) {
+  if (!inference_cache_enabled.load(std::memory_order_relaxed) || call.training) return InferenceCache::None;
+  switch (forced_linear_path.load(std::memory_order_relaxed)) {
+    case LinearPath::Spectral:
+    case LinearPath::Folded: return InferenceCache::None;  // the forced route runs, as in training
+    case LinearPath::Dense: return InferenceCache::Delta;  // the dense route without its per-call delta_W
+    case LinearPath::Auto: break;
+  }
+  if (on_cpu(call)) {
+    // W + delta_W (one GEMM per call) where fingerprinting W costs less than the spectral forward; float32 and
+    // float64 only (a half-precision W + delta_W loses the adapter: DESIGN.md section 7).
+    const bool full = call.dtype == at::kFloat || call.dtype == at::kDouble;
+    return full && kFingerprintNsPerPoint * static_cast<double>(call.out_features) *
+                           static_cast<double>(call.in_features) <
+                       kInferencePipelineShare *
+                           pipeline_ns(call.tokens, call.out_features, call.in_features, call.n_frequency)
+               ? InferenceCache::MergedWeight
+               : InferenceCache::None;
+  }
+  // On a GPU a cached delta_W in the model's dtype, applied by a second GEMM beside the base's, costs one more
+  // read of a weight-sized matrix per call; the spectral forward costs two row transforms and host
+  // synchronisations. (W + delta_W would need W's fingerprint per call: a full read and a synchronisation.)
+  const double cached = gpu_gemm_ns(call.dtype, static_cast<double>(std::max<int64_t>(call.tokens, 1)),
+                                    static_cast<double>(call.in_features), static_cast<double>(call.out_features));
+  return cached < gpu_route_ns(call, LinearRoute::Pipeline, RoutePass::Forward) ? InferenceCache::Delta
+                                                                                 : InferenceCache::None;
+}
+
+LinearPath adapter_path(const LayerCall& call, bool delta_cached) {
+  switch (forced_linear_path.load(std::memory_order_relaxed)) {
+    case LinearPath::Spectral: return LinearPath::Spectral;
+    case LinearPath::Dense:
+    case LinearPath::Folded: return LinearPath::Dense;
+    case LinearPath::Auto: break;
+  }
+  const double d1 = static_cast<double>(call.out_features), d2 = static_cast<double>(call.in_features);
+  const double t = static_cast<double>(std::max<int64_t>(call.tokens, 1));
+  if (on_cpu(call)) {
+    const double spectral = t * (kAdapterFftCostPerPoint * (d1 * std::log2(d1 + 1) + d2 * std::log2(d2 + 1)) +
+                                 kAdapterGatherCostPerCoefficient * static_cast<double>(call.n_frequency));
+    double dense = t * d1 * d2 * kAdapterGemmCostPerMultiplyAdd;
+    if (!delta_cached) dense += kAdapterDeltaCostPerPoint * d1 * d2 * std::log2(d1 * d2 + 1);
+    return spectral <= dense ? LinearPath::Spectral : LinearPath::Dense;
+  }
+  // The adapter runs in the spectrum's dtype (PEFT's composition casts x to it), float32 unless float64.
+  LayerCall adapter = call;
+  if (adapter.dtype != at::kDouble) adapter.dtype = at::kFloat;
+  const double gemm = gpu_gemm_ns(adapter.dtype, t, d2, d1);
+  double spectral = gpu_spectral_apply_ns(adapter, call.in_features, call.out_features);
+  double dense = gemm + (delta_cached ? 0.0 : gpu_delta_build_ns(adapter));
+  if (call.training) {  // the backward of each: grad_x by the same route, grad_c by its own
+    spectral += gpu_spectral_apply_ns(adapter, call.out_features, call.in_features) +
+                gpu_grad_spectrum_ns(adapter, false);
+    dense += gemm + gpu_grad_spectrum_ns(adapter, true);
+  }
+  return spectral <= dense ? LinearPath::Spectral : LinearPath::Dense;
+}
+
+namespace {
+LinearPath public_path(LinearRoute route) {
+  switch (route) {
+    case LinearRoute::Pipeline: return LinearPath::Spectral;
+    case LinearRoute::Merged: return LinearPath::Dense;
+    case LinearRoute::Folded: return LinearPath::Folded;
+  }
+  return LinearPath::Spectral;
+}
+}  // namespace
+
+LinearRoutes linear_routes(const LayerCall& call) {
+  LinearRoutes routes;
+  routes.forward = public_path(detail::linear_route(call, RoutePass::Forward));
+  if (!on_cpu(call) && routes.forward == LinearPath::Folded) routes.forward = LinearPath::Dense;
+  if (!call.training) return routes;
+  if (on_cpu(call)) {  // linear_backward_cpu: the spectrum gradient first, grad_x beside a correlation or alone
+    const bool dense_c = detail::linear_grad_spectrum_is_dense(call, true);
+    routes.grad_spectrum = dense_c ? LinearPath::Folded : LinearPath::Spectral;
+    routes.grad_x =
+        public_path(detail::linear_route(call, dense_c ? RoutePass::GradX : RoutePass::GradXBesideCorrelation));
+    return routes;
+  }
+  // linear_backward_generic: grad_x first, the spectrum gradient knowing whether g's transforms are made anyway.
+  const auto grad_x = detail::linear_route(call, RoutePass::GradX);
+  routes.grad_x = grad_x == LinearRoute::Pipeline ? LinearPath::Spectral : LinearPath::Dense;
+  routes.grad_spectrum = detail::linear_grad_spectrum_is_dense(call, grad_x == LinearRoute::Pipeline)
+                             ? LinearPath::Dense
+                             : LinearPath::Spectral;
+  return routes;
 }
 
 namespace detail {
@@ -102,16 +267,10 @@ double half_bins(int64_t d1, int64_t d2) {
 double folded_gemm_ns(int64_t tokens, int64_t d1, int64_t d2) {
   return static_cast<double>(std::max<int64_t>(tokens, 1)) * 2.0 * half_bins(d1, d2) * kFoldedNsPerMultiplyAdd;
 }
-}  // namespace
 
-LinearRoute linear_route(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency,
-                         RoutePass pass) {
-  switch (forced_linear_path.load(std::memory_order_relaxed)) {
-    case LinearPath::Spectral: return LinearRoute::Pipeline;
-    case LinearPath::Merged: return LinearRoute::Merged;
-    case LinearPath::Folded: return LinearRoute::Folded;
-    case LinearPath::Auto: break;
-  }
+LinearRoute cpu_linear_route(const LayerCall& call, RoutePass pass) {
+  const int64_t tokens = call.tokens, out_features = call.out_features, in_features = call.in_features,
+                n_frequency = call.n_frequency;
   const double d1 = static_cast<double>(out_features), d2 = static_cast<double>(in_features);
   const double points = d1 * d2, n = static_cast<double>(n_frequency);
   const double pipeline_share =
@@ -126,19 +285,42 @@ LinearRoute linear_route(int64_t tokens, int64_t out_features, int64_t in_featur
   if (pipeline <= merged && pipeline <= folded) return LinearRoute::Pipeline;
   return merged < folded ? LinearRoute::Merged : LinearRoute::Folded;
 }
+}  // namespace
 
-bool linear_grad_spectrum_is_folded(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency) {
+LinearRoute linear_route(const LayerCall& call, RoutePass pass) {
+  switch (forced_linear_path.load(std::memory_order_relaxed)) {
+    case LinearPath::Spectral: return LinearRoute::Pipeline;
+    case LinearPath::Dense: return LinearRoute::Merged;
+    case LinearPath::Folded: return LinearRoute::Folded;
+    case LinearPath::Auto: break;
+  }
+  if (on_cpu(call)) return cpu_linear_route(call, pass);
+  const double spectral = gpu_route_ns(call, LinearRoute::Pipeline, pass);
+  const double dense = gpu_route_ns(call, LinearRoute::Merged, pass);
+  return spectral < dense ? LinearRoute::Pipeline : LinearRoute::Merged;
+}
+
+bool linear_grad_spectrum_is_dense(const LayerCall& call, bool grad_x_is_spectral) {
   switch (forced_linear_path.load(std::memory_order_relaxed)) {
     case LinearPath::Spectral: return false;
-    case LinearPath::Merged:
+    case LinearPath::Dense:
     case LinearPath::Folded: return true;
     case LinearPath::Auto: break;
   }
-  // Both need x's row transforms; the GEMMs replace the tokens x n products (and g's transforms, shared with a
-  // pipeline grad_x, are counted for neither).
-  const double t = static_cast<double>(std::max<int64_t>(tokens, 1));
-  return folded_gemm_ns(tokens, out_features, in_features) + kFoldedBuildNsPerCoefficient * n_frequency <
-         t * static_cast<double>(n_frequency) * kCorrelateNsPerCoefficient;
+  if (on_cpu(call)) {
+    // Both need x's row transforms; the folded GEMMs replace the tokens x n products (and g's transforms, shared
+    // with a pipeline grad_x, are counted for neither).
+    const double t = static_cast<double>(std::max<int64_t>(call.tokens, 1));
+    return folded_gemm_ns(call.tokens, call.out_features, call.in_features) +
+               kFoldedBuildNsPerCoefficient * call.n_frequency <
+           t * static_cast<double>(call.n_frequency) * kCorrelateNsPerCoefficient;
+  }
+  double spectral = gpu_grad_spectrum_ns(call, false);
+  if (grad_x_is_spectral) {  // g's row transforms are shared with a spectral grad_x
+    spectral -= kGpuFftNsPerPoint * static_cast<double>(std::max<int64_t>(call.tokens, 1)) *
+                static_cast<double>(call.out_features);
+  }
+  return gpu_grad_spectrum_ns(call, true) < spectral;
 }
 }  // namespace detail
 

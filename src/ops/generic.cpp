@@ -1,8 +1,24 @@
 // The FourierFT ops written with ATen operations only, so that they run on any device PyTorch supports:
-// registered for CUDA (cuFFT for the transforms, index kernels for the gathers and scatters, no host
-// synchronisation), and reachable on CPU with fourierft::set_generic_kernels(true), where the tests hold
-// them to the fused CPU kernels and to PEFT's formula. Same math as cpu/ (DESIGN.md section 2), with the
-// gathers as [rows, n] tensors instead of fused loops: more memory traffic, no custom kernel.
+// registered for CUDA (cuFFT, cuBLAS, cuSPARSE), and reachable on CPU with fourierft::set_generic_kernels(true),
+// where the tests hold them to the fused CPU kernels and to PEFT's formula. Two routes, chosen per call by the cost
+// model (cost_model.cpp) for the tensors' device:
+//
+//   dense:    delta_W from the half spectrum (irfft2 of the Hermitian part, float32), then GEMMs: forward x delta_W^T
+//             and backward g delta_W in the model's dtype (one GEMM with W + delta_W for float32/float64 models;
+//             beside the base GEMM for bfloat16/float16, tensor cores with float32 accumulation), the spectrum's
+//             gradient from G = g^T x (one GEMM, float32 accumulation), an rfft2 and a read at the n entries.
+//             Nothing grows with n beyond the n coefficients.
+//   spectral: row FFTs of x (and of g) around one sparse product with a real matrix of at most 4n entries built
+//             from the coefficients (below), and the spectrum's gradient as one sampled product (SDDMM) of the
+//             rows' half spectra at 2n positions: no [tokens, n] temporaries, no atomics over tokens. Building the
+//             sparse patterns sorts the n entries (torch.unique), one host synchronisation each.
+//
+// The sparse product. For real rows of length m with half spectra R = P + iQ (rfft), entry k reads
+// conj(fft)[src_k] = P[b_k] + i s_k Q[b_k] (b_k = src_k, s_k = -1 for src_k <= m/2; b_k = m - src_k, s_k = +1
+// above) and, times c_k, lands in the output's half spectrum H2 (irfft(H2) = 2 Re(ifft(Z))) at bin dst_k as is and
+// at bin (p - dst_k) mod p conjugated, wherever those lie in 0..p/2. So Re H2 = P M_re and Im H2 = Q M_im with real
+// sparse M_re, M_im; on interleaved (re, im) columns that is one product of [rows, 2(m/2+1)] with a real
+// [2(m/2+1), 2(p/2+1)] matrix whose even rows hold M_re and odd rows M_im.
 #include "internal.h"
 
 #include <fourierft/ops.h>
@@ -26,30 +42,91 @@ bool generic_kernels_on_cpu() { return generic_on_cpu.load(std::memory_order_rel
 
 namespace {
 
-// conj(fft(signal))[:, k] for the columns k (int64 [n]) of a real signal of length `len`, read from its
-// half spectrum (rfft): conj(R[k]) for k <= len/2, R[len - k] above. [rows, n] complex.
-at::Tensor conj_spectrum_at(const at::Tensor& half_spectrum, const at::Tensor& k, int64_t len) {
+// Half-spectrum bin of full-spectrum bin k of a real signal of length len, and the sign s of the imaginary part
+// that reads conj(fft)[k] from it: conj(R[k]) for k <= len/2 (s = -1), R[len - k] above (s = +1).
+std::pair<at::Tensor, at::Tensor> conj_read(const at::Tensor& k, int64_t len, const at::TensorOptions& real) {
   const auto lower = k.le(len / 2);
-  const auto bins = at::where(lower, k, len - k);
-  const auto values = half_spectrum.index_select(1, bins);
-  return at::where(lower, at::conj_physical(values), values);
+  return {at::where(lower, k, len - k), 1.0 - 2.0 * lower.to(real.dtype())};
 }
 
-// Re(ifft_p(Z)) * factor for each row, with Z[dst_k] += coeff_k * column k of `gathered` ([rows, n]),
-// through the half spectrum H2[j] = Z[j] + conj(Z[-j]) (irfft(H2) = 2 Re(ifft(Z))). An entry lands in
-// bin dst when dst <= p/2 and, conjugated, in bin p - dst when that is <= p/2 (both for bins 0, p/2).
-at::Tensor spectral_apply(const at::Tensor& gathered, const at::Tensor& coeff, const at::Tensor& dst, int64_t len,
-                          double factor) {
-  const int64_t rows = gathered.size(0);
-  const auto values = gathered * coeff.unsqueeze(0);
-  auto half = at::zeros({rows, len / 2 + 1}, values.options());
-  const auto zero = at::zeros({}, values.options());
-  const auto lower = dst.le(len / 2);
-  half.index_add_(1, at::where(lower, dst, 0), at::where(lower.unsqueeze(0), values, zero));
-  const auto mirror = (len - dst).remainder(len);
-  const auto mirrored = mirror.le(len / 2);
-  half.index_add_(1, at::where(mirrored, mirror, 0), at::where(mirrored.unsqueeze(0), at::conj_physical(values), zero));
-  return at::fft_irfft(half, len, -1).mul_(0.5 * factor);
+// Real [rows, 2 bins] view of a contiguous complex [rows, bins] half spectrum, (re, im) interleaved; and back.
+at::Tensor interleaved(const at::Tensor& half) { return at::view_as_real(half).flatten(-2); }
+at::Tensor complex_of(const at::Tensor& pairs) { return at::view_as_complex(pairs.unflatten(-1, {-1, 2})); }
+
+// A CSR matrix of shape [rows, cols] holding the sum of `values` at the linear positions `keys` (duplicates add up),
+// built without a COO coalesce: the keys are sorted and made unique (one host synchronisation for their count), the
+// values summed per unique key, and the row pointers found by binary search.
+struct Pattern {
+  at::Tensor crow, col, inverse;
+  int64_t unique;
+};
+Pattern csr_pattern(const at::Tensor& keys, int64_t rows, int64_t cols) {
+  auto [unique_keys, inverse, counts] = at::_unique2(keys, /*sorted=*/true, /*return_inverse=*/true, false);
+  const auto row = at::div(unique_keys, cols, "floor");
+  const auto crow = at::searchsorted(row, at::arange(rows + 1, keys.options()));
+  return {crow, unique_keys.remainder(cols), inverse, unique_keys.size(0)};
+}
+
+// The real sparse operator of the spectral apply: Re/Im H2 of the output from the interleaved input spectrum
+// (header comment), times `factor` / 2 (irfft(H2) = 2 Re(ifft(Z))).
+at::Tensor spectral_operator(const at::Tensor& coeff, const at::Tensor& src, const at::Tensor& dst, int64_t src_len,
+                             int64_t dst_len, double factor) {
+  const auto real = coeff.options();
+  const int64_t in_cols = 2 * (src_len / 2 + 1), out_cols = 2 * (dst_len / 2 + 1);
+  const auto [b, s] = conj_read(src, src_len, real);
+  const auto c = coeff * (0.5 * factor);
+  const auto mirror = (dst_len - dst).remainder(dst_len);
+  // Placements outside 0..p/2 get value 0 at a valid bin (clamped) instead of a masked select, which would
+  // synchronise once more.
+  const auto keep = dst.le(dst_len / 2).to(real.dtype()), keep_mirror = mirror.le(dst_len / 2).to(real.dtype());
+  const auto j = dst.clamp_max(dst_len / 2), jm = mirror.clamp_max(dst_len / 2);
+  const auto rows = at::cat({2 * b, 2 * b + 1, 2 * b, 2 * b + 1});
+  const auto cols = at::cat({2 * j, 2 * j + 1, 2 * jm, 2 * jm + 1});
+  const auto values = at::cat({c * keep, c * s * keep, c * keep_mirror, -(c * s) * keep_mirror});
+  const auto pattern = csr_pattern(rows * out_cols + cols, in_cols, out_cols);
+  const auto summed = at::zeros({pattern.unique}, real).index_add_(0, pattern.inverse, values);
+  return at::sparse_csr_tensor(pattern.crow, pattern.col, summed, {in_cols, out_cols}, real.layout(at::kSparseCsr));
+}
+
+// Re(ifft_p(Z)) * factor for every row of `signal` ([rows, src_len] real), Z[dst_k] += c_k conj(fft(signal))[src_k].
+at::Tensor spectral_apply(const at::Tensor& signal, const at::Tensor& coeff, const at::Tensor& src,
+                          const at::Tensor& dst, int64_t src_len, int64_t dst_len, double factor) {
+  const auto op = spectral_operator(coeff, src, dst, src_len, dst_len, factor);
+  const auto half = interleaved(at::fft_rfft(signal, c10::nullopt, -1));
+  return at::fft_irfft(complex_of(at::mm(half, op)), dst_len, -1);
+}
+
+// grad_c_k = scaling / (d1 d2) * sum_r Re(conj(fft(g_r))[u_k] conj(fft(x_r))[v_k]): with G = g's and X = x's half
+// spectra, Re(...) = Re G[a] Re X[b] - s_u s_v Im G[a] Im X[b], so one sampled product of the interleaved spectra,
+// G^T X at (2a, 2b) and (2a + 1, 2b + 1).
+at::Tensor spectral_grad_spectrum(const at::Tensor& g_half, const at::Tensor& x_half, const at::Tensor& indices,
+                                  int64_t d1, int64_t d2, double scaling, const at::TensorOptions& real) {
+  const auto [a, su] = conj_read(indices[0], d1, real);
+  const auto [b, sv] = conj_read(indices[1], d2, real);
+  const int64_t rows = 2 * (d1 / 2 + 1), cols = 2 * (d2 / 2 + 1);
+  const int64_t n = indices.size(1);
+  const auto keys = at::cat({(2 * a) * cols + 2 * b, (2 * a + 1) * cols + 2 * b + 1});
+  const auto pattern = csr_pattern(keys, rows, cols);
+  const auto mask = at::sparse_csr_tensor(pattern.crow, pattern.col, at::zeros({pattern.unique}, real), {rows, cols},
+                                          real.layout(at::kSparseCsr));
+  const auto sampled = at::sparse_sampled_addmm(mask, g_half.t(), x_half, /*beta=*/0.0, /*alpha=*/1.0).values();
+  const auto re = sampled.index_select(0, pattern.inverse.narrow(0, 0, n));
+  const auto im = sampled.index_select(0, pattern.inverse.narrow(0, n, n));
+  return (re - su * sv * im).mul_(scaling / (static_cast<double>(d1) * d2));
+}
+
+bool half_model(const at::Tensor& x, const at::Tensor& spectrum) {
+  return (x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16) && spectrum.scalar_type() == at::kFloat;
+}
+
+// g^T x accumulated in float32 (or float64): on CUDA a half-precision GEMM with a float32 result, elsewhere the
+// operands converted first.
+at::Tensor outer_sum(const at::Tensor& g2d, const at::Tensor& x2d, at::ScalarType work) {
+  if (g2d.is_cuda() && g2d.scalar_type() == x2d.scalar_type() && work == at::kFloat &&
+      (g2d.scalar_type() == at::kHalf || g2d.scalar_type() == at::kBFloat16)) {
+    return at::mm(g2d.t(), x2d, at::kFloat);
+  }
+  return g2d.to(work).t().mm(x2d.to(work));
 }
 
 }  // namespace
@@ -58,18 +135,20 @@ at::Tensor delta_weight_generic(const at::Tensor& spectrum, const at::Tensor& in
                                 int64_t in_features, double scaling) {
   check_spectrum_and_indices("delta_weight", spectrum, indices, out_features, in_features);
   const auto work = compute_dtype(spectrum.scalar_type(), spectrum.scalar_type());
-  const auto coeff = at::complex(spectrum.to(work), at::zeros({}, spectrum.options().dtype(work)));
+  const auto coeff = spectrum.to(work);
   const auto u = indices[0], v = indices[1];
   const int64_t half = in_features / 2 + 1;
-  // Doubled Hermitian part of the real sparse F, kept where the column lies in the half spectrum.
-  auto spec = at::zeros({out_features * half}, coeff.options());
+  // Doubled Hermitian part of the real sparse F, kept where the column lies in the half spectrum (real values:
+  // index_add_ into the real view of the complex half spectrum; n entries, not tokens x n).
+  auto spec = at::zeros({out_features, half}, coeff.options().dtype(c10::toComplexType(work)));
+  auto flat = at::view_as_real(spec).view({-1});
   const auto zero = at::zeros({}, coeff.options());
   const auto keep = v.lt(half);
-  spec.index_add_(0, at::where(keep, u * half + v, 0), at::where(keep, coeff, zero));
+  flat.index_add_(0, 2 * at::where(keep, u * half + v, 0), at::where(keep, coeff, zero));
   const auto mu = (out_features - u).remainder(out_features), mv = (in_features - v).remainder(in_features);
   const auto keep_mirror = mv.lt(half);
-  spec.index_add_(0, at::where(keep_mirror, mu * half + mv, 0), at::where(keep_mirror, coeff, zero));
-  auto dw = at::fft_irfft2(spec.view({out_features, half}), std::vector<int64_t>{out_features, in_features}, {0, 1});
+  flat.index_add_(0, 2 * at::where(keep_mirror, mu * half + mv, 0), at::where(keep_mirror, coeff, zero));
+  auto dw = at::fft_irfft2(spec, std::vector<int64_t>{out_features, in_features}, {0, 1});
   return dw.mul_(0.5 * scaling).to(spectrum.scalar_type());
 }
 
@@ -100,8 +179,7 @@ at::Tensor spectral_linear_generic(const at::Tensor& x, const at::Tensor& spectr
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = out_features;
   if (x2d.size(0) == 0) return at::zeros(out_shape, x.options());
-  const auto gathered = conj_spectrum_at(at::fft_rfft(x2d, c10::nullopt, -1), indices[1], in_features);
-  const auto y = spectral_apply(gathered, spectrum.to(work), indices[0], out_features,
+  const auto y = spectral_apply(x2d, spectrum.to(work), indices[1], indices[0], in_features, out_features,
                                 scaling / static_cast<double>(in_features));
   return y.to(x.scalar_type()).view(out_shape);
 }
@@ -125,19 +203,20 @@ std::tuple<at::Tensor, at::Tensor> spectral_linear_backward_generic(
     return {grad_x, grad_spectrum};
   }
   if (!need_grad_x && !need_grad_spectrum) return {grad_x, grad_spectrum};
-  const auto g_at_u = conj_spectrum_at(at::fft_rfft(g2d, c10::nullopt, -1), indices[0], out_features);
+  const auto coeff = spectrum.to(work);
   if (need_grad_x) {
-    grad_x = spectral_apply(g_at_u, spectrum.to(work), indices[1], in_features,
+    grad_x = spectral_apply(g2d, coeff, indices[0], indices[1], out_features, in_features,
                             scaling / static_cast<double>(out_features))
                  .to(x.scalar_type())
                  .view(shape);
   }
   if (need_grad_spectrum) {
     // The input's spectrum is recomputed from the saved input (saved instead of its spectrum).
-    const auto x_spec = at::fft_rfft(x.reshape({-1, in_features}).to(work), c10::nullopt, -1);
-    const auto x_at_v = conj_spectrum_at(x_spec, indices[1], in_features);
-    const double norm = scaling / (static_cast<double>(out_features) * in_features);
-    grad_spectrum = at::real(x_at_v * g_at_u).sum(0, false, at::kDouble).mul(norm).to(spectrum.scalar_type());
+    const auto g_half = interleaved(at::fft_rfft(g2d, c10::nullopt, -1));
+    const auto x_half = interleaved(at::fft_rfft(x.reshape({-1, in_features}).to(work), c10::nullopt, -1));
+    grad_spectrum = spectral_grad_spectrum(g_half, x_half, indices, out_features, in_features, scaling,
+                                           coeff.options())
+                        .to(spectrum.scalar_type());
   }
   return {grad_x, grad_spectrum};
 }
@@ -146,9 +225,25 @@ at::Tensor linear_generic(const at::Tensor& x, const at::Tensor& weight, const s
                           const at::Tensor& spectrum, const at::Tensor& indices, int64_t out_features,
                           int64_t in_features, double scaling) {
   check_linear("linear", x, weight, bias, spectrum, indices, out_features, in_features);
-  // PEFT's composition: the base layer in x's dtype, the adapter in the spectrum's.
-  return at::add(at::linear(x, weight, bias), spectral_linear_generic(x.to(spectrum.scalar_type()), spectrum, indices,
-                                                                      out_features, in_features, scaling));
+  const auto result_dtype = linear_result_dtype(x.scalar_type(), spectrum.scalar_type());
+  const auto x2d = x.reshape({-1, in_features});
+  const int64_t rows = x2d.size(0);
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = out_features;
+  if (rows == 0) return at::linear(x, weight, bias).to(result_dtype);
+  const bool same = x.scalar_type() == spectrum.scalar_type();
+  const LayerCall call{x.device().type(), x.scalar_type(), rows, out_features, in_features, spectrum.size(0), false};
+  if ((same || half_model(x, spectrum)) && linear_route(call, RoutePass::Forward) != LinearRoute::Pipeline) {
+    const auto delta = delta_weight_generic(spectrum, indices, out_features, in_features, scaling);
+    if (same) return at::linear(x2d, delta.add_(weight), bias).view(out_shape);  // W + delta_W: one GEMM
+    // A half-precision model: delta_W in the model's dtype, beside the base GEMM (float32 accumulation).
+    return at::linear(x2d, weight, bias).addmm_(x2d, delta.to(x.scalar_type()).t()).view(out_shape);
+  }
+  // PEFT's composition: the base layer in x's dtype, the adapter in the spectrum's, the sum in result_dtype.
+  return at::add(at::linear(x, weight, bias),
+                 spectral_linear_generic(x.to(spectrum.scalar_type()), spectrum, indices, out_features, in_features,
+                                         scaling))
+      .to(result_dtype);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_generic(
@@ -158,15 +253,53 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_gener
   check_linear_backward("_linear_backward", grad_out, x, weight, spectrum, indices, out_features, in_features,
                         need_grad_weight || need_grad_spectrum);
   const auto g2d = grad_out.reshape({-1, out_features});
+  const int64_t rows = g2d.size(0);
+  std::vector<int64_t> grad_x_shape(grad_out.sizes().begin(), grad_out.sizes().end());
+  grad_x_shape.back() = in_features;
   at::Tensor grad_x = at::empty({0}, grad_out.options().dtype(x.scalar_type()));
   at::Tensor grad_weight = at::empty({0}, weight.options());
   at::Tensor grad_bias = at::empty({0}, weight.options());
-  if (need_grad_weight) grad_weight = g2d.to(weight.scalar_type()).t().mm(x.reshape({-1, in_features}));
+  at::Tensor grad_spectrum = at::empty({0}, spectrum.options());
+  const bool need_x = need_grad_weight || need_grad_spectrum;
+  const auto x2d = need_x ? x.reshape({-1, in_features}) : at::Tensor();
+  if (need_grad_weight) grad_weight = g2d.to(weight.scalar_type()).t().mm(x2d.to(weight.scalar_type()));
   if (need_grad_bias) grad_bias = g2d.sum(0).to(weight.scalar_type());
-  auto [gx, grad_spectrum] = spectral_linear_backward_generic(
-      grad_out.to(spectrum.scalar_type()), need_grad_spectrum ? x.to(spectrum.scalar_type()) : x, spectrum, indices,
-      out_features, in_features, scaling, need_grad_x, need_grad_spectrum);
-  if (need_grad_x) grad_x = at::matmul(grad_out.to(weight.scalar_type()), weight).add_(gx).to(x.scalar_type());
+  if (rows == 0) {
+    if (need_grad_x) grad_x = at::zeros(grad_x_shape, grad_out.options().dtype(x.scalar_type()));
+    if (need_grad_spectrum) grad_spectrum = at::zeros_like(spectrum);
+    return {grad_x, grad_weight, grad_bias, grad_spectrum};
+  }
+  const bool same = x.scalar_type() == spectrum.scalar_type();
+  const bool dense_capable = same || half_model(x, spectrum);
+  const LayerCall call{grad_out.device().type(), x.scalar_type(), rows, out_features, in_features, spectrum.size(0),
+                       true};
+  const bool dense_grad_x =
+      need_grad_x && dense_capable && linear_route(call, RoutePass::GradX) != LinearRoute::Pipeline;
+  const bool dense_grad_c =
+      need_grad_spectrum && linear_grad_spectrum_is_dense(call, /*grad_x_is_spectral=*/need_grad_x && !dense_grad_x);
+  at::Tensor delta;
+  if (dense_grad_x) {
+    delta = delta_weight_generic(spectrum, indices, out_features, in_features, scaling);
+    grad_x = same ? g2d.mm(delta.add_(weight)) : g2d.mm(weight).addmm_(g2d, delta.to(x.scalar_type()));
+    grad_x = grad_x.view(grad_x_shape);
+  }
+  if (dense_grad_c) {
+    const auto work = compute_dtype(x.scalar_type(), spectrum.scalar_type());
+    grad_spectrum = delta_weight_backward_generic(outer_sum(g2d, x2d, work), spectrum, indices, out_features,
+                                                  in_features, scaling);
+  }
+  const bool spectral_grad_x = need_grad_x && !dense_grad_x, spectral_grad_c = need_grad_spectrum && !dense_grad_c;
+  if (spectral_grad_x || spectral_grad_c) {
+    // PEFT's composition: the adapter's part in the spectrum's dtype, the base's in x's.
+    const auto sdt = spectrum.scalar_type();
+    auto [gx, gc] = spectral_linear_backward_generic(grad_out.to(sdt), spectral_grad_c ? x.to(sdt) : x, spectrum,
+                                                     indices, out_features, in_features, scaling, spectral_grad_x,
+                                                     spectral_grad_c);
+    if (spectral_grad_x) {
+      grad_x = at::matmul(grad_out.to(weight.scalar_type()), weight).add_(gx).to(x.scalar_type());
+    }
+    if (spectral_grad_c) grad_spectrum = gc;
+  }
   return {grad_x, grad_weight, grad_bias, grad_spectrum};
 }
 

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <fourierft/ops.h>
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
@@ -41,6 +42,9 @@ void check_linear_backward(const char* op, const at::Tensor& grad_out, const at:
                            int64_t out_features, int64_t in_features, bool need_x);
 /// float32 for half/bfloat16/float32, float64 when either operand is float64.
 at::ScalarType compute_dtype(at::ScalarType a, at::ScalarType b);
+/// fourierft::linear's result dtype: x's for a half-precision model (x bfloat16/float16, spectrum float32, as
+/// PEFT's layer returns it after its float32 adapter), else promote(x, spectrum) (PEFT's composition).
+at::ScalarType linear_result_dtype(at::ScalarType x, at::ScalarType spectrum);
 
 // ---- kernels: one signature per op, implemented for CPU (fused), generically (ATen) and Meta ------
 at::Tensor entry_indices_impl(int64_t out_features, int64_t in_features, int64_t n_frequency, int64_t random_loc_seed);
@@ -74,20 +78,21 @@ bool generic_kernels_on_cpu();
 // ---- cost_model.cpp ----------------------------------------------------------------------------
 /// How fourierft::linear computes x delta_W^T (forward) or g delta_W (the backward's grad_x):
 ///   Pipeline: the blocked spectral pipeline (tokens x n gathers between row FFTs), the base GEMM accumulating;
-///   Merged:   one GEMM with W + delta_W, delta_W built for the call (an irfft2 of d1 x d2);
+///   Merged:   the dense route (LinearPath::Dense): delta_W built for the call (an irfft2 of d1 x d2), one GEMM with
+///             W + delta_W, or (half-precision models, ATen implementation) x delta_W^T beside the base GEMM;
 ///   Folded:   the coefficients folded onto two real half-spectrum matrices, two GEMMs of tokens x h1 x h2
 ///             between row FFTs (spectral_linear_cpu.cpp), the base GEMM accumulating.
 enum class LinearRoute { Pipeline, Merged, Folded };
 /// Which product the route computes: the forward's x delta_W^T, the backward's g delta_W alone, or g delta_W
 /// beside a correlation for grad_c (which transforms g's rows anyway, so the pipeline costs less extra).
 enum class RoutePass { Forward, GradX, GradXBesideCorrelation };
-/// The cheapest route by the cost model, or the one set_linear_path forces (Spectral: Pipeline).
-LinearRoute linear_route(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency,
-                         RoutePass pass);
-/// fourierft::linear's backward: the spectrum gradient by the folded route's two GEMMs (A = Re G^T Re X,
-/// B = Im G^T Im X) instead of correlating the rows' spectra (tokens x n products): large n against the layer's
-/// size. Spectral forces the correlation, Merged and Folded the GEMMs. (spectral_linear always correlates.)
-bool linear_grad_spectrum_is_folded(int64_t tokens, int64_t out_features, int64_t in_features, int64_t n_frequency);
+/// The cheapest route by the cost model for `call` on its device, or the one set_linear_path forces (Spectral:
+/// Pipeline; Dense: Merged). Off the CPU, Folded is never chosen (the ATen implementation has no folded route).
+LinearRoute linear_route(const LayerCall& call, RoutePass pass);
+/// fourierft::linear's backward: the spectrum gradient by GEMMs (CPU: the folded route's A = Re G^T Re X,
+/// B = Im G^T Im X; elsewhere g^T x and its rfft2) instead of correlating the rows' spectra. `grad_x_is_spectral`:
+/// g's row transforms are made for grad_x anyway. Spectral forces the correlation, Dense and Folded the GEMMs.
+bool linear_grad_spectrum_is_dense(const LayerCall& call, bool grad_x_is_spectral);
 
 // ---- autograd.cpp ------------------------------------------------------------------------------
 at::Tensor spectral_linear_autograd(const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices,

@@ -51,7 +51,7 @@ at::Tensor linear_meta(const at::Tensor& x, const at::Tensor& weight, const std:
               "dtype, got weight ", weight.scalar_type(), " and input ", x.scalar_type());
   auto out_shape = x.sym_sizes().vec();
   out_shape.back() = out_features;
-  return at::empty_symint(out_shape, x.options().dtype(c10::promoteTypes(x.scalar_type(), spectrum.scalar_type())));
+  return at::empty_symint(out_shape, x.options().dtype(linear_result_dtype(x.scalar_type(), spectrum.scalar_type())));
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_meta(

@@ -52,13 +52,13 @@ def test_delta_weight_equals_peft(ops, kernels, shape, n):
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-6 * expected.abs().max().item())
 
 
-@pytest.fixture(params=["auto", "spectral", "merged", "folded"])
+@pytest.fixture(params=["auto", "spectral", "dense", "folded"])
 def linear_path(request):
-    """ops.linear by the cost model's choice, or every route forced: "spectral" (pipeline forward and grad_x, the
-    spectrum's gradient by correlating the rows' spectra), "merged" (W + delta_W GEMMs) and "folded" (the
-    coefficients folded onto two half-spectrum matrices, GEMMs between row FFTs); the last two take the
-    spectrum's gradient from the folded GEMMs. With n = all 3072 entries of 64 x 48, "auto" takes the folded
-    gradient as well."""
+    """ops.linear by the cost model's choice, or every route forced: "spectral" (forward and grad_x matrix-free, the
+    spectrum's gradient by correlating the rows' spectra: the CPU's pipeline, or the generic kernels' sparse
+    products), "dense" (delta_W built for the call, GEMMs) and "folded" (CPU: the coefficients folded onto two
+    half-spectrum matrices, GEMMs between row FFTs; the generic kernels take "dense"); the last two take the
+    spectrum's gradient by GEMMs. With n = all 3072 entries of 64 x 48, "auto" takes the GEMM gradient as well."""
     with fourierft.ops.linear_path(request.param):
         yield request.param
 
@@ -293,18 +293,34 @@ def test_opcheck_linear(ops, kernels, linear_path, dtype):
 
 @pytest.mark.parametrize("x_dtype,spectrum_dtype", [(torch.bfloat16, torch.float32), (torch.float32, torch.float64),
                                                     (torch.float16, torch.float32)])
-def test_linear_mixed_dtypes_follow_peft_composition(ops, kernels, x_dtype, spectrum_dtype):
-    """A spectrum of another dtype: PEFT's base(x) + F.linear(x.to(spectrum dtype), delta_W), promoted."""
-    torch.manual_seed(0)
-    indices = ops.entry_indices(16, 12, 30, 3)
-    w, b = torch.randn(16, 12, dtype=x_dtype), torch.randn(16, dtype=x_dtype)
-    c = torch.randn(30, dtype=spectrum_dtype)
-    x = torch.randn(4, 12, dtype=x_dtype)
-    ours = ops.linear(x, w, b, c, indices, 16, 12, 20.0)
-    delta = ops.delta_weight(c, indices, 16, 12, 20.0)
-    want = torch.nn.functional.linear(x, w, b) + torch.nn.functional.linear(x.to(spectrum_dtype), delta)
-    assert ours.dtype == want.dtype
-    torch.testing.assert_close(ours, want, rtol=2e-2, atol=2e-2)
+def test_linear_mixed_dtypes_match_float64_forward_and_gradients(ops, kernels, linear_path, x_dtype, spectrum_dtype):
+    """A spectrum of another dtype than the model's. A half-precision model with a float32 spectrum (what PEFT's
+    get_peft_model makes of a bf16 model): the result in x's dtype, as PEFT's layer returns it; a float32 model with
+    a float64 spectrum: PEFT's composition, promoted. Output and every gradient (x, spectrum, a trainable weight and
+    bias) against the float64 formula on the same (rounded) inputs, on every route."""
+    out_features, in_features, n = 40, 24, 300
+    indices = ops.entry_indices(out_features, in_features, n, 3)
+    c, x, g, weight, bias, _ = float64_problem(indices, 6, out_features, in_features, seed=0)
+    x_in = x.detach().to(x_dtype).requires_grad_(True)
+    w_in = weight.to(x_dtype).requires_grad_(True)
+    b_in = bias.to(x_dtype).requires_grad_(True)
+    c_in = c.detach().to(spectrum_dtype).requires_grad_(True)
+    y = ops.linear(x_in, w_in, b_in, c_in, indices, out_features, in_features, 150.0)
+    half = x_dtype in (torch.bfloat16, torch.float16)
+    assert y.dtype == (x_dtype if half else spectrum_dtype)
+    grads = torch.autograd.grad((y * g.to(y.dtype)).sum(), [x_in, c_in, w_in, b_in])
+    # The reference: float64 on exactly the values the op was given.
+    x64, c64, w64, b64 = (t.detach().double().requires_grad_(True) for t in (x_in, c_in, w_in, b_in))
+    dense = torch.zeros(out_features, in_features, dtype=torch.complex128).index_put(
+        (indices[0], indices[1]), c64.to(torch.complex128))
+    reference = x64 @ (w64 + torch.fft.ifft2(dense).real * 150.0).T + b64
+    g64 = g.to(y.dtype).double()
+    want = torch.autograd.grad((reference * g64).sum(), [x64, c64, w64, b64])
+    tol = 1e-2 if half else 1e-5
+    for name, got, expected in zip(["output", "grad_x", "grad_spectrum", "grad_weight", "grad_bias"],
+                                   [y, *grads], [reference.detach(), *want]):
+        error = ((got.double() - expected).norm() / expected.norm()).item()
+        assert error < tol, (name, error)
 
 
 def test_linear_empty_batch(ops, kernels, linear_path):

@@ -724,7 +724,7 @@ std::tuple<at::Tensor, at::Tensor> spectral_linear_backward_cpu(
 //   folded:   the two half-spectrum GEMMs between row transforms (above), the GEMM with W accumulating.
 // The backward makes the same choice for grad_x (grad_x = g (W + delta_W), the pipeline or the folded GEMMs on
 // g, and a GEMM accumulating g W), and computes grad_c by correlating the rfft of g's and x's blocks inside the
-// pipeline's pass, or by the folded route's two GEMMs at large n (linear_grad_spectrum_is_folded).
+// pipeline's pass, or by the folded route's two GEMMs at large n (linear_grad_spectrum_is_dense).
 namespace fourierft::detail {
 namespace {
 
@@ -746,10 +746,13 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   if (generic_kernels_on_cpu()) return linear_generic(x, weight, bias, spectrum, indices, out_features, in_features, scaling);
   check_linear("linear", x, weight, bias, spectrum, indices, out_features, in_features);
   check_cpu("linear", x);
-  if (!fused_dtypes(x, spectrum)) {  // PEFT's composition: base in x's dtype, adapter in the spectrum's
+  if (!fused_dtypes(x, spectrum)) {
+    // PEFT's composition: base in x's dtype, adapter in the spectrum's (float32 for a half-precision model),
+    // the sum returned in linear_result_dtype (x's for a half-precision model, as PEFT's layer returns it).
     return at::add(at::linear(x, weight, bias),
                    spectral_linear_cpu(x.to(spectrum.scalar_type()), spectrum, indices, out_features, in_features,
-                                       scaling));
+                                       scaling))
+        .to(linear_result_dtype(x.scalar_type(), spectrum.scalar_type()));
   }
   const auto x2d = x.reshape({-1, in_features}).contiguous();
   const int64_t rows = x2d.size(0);
@@ -757,7 +760,8 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   out_shape.back() = out_features;
   if (rows == 0) return at::linear(x, weight, bias);
   const int64_t n = spectrum.size(0);
-  const auto route = linear_route(rows, out_features, in_features, n, RoutePass::Forward);
+  const LayerCall call{c10::DeviceType::CPU, x.scalar_type(), rows, out_features, in_features, n, false};
+  const auto route = linear_route(call, RoutePass::Forward);
   if (route == LinearRoute::Merged) {
     return at::linear(x2d, merged_weight(weight, spectrum, indices, out_features, in_features, scaling), bias)
         .view(out_shape);
@@ -828,11 +832,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
   const int64_t* v = u + n;
   // The spectrum's gradient by the folded route's GEMMs, or by correlation inside the pipeline's pass over g and
   // x (then grad_x by another route saves only about half of that pass).
-  const bool folded_grad_c = need_grad_spectrum && linear_grad_spectrum_is_folded(rows, out_features, in_features, n);
+  const LayerCall call{c10::DeviceType::CPU, x.scalar_type(), rows, out_features, in_features, n, true};
+  const bool folded_grad_c = need_grad_spectrum && linear_grad_spectrum_is_dense(call, /*grad_x_is_spectral=*/true);
   const bool correlate = need_grad_spectrum && !folded_grad_c;
   const auto route =
-      need_grad_x ? linear_route(rows, out_features, in_features, n,
-                                 correlate ? RoutePass::GradXBesideCorrelation : RoutePass::GradX)
+      need_grad_x ? linear_route(call, correlate ? RoutePass::GradXBesideCorrelation : RoutePass::GradX)
                   : LinearRoute::Pipeline;
   std::pair<at::Tensor, at::Tensor> g_spec;
   if (folded_grad_c || (need_grad_x && route == LinearRoute::Folded)) g_spec = half_spectra(g2d);
