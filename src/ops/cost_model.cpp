@@ -101,9 +101,14 @@ constexpr double kGpuFftNsPerPoint = 7.2e-3;
 // sorts its n entries into a CSR pattern (unique), whose size the host must read (about two per pass).
 constexpr double kGpuLaunchNs = 5000.0;
 constexpr double kGpuSyncNs = 20000.0;
-// The sparse products of the spectral route (SpMM / SDDMM): memory-bound over the rows' interleaved half spectra,
-// plus a cost per stored entry and row (not measured: taken as 1e-4 ns, so that 1000 entries cost about one
-// row transform of width 3072).
+// The spectral route per pass (two row transforms, the sparse product over the rows' interleaved half spectra,
+// conversions), per row and point of both widths. Its one measurement is of the ATen composition it replaces
+// ([tokens, n] gathers, atomics): 8.1 ms for a 3072 x 3072 forward + backward at 16384 tokens where the frozen
+// layer took 0.97 ms, i.e. ~0.024 ns per point and pass, three times the bare transforms. Taken as is until the
+// sparse route is measured: an upper bound, so the GPU prefers the measured dense route at training sizes.
+constexpr double kGpuSpectralNsPerPoint = 0.024;
+// Per stored entry of the sparse operator and row (the n-dependent part; at most 4n entries per pass; not
+// measured: taken so that 1000 coefficients cost a sixth of a pass at width 3072).
 constexpr double kGpuSparseNsPerEntry = 1.0e-4;
 
 bool half_precision(at::ScalarType dtype) { return dtype == at::kHalf || dtype == at::kBFloat16; }
@@ -124,15 +129,12 @@ double gpu_delta_build_ns(const LayerCall& call) {
          6 * kGpuLaunchNs;
 }
 
-// One row transform pair and one sparse product over the call's rows (input width `in_len`, output `out_len`),
-// a half-precision input converted to float32 first.
+// One pass of the spectral route over the call's rows (input width `in_len`, output `out_len`).
 double gpu_spectral_apply_ns(const LayerCall& call, int64_t in_len, int64_t out_len) {
   const double t = static_cast<double>(std::max<int64_t>(call.tokens, 1));
   const double widths = static_cast<double>(in_len + out_len);
-  const double transforms = kGpuFftNsPerPoint * t * widths;
-  const double sparse = kGpuNsPerByte * t * 8.0 * widths + kGpuSparseNsPerEntry * t * 4.0 * call.n_frequency;
-  const double convert = half_precision(call.dtype) ? kGpuNsPerByte * t * 6.0 * widths : 0.0;
-  return transforms + sparse + convert + 2 * kGpuSyncNs + 10 * kGpuLaunchNs;
+  return kGpuSpectralNsPerPoint * t * widths + kGpuSparseNsPerEntry * t * 4.0 * call.n_frequency + 2 * kGpuSyncNs +
+         10 * kGpuLaunchNs;
 }
 
 // What a route adds to the layer's own GEMMs on the GPU, in one pass.
@@ -157,8 +159,8 @@ double gpu_grad_spectrum_ns(const LayerCall& call, bool dense) {
   const double t = static_cast<double>(std::max<int64_t>(call.tokens, 1));
   const double d1 = static_cast<double>(call.out_features), d2 = static_cast<double>(call.in_features);
   if (dense) return gpu_gemm_ns(call.dtype, d1, t, d2) + gpu_delta_build_ns(call);
-  return kGpuFftNsPerPoint * t * (d1 + d2) + kGpuNsPerByte * t * 8.0 * (d1 + d2) +
-         kGpuSparseNsPerEntry * t * 2.0 * call.n_frequency + 2 * kGpuSyncNs + 10 * kGpuLaunchNs;
+  return kGpuSpectralNsPerPoint * t * (d1 + d2) + kGpuSparseNsPerEntry * t * 2.0 * call.n_frequency +
+         2 * kGpuSyncNs + 10 * kGpuLaunchNs;
 }
 
 bool on_cpu(const LayerCall& call) { return call.device == c10::DeviceType::CPU; }
@@ -316,8 +318,8 @@ bool linear_grad_spectrum_is_dense(const LayerCall& call, bool grad_x_is_spectra
            t * static_cast<double>(call.n_frequency) * kCorrelateNsPerCoefficient;
   }
   double spectral = gpu_grad_spectrum_ns(call, false);
-  if (grad_x_is_spectral) {  // g's row transforms are shared with a spectral grad_x
-    spectral -= kGpuFftNsPerPoint * static_cast<double>(std::max<int64_t>(call.tokens, 1)) *
+  if (grad_x_is_spectral) {  // g's row transform is shared with a spectral grad_x
+    spectral -= 0.5 * kGpuSpectralNsPerPoint * static_cast<double>(std::max<int64_t>(call.tokens, 1)) *
                 static_cast<double>(call.out_features);
   }
   return gpu_grad_spectrum_ns(call, true) < spectral;
