@@ -1,6 +1,7 @@
 // FourierFTLinear: PEFT's layer semantics, both forward paths, merge safety, state dict names.
 #include "test_helpers.h"
 
+#include <array>
 #include <optional>
 
 using fourierft::AdapterOptions;
@@ -70,11 +71,63 @@ TEST(FourierFTLinear, PathsAgreeInTraining) {
             1e-5);
 }
 
-TEST(FourierFTLinear, AutoPathFollowsTheCostModel) {
-  auto small_n = make_layer(768, 768, 1000);
-  EXPECT_EQ(small_n->resolve_path("default", 2048), ForwardPath::Spectral);
-  auto full = make_layer(16, 16, 256);  // n = d1*d2 on a tiny layer: one GEMM is cheaper
-  EXPECT_EQ(full->resolve_path("default", 4096), ForwardPath::Dense);
+// Two active adapters cannot run as one fourierft::linear: each adapter's x delta_W^T takes the route the one cost
+// model (fourierft::adapter_path) picks, and both routes give PEFT's output.
+TEST(FourierFTLinear, SeveralAdaptersTakeTheCostModelsAdapterPath) {
+  torch::manual_seed(4);
+  for (const auto& [in, out, n, tokens] : std::vector<std::array<int64_t, 4>>{{768, 768, 1000, 64}, {16, 16, 256, 4096}}) {
+    auto layer = make_layer(in, out, n, ForwardPath::Auto, 3.0);
+    layer->update_layer("other", AdapterOptions().n_frequency(n / 2).scaling(2.0).random_loc_seed(5));
+    layer->set_adapter(std::vector<std::string>{"default", "other"});
+    const fourierft::LayerCall call{c10::DeviceType::CPU, at::kFloat, tokens, out, in, n, true};
+    const auto expected = fourierft::adapter_path(call, false);
+    EXPECT_EQ(layer->resolve_path("default", tokens) == ForwardPath::Spectral, expected == fourierft::LinearPath::Spectral);
+    const auto x = torch::randn({tokens, in});
+    torch::Tensor reference = layer->base_layer(x).to(torch::kDouble);
+    for (const char* name : {"default", "other"}) {
+      const auto& state = layer->adapter_state(name);
+      reference += x.to(torch::kDouble).matmul(
+          reference_delta_weight(layer->fourierft_spectrum->at(name), state.indices, out, in, state.scaling).t());
+    }
+    EXPECT_LE(relative_error(layer(x), reference), 1e-5) << in << "x" << out;
+  }
+  // The two ends of the CPU model: many coefficients on a tiny layer against many tokens is a GEMM, a wide layer
+  // with few tokens is spectral.
+  EXPECT_EQ(fourierft::adapter_path({c10::DeviceType::CPU, at::kFloat, 4096, 16, 16, 256, true}, false),
+            fourierft::LinearPath::Dense);
+  EXPECT_EQ(fourierft::adapter_path({c10::DeviceType::CPU, at::kFloat, 64, 768, 768, 1000, true}, false),
+            fourierft::LinearPath::Spectral);
+}
+
+// A bf16 model with PEFT's float32 spectrum runs as one fourierft::linear in bf16; inference with a frozen spectrum
+// on the dense route keeps delta_W in bf16 and never serves it after the spectrum's values change.
+TEST(FourierFTLinear, HalfPrecisionModelAndItsInferenceCache) {
+  torch::manual_seed(6);
+  auto layer = make_layer(48, 40, 300, ForwardPath::Auto, 20.0);
+  layer->base_layer->to(torch::kBFloat16);
+  auto& spectrum = layer->fourierft_spectrum->at("default");
+  const auto x = torch::randn({2, 9, 48}).to(torch::kBFloat16);
+  const auto reference = [&] {
+    const auto& state = layer->adapter_state("default");
+    const auto delta = reference_delta_weight(spectrum.detach(), state.indices, 40, 48, 20.0);
+    return torch::nn::functional::linear(x.to(torch::kDouble), layer->base_layer->weight.to(torch::kDouble) + delta,
+                                         layer->base_layer->bias.to(torch::kDouble));
+  };
+  const auto trained = layer(x);
+  EXPECT_EQ(trained.scalar_type(), torch::kBFloat16);
+  EXPECT_LE(relative_error(trained, reference()), 1e-2);
+  torch::NoGradGuard no_grad;
+  const auto before = reference();
+  fourierft::set_linear_path(fourierft::LinearPath::Dense);
+  const auto first = layer(x);
+  const auto again = layer(x);
+  spectrum.mul_(3.0);
+  const auto after = layer(x);
+  fourierft::set_linear_path(fourierft::LinearPath::Auto);
+  EXPECT_LE(relative_error(first, before), 1e-2);
+  EXPECT_TRUE(torch::equal(first, again));
+  EXPECT_LE(relative_error(after, reference()), 1e-2);
+  EXPECT_GT(relative_error(after, first), 0.1);
 }
 
 TEST(FourierFTLinear, DenseCacheFollowsSpectrumUpdates) {
