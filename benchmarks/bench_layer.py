@@ -36,12 +36,13 @@ import fourierft  # noqa: E402,F401  (registers torch.ops.fourierft.*)
 ops = torch.ops.fourierft
 
 
-def make_variants(in_features: int, out_features: int, n: int, with_peft: bool = True):
+def make_variants(in_features: int, out_features: int, n: int, with_peft: bool = True, device="cpu",
+                  dtype=torch.float32):
     """One layer per method around the same frozen nn.Linear, each built by its own package's layer class:
     PEFT's LoRA Linear (r=8, alpha=8, no dropout), PEFT's FourierFTLinear, and fourierft.FourierFTLinear
     (PEFT's layer class on our kernels: the whole layer runs as fourierft.ops.linear)."""
     torch.manual_seed(0)
-    base = nn.Linear(in_features, out_features)
+    base = nn.Linear(in_features, out_features).to(device, dtype)
     base.requires_grad_(False)
     config = peft.FourierFTConfig(n_frequency=n, scaling=150.0, target_modules=["x"])
     lora = LoraLinear(base, "default", config=peft.LoraConfig(r=8, lora_alpha=8, lora_dropout=0.0, target_modules=["x"]),
@@ -52,6 +53,9 @@ def make_variants(in_features: int, out_features: int, n: int, with_peft: bool =
     if with_peft:
         variants["PEFT FourierFT"] = PeftFourierFTLinear(base, "default", config, n_frequency=n)
     variants["fourierft"] = ours
+    for layer in variants.values():  # adapters in float32 beside a half-precision base, as get_peft_model makes them
+        for p in trainable(layer):
+            p.data = p.data.float()
     return variants
 
 
@@ -60,10 +64,14 @@ def trainable(layer):
 
 
 def time_step(layer, x, grad_out, faults=None):
-    """Seconds for one forward + backward; appends the step's minor page faults to `faults` if given."""
+    """Seconds for one forward + backward; appends the step's minor page faults to `faults` if given. On a GPU
+    the device is synchronised before and after (the step's kernels, not their launches, are timed)."""
+    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    sync()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     start = time.perf_counter()
     layer(x).backward(grad_out)
+    sync()
     elapsed = time.perf_counter() - start
     if faults is not None:
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -99,14 +107,14 @@ def saved_bytes(layer, x):
     return sum(seen.values()) + 4 * sum(p.numel() * p.element_size() for p in trainable(layer))
 
 
-def measure(in_features, out_features, n, tokens, reps, seconds, with_peft=True):
+def measure(in_features, out_features, n, tokens, reps, seconds, with_peft=True, device="cpu", dtype=torch.float32):
     """Per-step times of every variant. The frozen layer, LoRA and ours run in rounds, one step each, the
     order rotated from round to round (the variant after another runs with its caches and pages disturbed);
     at least `reps` rounds, and more until `seconds` have passed (at most 500 rounds): a 0.2 ms step needs
     hundreds of repetitions for a stable median, a 200 ms step a few."""
-    variants = make_variants(in_features, out_features, n, with_peft)
-    x = torch.randn(tokens, in_features, requires_grad=True)
-    grad_out = torch.randn(tokens, out_features)
+    variants = make_variants(in_features, out_features, n, with_peft, device, dtype)
+    x = torch.randn(tokens, in_features, device=device, dtype=dtype, requires_grad=True)
+    grad_out = torch.randn(tokens, out_features, device=device, dtype=dtype)
     times = {name: [] for name in variants}
     faults = {name: [] for name in variants}
     for name, layer in variants.items():  # warm-up
@@ -171,7 +179,13 @@ def main():
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks-layer.md"))
     parser.add_argument("--default-malloc", action="store_true",
                         help="time with glibc malloc's default (moving) thresholds instead of pinned ones")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the layers run (default: cuda when torch sees a GPU, else cpu)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="the base layer's and the input's dtype (adapters stay float32, as get_peft_model "
+                             "keeps them)")
     args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
     if not args.default_malloc and any(os.environ.get(k) != v for k, v in PINNED_MALLOC.items()):
         # The thresholds are read when the process starts: run again with them set.
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **PINNED_MALLOC})
@@ -194,7 +208,8 @@ def main():
     verdicts = {"below": 0, "tie": 0, "above": 0}
     for width, n, tokens in configs:
         with_peft = width <= 4096  # PEFT's dense complex spectrum at 8192^2 is 512 MiB per step
-        times, memory, faults = measure(width, width, n, tokens, args.reps, args.seconds, with_peft)
+        times, memory, faults = measure(width, width, n, tokens, args.reps, args.seconds, with_peft, args.device,
+                                        dtype)
         base = statistics.median(times["frozen base"])
         lora = statistics.median(paired_ratios(times["LoRA r=8"], times["frozen base"]))
         ours = statistics.median(paired_ratios(times["fourierft"], times["frozen base"]))
@@ -221,6 +236,9 @@ def main():
     print("\n".join(dw_lines), f"\nspeed-up {peft_t / ours_t:.2f}x")
 
     if args.quick:
+        return
+    if args.device != "cpu" or dtype != torch.float32:
+        print("(docs/benchmarks-layer.md holds the CPU float32 run; this run is printed only)")
         return
     command = "  .venv/bin/python benchmarks/bench_layer.py" + (" --default-malloc" if args.default_malloc else "")
     malloc_note = ("glibc malloc with its default thresholds" if args.default_malloc else

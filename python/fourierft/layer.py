@@ -17,7 +17,7 @@ from torch.nn.modules import module as _module
 from . import _C
 from . import ops
 
-__all__ = ["FourierFTLinear", "FourierFTKernels", "BASE_ADAPTER"]
+__all__ = ["FourierFTLinear", "FourierFTKernels", "BASE_ADAPTER", "mixed_adapter_output", "share_entry_indices"]
 
 #: The name that selects "no adapter" for a row of a mixed-adapter batch (PEFT's LoRA uses the same).
 BASE_ADAPTER = "__base__"
@@ -225,8 +225,6 @@ class FourierFTKernels:
 
     def _mixed_batch_forward(self, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any):
         """Each row ``i`` of the batch through adapter ``adapter_names[i]`` (``"__base__"``: none)."""
-        from .serving import mixed_adapter_output
-
         result = self.base_layer(x, *args, **kwargs)
         return result + mixed_adapter_output(self, x, adapter_names).to(result.dtype)
 
@@ -240,6 +238,40 @@ class FourierFTLinear(FourierFTKernels, PeftFourierFTLinear):
         """PEFT's ``update_layer``; then adapters with the same seed and ``n_frequency`` share one entry-index
         tensor, so a resident adapter costs only its spectrum."""
         super().update_layer(adapter_name, n_frequency, config=config, **kwargs)
-        from .serving import share_entry_indices
-
         share_entry_indices(self, adapter_name)
+
+
+def mixed_adapter_output(layer, x: torch.Tensor, adapter_names) -> torch.Tensor:
+    """``x_i @ delta_W(adapter_names[i])^T`` per row ``i`` of the batch (zero for ``"__base__"`` rows and
+    adapters this layer does not hold). Rows are grouped by adapter, so every row's FFT runs once."""
+    if len(adapter_names) != x.shape[0]:
+        raise ValueError(f"adapter_names has {len(adapter_names)} names for a batch of {x.shape[0]} rows "
+                         f"({type(layer).__name__}, input shape {list(x.shape)})")
+    out = x.new_zeros(*x.shape[:-1], layer.out_features)
+    groups: dict[str, list[int]] = {}
+    for row, name in enumerate(adapter_names):
+        groups.setdefault(name, []).append(row)
+    for name, rows in groups.items():
+        if name == BASE_ADAPTER or name not in layer.fourierft_spectrum:
+            continue
+        spectrum = layer.fourierft_spectrum[name]
+        if len(rows) == x.shape[0]:
+            out = layer._adapter_output(name, x.to(spectrum.dtype)).to(out.dtype)
+            continue
+        index = torch.tensor(rows, device=x.device)
+        part = layer._adapter_output(name, x.index_select(0, index).to(spectrum.dtype))
+        out.index_copy_(0, index, part.to(out.dtype))
+    return out
+
+
+def share_entry_indices(layer, adapter_name: str) -> None:
+    """Makes ``adapter_name`` use the entry-index tensor of another adapter of ``layer`` drawn with the same
+    ``random_loc_seed`` and ``n_frequency`` (equal values: PEFT's draw depends on nothing else)."""
+    mine = layer.indices[adapter_name]
+    key = (layer.fourierft_random_loc_seed[adapter_name], layer.fourierft_n_frequency[adapter_name])
+    for other, indices in layer.indices.items():
+        if other != adapter_name and (layer.fourierft_random_loc_seed[other],
+                                      layer.fourierft_n_frequency[other]) == key \
+                and indices.device == mine.device and torch.equal(indices, mine):
+            layer.indices[adapter_name] = indices
+            return

