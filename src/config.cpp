@@ -81,9 +81,11 @@ void FourierFTConfig::validate() const {
   TORCH_CHECK_VALUE(n_frequency_ > 0, "FourierFTConfig.n_frequency must be a positive integer, got ",
                     n_frequency_);
   TORCH_CHECK_VALUE(std::isfinite(scaling_), "FourierFTConfig.scaling must be finite, got ", scaling_);
-  TORCH_CHECK_VALUE(bias_ == "none" || bias_ == "all" || bias_ == "fourier_only",
-                    "FourierFTConfig.bias must be one of 'none', 'all', 'fourier_only', got '", bias_,
-                    "'");
+  // PEFT's rule (BaseTuner._mark_only_adapters_as_trainable): "none", "all" or "<method>_only".
+  const bool method_only = bias_.size() >= 5 && bias_.compare(bias_.size() - 5, 5, "_only") == 0;
+  TORCH_CHECK_VALUE(bias_ == "none" || bias_ == "all" || method_only,
+                    "FourierFTConfig.bias must be 'none', 'all' or '<method>_only' (e.g. 'fourier_only'), got '",
+                    bias_, "'");
   TORCH_CHECK_VALUE(target_modules_.set, "FourierFTConfig.target_modules must be given: a list of "
                     "module names, a regex string or \"all-linear\"");
   TORCH_CHECK_VALUE(!target_modules_.empty(),

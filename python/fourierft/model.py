@@ -15,8 +15,12 @@ changing any (PEFT leaves the earlier layers merged when a later one fails).
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
+import json
+import math
 import os
+import re
 from typing import Iterator, Optional, Union
 
 import peft
@@ -25,7 +29,7 @@ from peft import get_peft_model as _peft_get_peft_model
 from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 from peft.tuners.fourierft.layer import FourierFTLinear as PeftFourierFTLinear
 from peft.tuners.fourierft.model import FourierFTModel as PeftFourierFTModel
-from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.tuners.tuners_utils import BaseTunerLayer, check_target_module_exists
 from peft.utils import PeftType
 from peft.utils.other import AuxiliaryTrainingWrapper, transpose
 from torch import nn
@@ -34,11 +38,102 @@ from . import _C
 from .layer import BASE_ADAPTER, FourierFTKernels, FourierFTLinear
 
 __all__ = ["FourierFTModel", "get_peft_model", "load_adapter", "register", "registered", "is_registered",
-           "accelerate", "is_accelerated", "check_checkpoint"]
+           "accelerate", "is_accelerated", "check_checkpoint", "check_adapter_name", "validate_config"]
 
 SAFETENSORS_WEIGHTS_NAME = "adapter_model.safetensors"
 _PREFIX = "base_model.model."
 _SPECTRUM = "fourierft_spectrum"
+
+
+def check_adapter_name(name, where: str) -> None:
+    """Raises ``ValueError`` unless ``name`` can name an adapter: a non-empty ``str`` without ``'.'`` (it becomes a
+    key of the layers' ``nn.ParameterDict``; PEFT fails half-way through injecting such a name)."""
+    if not isinstance(name, str) or not name or "." in name:
+        raise ValueError(f"{where}: adapter name {name!r} is invalid: an adapter name must be a non-empty str "
+                         "without '.' (it is a parameter-name segment)")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _str_or_strs(value) -> bool:
+    return isinstance(value, str) or (isinstance(value, (list, tuple, set)) and all(isinstance(v, str) for v in value))
+
+
+def validate_config(config, where: str) -> None:
+    """Checks every field of a ``FourierFTConfig`` (PEFT's class) for type and range before anything is built from
+    it; raises ``ValueError`` naming ``where``, the field and the value. PEFT checks some of these late (a
+    ``TypeError`` from inside ``update_layer``, a ``NotImplementedError`` for ``bias``) or not at all."""
+    def bad(field, expected):
+        raise ValueError(f"{where}: FourierFTConfig.{field}={getattr(config, field, None)!r} is invalid: expected "
+                         f"{expected}")
+
+    if not _is_int(config.n_frequency) or config.n_frequency <= 0:
+        bad("n_frequency", "a positive int")
+    scaling = config.scaling
+    if isinstance(scaling, bool) or not isinstance(scaling, (int, float)) or not math.isfinite(scaling):
+        bad("scaling", "a finite number")
+    if not _is_int(config.random_loc_seed):
+        bad("random_loc_seed", "an int (the seed of the entry draw)")
+    for field in ("fan_in_fan_out", "init_weights", "inference_mode"):
+        if not isinstance(getattr(config, field), bool):
+            bad(field, "True or False")
+    if not isinstance(config.bias, str) or not (config.bias in ("none", "all") or config.bias.endswith("_only")):
+        # PEFT's rule (BaseTuner._mark_only_adapters_as_trainable): "<method>_only" opens the adapted layers' biases
+        bad("bias", "'none', 'all' or '<method>_only' (e.g. 'fourier_only')")
+    for field in ("target_modules", "exclude_modules", "layers_pattern"):
+        value = getattr(config, field)
+        if value is not None and not _str_or_strs(value):
+            bad(field, "None, a str or a list of str")
+    if config.modules_to_save is not None and (isinstance(config.modules_to_save, str)
+                                               or not _str_or_strs(config.modules_to_save)):
+        bad("modules_to_save", "None or a list of str")
+    layers = config.layers_to_transform
+    if layers is not None and not ((_is_int(layers) and layers >= 0) or (
+            isinstance(layers, (list, tuple)) and all(_is_int(i) and i >= 0 for i in layers))):
+        bad("layers_to_transform", "None, a non-negative int or a list of them")
+    pattern = config.n_frequency_pattern
+    if not isinstance(pattern, dict) or not all(isinstance(k, str) and _is_int(v) and v > 0
+                                                for k, v in pattern.items()):
+        bad("n_frequency_pattern", "a dict of module-name patterns to positive ints")
+
+
+def _n_frequency_for(config, module_name: str) -> int:
+    """The n_frequency PEFT gives ``module_name``: the first n_frequency_pattern key k with
+    re.match(rf".*\.{k}$", name), else n_frequency."""
+    for key, value in config.n_frequency_pattern.items():
+        if re.match(rf".*\.{key}$", module_name):
+            return value
+    return config.n_frequency
+
+
+class _AdapterEntries:
+    """The per-adapter entries of every tuner layer and auxiliary wrapper of a model (spectra, n_frequency,
+    scaling, seeds, indices, modules_to_save copies) and their active adapters, to remove what a failed
+    injection added to layers that existed before it."""
+
+    def __init__(self, model: nn.Module):
+        self.entries = []
+        for module in model.modules():
+            names = set(getattr(module, "adapter_layer_names", ())) | set(getattr(module, "other_param_names", ()))
+            if not names:
+                continue
+            names.add("indices")
+            for name in names:
+                holder = getattr(module, name, None)
+                if holder is not None and hasattr(holder, "keys"):
+                    self.entries.append((module, holder, set(holder.keys())))
+            self.entries.append((module, None, getattr(module, "_active_adapter", None)))
+
+    def restore(self) -> None:
+        for module, holder, before in self.entries:
+            if holder is None:
+                if before is not None:
+                    module._active_adapter = copy.copy(before)
+                continue
+            for key in [k for k in holder.keys() if k not in before]:
+                del holder[key]
 
 
 class FourierFTModel(PeftFourierFTModel):
@@ -64,6 +159,37 @@ class FourierFTModel(PeftFourierFTModel):
                 raise
             raise type(error)(f"{error} (module {current_key!r}, adapter {adapter_name!r})") from error
 
+    def inject_adapter(self, model: nn.Module, adapter_name: str, *args, **kwargs) -> None:
+        """PEFT's ``inject_adapter`` (run by ``get_peft_model``, ``add_adapter``, ``load_adapter`` and
+        ``from_pretrained``), all-or-nothing: the name and every config field are checked first, and if PEFT
+        fails part-way (a layer too small for ``n_frequency``, ...) every entry it added to the layers, every
+        module it replaced and every ``requires_grad`` it changed is put back before the error propagates."""
+        check_adapter_name(adapter_name, "fourierft")
+        validate_config(self.peft_config[adapter_name], f"adapter {adapter_name!r}")
+        snapshot = _Snapshot(model)
+        entries = _AdapterEntries(model)
+        targeted = list(self.targeted_module_names), list(getattr(self, "targeted_parameter_names", []))
+        try:
+            super().inject_adapter(model, adapter_name, *args, **kwargs)
+        except BaseException:
+            entries.restore()
+            snapshot.restore()
+            self.targeted_module_names[:] = targeted[0]
+            if hasattr(self, "targeted_parameter_names"):
+                self.targeted_parameter_names[:] = targeted[1]
+            raise
+
+    def _check_adapter_names(self, adapter_names: Optional[list[str]], what: str) -> None:
+        """Unknown names raise before anything is merged (PEFT's merge skips them silently)."""
+        if adapter_names is None:
+            return
+        if isinstance(adapter_names, str) or not all(isinstance(n, str) for n in adapter_names):
+            raise ValueError(f"{what}: adapter_names must be a list of adapter names, got {adapter_names!r}")
+        unknown = [n for n in adapter_names if n not in self.peft_config]
+        if unknown:
+            raise ValueError(f"{what}: unknown adapter(s) {', '.join(map(repr, unknown))}; the model has "
+                             f"{', '.join(map(repr, self.peft_config))} (nothing was merged)")
+
     def _check_safe_merge(self, adapter_names: Optional[list[str]]) -> None:
         """Raises, changing nothing, if merging would put NaN/inf into any layer's weights."""
         for key, module in self.model.named_modules():
@@ -84,14 +210,18 @@ class FourierFTModel(PeftFourierFTModel):
                         "broken; nothing was merged (safe_merge checks every layer before changing any)")
 
     def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
-        """PEFT's ``merge_adapter``; with ``safe_merge`` every layer is checked before any is merged."""
+        """PEFT's ``merge_adapter``; unknown names raise, and with ``safe_merge`` every layer is checked before any
+        is merged."""
+        self._check_adapter_names(adapter_names, "merge_adapter")
         if safe_merge:
             self._check_safe_merge(adapter_names)
         super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
 
     def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
                          adapter_names: Optional[list[str]] = None) -> nn.Module:
-        """PEFT's ``merge_and_unload``; with ``safe_merge`` every layer is checked before any is merged."""
+        """PEFT's ``merge_and_unload``; unknown names raise, and with ``safe_merge`` every layer is checked before
+        any is merged."""
+        self._check_adapter_names(adapter_names, "merge_and_unload")
         if safe_merge:
             self._check_safe_merge(adapter_names)
         return super().merge_and_unload(progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names)
@@ -144,6 +274,7 @@ class FourierFTModel(PeftFourierFTModel):
         """``peft.PeftModel.from_pretrained`` with fourierft's layers and guarantees: the checkpoint is
         checked first (:func:`check_checkpoint`), and if loading fails ``model`` is left as it was.
         Returns PEFT's task-specific ``PeftModel`` (in eval mode unless ``is_trainable``)."""
+        check_adapter_name(adapter_name, "FourierFTModel.from_pretrained")
         saved = check_checkpoint(model, model_id, subfolder=kwargs.get("subfolder"))
         snapshot = _Snapshot(model)
         try:
@@ -207,6 +338,9 @@ def get_peft_model(model: nn.Module, peft_config: peft.PeftConfig, adapter_name:
     ``kwargs`` are PEFT's (``mixed``, ``autocast_adapter_dtype``, ``revision``, ``low_cpu_mem_usage``).
     If PEFT raises (a bad target, ``n_frequency`` too large for a layer, ...), ``model`` is left as it
     was (PEFT leaves the layers it had already replaced)."""
+    check_adapter_name(adapter_name, "get_peft_model")
+    if getattr(peft_config, "peft_type", None) == PeftType.FOURIERFT:
+        validate_config(peft_config, f"get_peft_model (adapter {adapter_name!r})")
     snapshot = _Snapshot(model)
     try:
         with registered():
@@ -221,6 +355,7 @@ def load_adapter(peft_model: peft.PeftModel, model_id: Union[str, os.PathLike], 
     """``peft_model.load_adapter(model_id, adapter_name, ...)`` with fourierft's guarantees: the checkpoint
     is checked first (:func:`check_checkpoint`) and a failed load leaves ``peft_model`` as it was (no
     half-loaded adapter, trainability and active adapter unchanged). Returns PEFT's load result."""
+    check_adapter_name(adapter_name, "load_adapter")
     if adapter_name in peft_model.peft_config:
         raise ValueError(f"load_adapter: adapter {adapter_name!r} already exists; delete it first or pick another name")
     saved = check_checkpoint(peft_model, model_id, subfolder=kwargs.get("subfolder"))
@@ -313,9 +448,22 @@ def check_checkpoint(model: nn.Module, model_id: Union[str, os.PathLike],
     directory = _adapter_dir(model_id, subfolder)
     if not os.path.isdir(directory):
         return None
-    config = peft.PeftConfig.from_pretrained(directory)
+    config_file = os.path.join(directory, "adapter_config.json")
+    if os.path.isfile(config_file):
+        try:
+            with open(config_file, encoding="utf-8") as handle:
+                raw = json.load(handle)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"{config_file}: not a JSON adapter config ({error})") from error
+        if not isinstance(raw, dict):
+            raise ValueError(f"{config_file}: not a JSON adapter config (a {type(raw).__name__}, not an object)")
+    try:
+        config = peft.PeftConfig.from_pretrained(directory)
+    except (TypeError, ValueError, KeyError) as error:
+        raise ValueError(f"{config_file}: {type(error).__name__}: {error}") from error
     if config.peft_type != PeftType.FOURIERFT:
         raise ValueError(f"{directory}: not a FourierFT adapter (peft_type={getattr(config.peft_type, 'value', config.peft_type)})")
+    validate_config(config, config_file)
     file = os.path.join(directory, SAFETENSORS_WEIGHTS_NAME)
     if not os.path.isfile(file):
         return None  # PEFT's pickled adapter_model.bin, or nothing: PEFT reports it
@@ -341,6 +489,14 @@ def check_checkpoint(model: nn.Module, model_id: Union[str, os.PathLike],
                 raise ValueError(f"{file}: spectrum {key!r} has shape {list(tensor.shape)} and dtype {tensor.dtype}; "
                                  f"expected 1-D floating point with 1..{size} values for {path!r} "
                                  f"(weight {list(weight.shape)})")
+            if config.target_modules not in (None, "all-linear") and not check_target_module_exists(config, path):
+                raise ValueError(f"{file}: spectrum {key!r} is for module {path!r}, which {config_file} does not "
+                                 f"target (target_modules={_describe_targets(config.target_modules)}, "
+                                 f"exclude_modules={config.exclude_modules!r}); the file and its config disagree")
+            expected_n = _n_frequency_for(config, path)
+            if tensor.numel() != expected_n:
+                raise ValueError(f"{file}: spectrum {key!r} has {tensor.numel()} values, but {config_file} gives "
+                                 f"{path!r} n_frequency={expected_n}; the file and its config disagree")
         else:
             # PEFT's checkpoint names of biases (bias="all"/"fourier_only") keep its wrappers' segments, without
             # the adapter name: "<path>.base_layer.bias", "<head>.original_module.bias", "<head>.modules_to_save.bias".
@@ -353,6 +509,10 @@ def check_checkpoint(model: nn.Module, model_id: Union[str, os.PathLike],
                 raise ValueError(f"{file}: tensor {key!r} has shape {list(tensor.shape)}, the model's {name!r} "
                                  f"has {list(param.shape)}")
     return tensors
+
+
+def _describe_targets(targets) -> str:
+    return repr(sorted(targets)) if isinstance(targets, (set, list, tuple)) else repr(targets)
 
 
 def _check_loaded(peft_model: peft.PeftModel, saved: Optional[dict[str, torch.Tensor]], model_id, adapter_name: str,

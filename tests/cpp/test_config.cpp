@@ -83,7 +83,10 @@ TEST(FourierFTConfig, ValidateNamesFieldAndValue) {
   auto ok = FourierFTConfig().target_modules({"q"});
   EXPECT_NO_THROW(ok.validate());
   EXPECT_ERROR_CONTAINS(FourierFTConfig(ok).n_frequency(0).validate(), "n_frequency", "got 0");
-  EXPECT_ERROR_CONTAINS(FourierFTConfig(ok).bias("lora_only").validate(), "bias", "'lora_only'");
+  EXPECT_ERROR_CONTAINS(FourierFTConfig(ok).bias("sometimes").validate(), "bias", "'sometimes'");
+  // PEFT accepts any "<method>_only" (its own suite trains FourierFT with bias="fourierft_only").
+  EXPECT_NO_THROW(FourierFTConfig(ok).bias("fourierft_only").validate());
+  EXPECT_NO_THROW(FourierFTConfig(ok).bias("_only").validate());  // as PEFT: bias.endswith("_only")
   EXPECT_ERROR_CONTAINS(FourierFTConfig().target_modules("q(").validate(), "target_modules",
                         "invalid regular expression 'q('");
   EXPECT_ERROR_CONTAINS(FourierFTConfig(ok).layers_pattern("layers").validate(),

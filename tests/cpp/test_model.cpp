@@ -304,3 +304,62 @@ TEST_F(ModelTest, MergeAndUnloadKeepsTheActiveAdaptersHead) {
 }
 
 }  // namespace
+
+namespace {
+// Everything a failed call must leave as it was: parameters (names and values), requires_grad, the adapter list,
+// the active adapters and the output.
+struct ModelState {
+  std::map<std::string, torch::Tensor> params;
+  std::map<std::string, bool> requires_grad;
+  std::vector<std::string> adapters, active;
+  torch::Tensor output;
+};
+ModelState model_state(const fourierft::FourierFTModel& peft, Toy& net, const torch::Tensor& x) {
+  ModelState s;
+  s.params = snapshot(*net);
+  for (const auto& item : net->named_parameters()) s.requires_grad[item.key()] = item.value().requires_grad();
+  for (const auto& [name, config] : peft.peft_config()) s.adapters.push_back(name);
+  s.active = peft.active_adapters();
+  torch::NoGradGuard no_grad;
+  s.output = net->forward(x).clone();
+  return s;
+}
+void expect_same_state(const fourierft::FourierFTModel& peft, Toy& net, const torch::Tensor& x,
+                       const ModelState& before) {
+  const auto after = model_state(peft, net, x);
+  expect_identical(*net, before.params);
+  EXPECT_EQ(after.requires_grad, before.requires_grad);
+  EXPECT_EQ(after.adapters, before.adapters);
+  EXPECT_EQ(after.active, before.active);
+  EXPECT_TRUE(torch::equal(after.output, before.output));
+}
+}  // namespace
+
+// The cases on the C++ side: bad names, an n_frequency too large for a later layer, bad config fields and
+// unknown names in merges each raise naming the value and leave everything as it was.
+TEST(Model, FailedCallsNameTheValueAndChangeNothing) {
+  torch::manual_seed(0);
+  Toy net;
+  auto peft = get_peft_model(net.ptr(), qv());
+  const auto x = torch::randn({2, 5, 16});
+  const auto before = model_state(peft, net, x);
+  EXPECT_ERROR_CONTAINS(peft.add_adapter("a.b", qv()), "'a.b'", "'.'");
+  expect_same_state(peft, net, x, before);
+  EXPECT_ERROR_CONTAINS(peft.add_adapter("", qv()), "non-empty");
+  expect_same_state(peft, net, x, before);
+  // fc1 (16 x 32) takes 300 coefficients; q (16 x 16) of the second block is given 257 by a pattern.
+  fourierft::FrequencyPattern pattern{{"layers.1.attn.q", 257}};
+  EXPECT_ERROR_CONTAINS(
+      peft.add_adapter("big", FourierFTConfig().target_modules({"q", "fc1"}).n_frequency(200).n_frequency_pattern(pattern)),
+      "module 'layers.1.attn.q'", "adapter 'big'", "257", "256");
+  expect_same_state(peft, net, x, before);
+  EXPECT_TRUE(peft.adapted_modules("big").empty());
+  EXPECT_ERROR_CONTAINS(peft.add_adapter("b", qv().bias("foo")), "bias", "'foo'");
+  EXPECT_ERROR_CONTAINS(peft.add_adapter("n", qv(0)), "n_frequency", "0");
+  EXPECT_ERROR_CONTAINS(peft.add_adapter("s", qv().scaling(std::nan(""))), "scaling", "nan");
+  expect_same_state(peft, net, x, before);
+  EXPECT_ERROR_CONTAINS(peft.merge_adapter(std::vector<std::string>{"default", "nope"}), "unknown adapter 'nope'");
+  expect_same_state(peft, net, x, before);
+  EXPECT_ERROR_CONTAINS(peft.merge_and_unload(false, false, std::vector<std::string>{"nope"}), "unknown adapter 'nope'");
+  expect_same_state(peft, net, x, before);
+}
