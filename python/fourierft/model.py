@@ -298,9 +298,12 @@ def _get_encoder(model: nn.Module) -> Optional[nn.Module]:
     if not callable(get_encoder):
         return None
     try:
-        return get_encoder()
+        encoder = get_encoder()
     except (AttributeError, NotImplementedError, TypeError):
         return None
+    # transformers v5: every PreTrainedModel has get_encoder, which returns the model itself when it has no encoder
+    # (a causal LM); its rows are the beams then, like the decoder's (PEFT's LoRA makes the same check).
+    return None if encoder is model else encoder
 
 
 # ---- registration ---------------------------------------------------------------------------------

@@ -54,7 +54,12 @@ def test_mixed_batch_rows_equal_each_row_alone(how):
         for row, name in enumerate(names):
             expected = alone(model, ids[row:row + 1], name)[0]
             torch.testing.assert_close(mixed[row], expected, rtol=1e-5, atol=1e-5)
-        assert not torch.allclose(mixed[0], mixed[1], atol=1e-3)  # the adapters really differ
+        # The adapters really differ: one row through every adapter (and none) in one batch gives distinct outputs.
+        every = ["a", "b", "c", "default", "__base__"]
+        same_row = model(ids[:1].repeat(len(every), 1), adapter_names=every).logits
+        for i in range(len(every)):
+            for j in range(i):
+                assert not torch.allclose(same_row[i], same_row[j], atol=1e-3), (every[i], every[j])
 
 
 def test_mixed_batch_through_generate():
@@ -70,6 +75,27 @@ def test_mixed_batch_through_generate():
             else:
                 model.set_adapter(name)
                 one = model.generate(input_ids=ids[row:row + 1], max_new_tokens=4, do_sample=False)
+                model.set_adapter("default")
+            assert torch.equal(out[row], one[0]), name
+
+
+@pytest.mark.parametrize("num_beams", [2, 3])
+def test_mixed_batch_beam_search_on_a_causal_lm(num_beams):
+    """generate(num_beams=k) repeats every row k times: each name is repeated with it (PEFT's LoRA does the same);
+    each row equals that row generated alone with its adapter."""
+    model = with_adapters()
+    names = ["a", "__base__", "c"]
+    ids = torch.randint(1, 64, (3, 5), generator=torch.Generator().manual_seed(4))
+    kwargs = dict(max_new_tokens=4, do_sample=False, num_beams=num_beams)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, adapter_names=names, **kwargs)
+        for row, name in enumerate(names):
+            if name == "__base__":
+                with model.disable_adapter():
+                    one = model.generate(input_ids=ids[row:row + 1], **kwargs)
+            else:
+                model.set_adapter(name)
+                one = model.generate(input_ids=ids[row:row + 1], **kwargs)
                 model.set_adapter("default")
             assert torch.equal(out[row], one[0]), name
 
@@ -142,3 +168,63 @@ def test_hotswap_refuses_an_adapter_of_another_shape_and_changes_nothing(tmp_pat
         fourierft.hotswap_adapter(model, tmp_path / "q_only", "nope")
     for key, value in model.state_dict().items():
         assert torch.equal(value, state[key]), key
+
+
+@pytest.mark.parametrize("bias", ["none", "all", "fourier_only"])
+def test_hotswap_copies_heads_and_biases_too(tmp_path, bias):
+    """A sequence classifier with its head in modules_to_save (and trained biases): hot-swapping another trained
+    adapter's directory makes the model give exactly that adapter's outputs, head and biases included."""
+    def build(seed):
+        torch.manual_seed(0)
+        base = transformers.BertForSequenceClassification(transformers.BertConfig(
+            vocab_size=99, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=48,
+            num_labels=3))
+        torch.manual_seed(seed)
+        return fourierft.get_peft_model(base, fourierft.FourierFTConfig(
+            task_type="SEQ_CLS", target_modules=["query", "value"], n_frequency=40, scaling=50.0, bias=bias))
+
+    other = build(1)
+    with torch.no_grad():  # "training": every trainable tensor, head and biases included, moves
+        for p in other.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.5)
+    other.save_pretrained(tmp_path / "other")
+    model = build(2).eval()
+    ids = torch.randint(0, 99, (2, 7), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        fourierft.hotswap_adapter(model, tmp_path / "other", "default")
+        torch.testing.assert_close(model(input_ids=ids).logits, other.eval()(input_ids=ids).logits,
+                                   rtol=1e-5, atol=1e-5)
+    trained = {n: p for n, p in other.named_parameters() if p.requires_grad}
+    assert any("classifier" in n for n in trained)
+    assert (bias != "none") == any(n.endswith("bias") and "classifier" not in n for n in trained)
+    mine = dict(model.named_parameters())
+    for name, value in trained.items():
+        assert torch.equal(mine[name], value), name
+
+
+def test_mixed_batch_beam_search_on_an_encoder_decoder():
+    """T5: the decoder's rows are the beams, the encoder's the original rows (each sees its own names)."""
+    torch.manual_seed(0)
+    base = transformers.T5ForConditionalGeneration(transformers.T5Config(
+        vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4,
+        decoder_start_token_id=0)).eval()
+    torch.manual_seed(1)
+    config = dict(target_modules=["q", "v"], n_frequency=64, scaling=80.0)
+    model = fourierft.get_peft_model(base, peft.FourierFTConfig(**config))
+    model.add_adapter("a", peft.FourierFTConfig(random_loc_seed=5, **config))
+    model.eval()
+    names = ["a", "__base__", "default"]
+    ids = torch.randint(1, 64, (3, 6), generator=torch.Generator().manual_seed(6))
+    kwargs = dict(max_new_tokens=4, do_sample=False, num_beams=2)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, adapter_names=names, **kwargs)
+        for row, name in enumerate(names):
+            if name == "__base__":
+                with model.disable_adapter():
+                    one = model.generate(input_ids=ids[row:row + 1], **kwargs)
+            else:
+                model.set_adapter(name)
+                one = model.generate(input_ids=ids[row:row + 1], **kwargs)
+                model.set_adapter("default")
+            assert torch.equal(out[row, :one.shape[1]], one[0]), name

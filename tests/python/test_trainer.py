@@ -48,6 +48,17 @@ def test_trainer_trains_saves_adapter_only_and_resumes(tmp_path):
     trainer2 = transformers.Trainer(model=model2, args=args, train_dataset=Tiny(), eval_dataset=Tiny(8))
     result = trainer2.train(resume_from_checkpoint=str(checkpoint))
     assert trainer2.state.global_step == 4 and result.training_loss > 0
+    # The resumed run ends where the uninterrupted one ended: same spectra and head after step 4 (so the
+    # checkpoint's adapter, head and optimizer state were really loaded: a fresh start from step 2 ends elsewhere).
+    final = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    resumed = {n: p.detach() for n, p in model2.named_parameters() if p.requires_grad}
+    assert final.keys() == resumed.keys() and any("fourierft_spectrum" in n for n in final)
+    for name, value in final.items():
+        torch.testing.assert_close(resumed[name], value, rtol=1e-5, atol=1e-6, msg=name)
+    at_step_2 = fourierft.FourierFTModel.from_pretrained(transformers.BertForSequenceClassification(base.config),
+                                                         checkpoint)
+    spectrum_2 = at_step_2.base_model.model.bert.encoder.layer[0].attention.self.query.fourierft_spectrum["default"]
+    assert not torch.allclose(spectrum_2, after)  # steps 3 and 4 moved it
     loaded = fourierft.FourierFTModel.from_pretrained(transformers.BertForSequenceClassification(base.config),
                                                       tmp_path / "checkpoint-4")
     layer = loaded.base_model.model.bert.encoder.layer[0].attention.self.query
