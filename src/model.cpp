@@ -332,10 +332,9 @@ std::shared_ptr<torch::nn::Module> FourierFTModel::merge_and_unload(
 }
 
 std::shared_ptr<torch::nn::Module> FourierFTModel::unload() {
-  for (auto& [name, layer] : all_layers()) {
-    if (layer->merged()) layer->unmerge();
-    layer->clear_adapters();
-  }
+  // PEFT 0.21's unload() drops the adapters as they are: deltas merged before stay in the weights (the generated
+  // table's "unload after merge_adapter keeps the merged weights").
+  for (auto& [name, layer] : all_layers()) layer->clear_adapters();
   drop_modules_to_save();  // as PEFT: the active adapter's trained modules_to_save stay
   configs_.clear();
   adapter_order_.clear();

@@ -104,8 +104,8 @@ class FourierFTModel {
   std::shared_ptr<torch::nn::Module> merge_and_unload(
       bool progressbar = false, bool safe_merge = false,
       const std::optional<std::vector<std::string>>& adapter_names = std::nullopt);
-  /// Removes every adapter without merging (merged adapters are unmerged first): the original weights,
-  /// with the active adapter's trained modules_to_save kept, as PEFT's unload().
+  /// Removes every adapter without merging: the weights as they are (deltas merged before stay merged, as in PEFT
+  /// 0.21's unload()), with the active adapter's trained modules_to_save kept.
   std::shared_ptr<torch::nn::Module> unload();
 
   /// Parameters that require grad (what an optimizer should get).

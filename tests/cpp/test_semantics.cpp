@@ -169,6 +169,15 @@ TEST_P(PeftSemantics, SameOutcomeAsPeft) {
           json heads = json::object();
           for (const auto& item : expect["heads"].items()) heads[item.key()] = head_values(plain, original, item.key());
           got["heads"] = heads;
+          std::vector<std::string> changed;
+          for (const auto& p : plain->named_parameters()) {
+            const auto& name = p.key();
+            if (name.size() > 7 && name.compare(name.size() - 7, 7, ".weight") == 0 &&
+                !torch::equal(p.value(), original.at(name))) {
+              changed.push_back(name);
+            }
+          }
+          got["weights_changed"] = sorted(changed);
         } else {
           FAIL() << "unknown op " << op;
         }

@@ -6,8 +6,8 @@ Each case is a module tree (paths of Linear / LayerNorm leaves), then a sequence
 disable/enable_adapter_layers, unload, merge_and_unload, train_heads); after every operation the
 state PEFT leaves is recorded: which modules carry which adapter, the active adapters, the trainable
 parameters, the checkpoint keys save_pretrained writes per adapter, and for unload/merge_and_unload the
-parameters of the returned model and whether each modules_to_save module keeps the adapter's trained
-values. An operation that raises records the exception type and PEFT's state is then read as it is.
+parameters of the returned model, which weights differ from the base model's (merged deltas, trained heads) and
+whether each modules_to_save module keeps the adapter's trained values. An operation that raises records the exception type and PEFT's state is then read as it is.
 Parameter names are written as they read in a plain model (PEFT's wrapper segments `base_layer`,
 `modules_to_save.<adapter>`, `original_module` dropped), so the C++ model's names compare directly.
 
@@ -105,6 +105,10 @@ CASES = [
                                             "modules_to_save": ["classifier"], "bias": "all"}},
         {"op": "train_heads"},
         {"op": "merge_and_unload"}]},
+    {"name": "unload after merge_adapter keeps the merged weights", "tree": MLP, "steps": [
+        {"op": "get_peft_model", "config": {"target_modules": ["q", "fc"], "n_frequency": 10}},
+        {"op": "merge_adapter"},
+        {"op": "unload"}]},
     {"name": "two adapters with heads: set_adapter switches the head", "tree": MLP, "steps": [
         {"op": "get_peft_model", "config": {"target_modules": ["q"], "n_frequency": 10,
                                             "modules_to_save": ["classifier"]}},
@@ -221,6 +225,9 @@ def run(case: dict) -> dict:
                     unloaded = getattr(model, op)()
                     result["model_params"] = sorted(n for n, _ in unloaded.named_parameters())
                     result["heads"] = heads_report(unloaded, original, heads)
+                    before = dict(original.named_parameters())
+                    result["weights_changed"] = sorted(n for n, p in unloaded.named_parameters()
+                                                       if n.endswith(".weight") and not torch.equal(p, before[n]))
                     model = None
                 else:
                     raise AssertionError(op)
