@@ -15,10 +15,17 @@
 namespace fs = std::filesystem;
 
 int main(int argc, char** argv) {
-  if (argc != 2 || std::string(argv[1]) == "--help") {
-    std::fprintf(stderr, "usage: fourierft-inspect <adapter dir>\n"
-                         "  prints the adapter's config, layers, n_frequency, shapes, parameters and file size\n");
-    return argc == 2 ? 0 : 2;
+  static const char* const usage =
+      "usage: fourierft-inspect <adapter dir>\n"
+      "  prints the adapter's config, each adapted module with its n_frequency and dtype, the other saved\n"
+      "  tensors (modules_to_save) with their shapes, the parameter totals and the file sizes\n";
+  if (argc == 2 && (std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h")) {
+    std::fputs(usage, stdout);  // asked for: stdout, success
+    return 0;
+  }
+  if (argc != 2) {
+    std::fputs(usage, stderr);
+    return 2;
   }
   const fs::path dir = argv[1];
   try {

@@ -118,11 +118,20 @@ def test_gpt2_conv1d_fan_in_fan_out_merge_equals_peft(tmp_path):
 
 def test_dtype_option_casts_and_updates_the_config(tmp_path):
     config = peft.FourierFTConfig(target_modules=["q_proj"], n_frequency=50)
-    base, adapter, _ = make_case(tmp_path, llama, config)
+    base, adapter, reference = make_case(tmp_path, llama, config)
     done = run_merge("--base", base, "--adapter", adapter, "--out", tmp_path / "half", "--dtype", "bfloat16")
     assert done.returncode == 0, done.stderr
     tensors = load_file(tmp_path / "half" / "model.safetensors")
     assert {t.dtype for t in tensors.values()} == {torch.bfloat16}
+    # The values: PEFT's float32 merge, rounded to bfloat16 once (merged in float32, then cast).
+    expected = load_file(reference / "model.safetensors")
+    assert tensors.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(tensors[key], value.to(torch.bfloat16)) or \
+            (tensors[key].float() - value).abs().max().item() <= 2 ** -8 * max(1.0, value.abs().max().item()), key
+    merged_q = [k for k in expected if "q_proj" in k and k.endswith("weight")]
+    original = load_file(base / "model.safetensors")
+    assert merged_q and any(not torch.equal(tensors[k], original[k].to(torch.bfloat16)) for k in merged_q)
     model_config = json.loads((tmp_path / "half" / "config.json").read_text())
     assert model_config.get("dtype", model_config.get("torch_dtype")) == "bfloat16"
 

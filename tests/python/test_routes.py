@@ -72,6 +72,25 @@ def test_every_route_matches_float64(kernels, route, model_dtype, spectrum_dtype
         assert relative(got, want) < tol, (name, relative(got, want))
 
 
+@pytest.mark.parametrize("dtype", HALF)
+def test_spectral_linear_half_precision_matches_float64(kernels, dtype):
+    """ops.spectral_linear on bfloat16/float16 inputs and spectrum (the adapter path of layers that cannot run as
+    one op: Conv1D bases, several adapters): output, grad_x and grad_c against float64 on the same rounded values."""
+    out_features, in_features, n = 40, 24, 300
+    torch.manual_seed(7)
+    indices = fourierft.ops.entry_indices(out_features, in_features, n, 5)
+    x = torch.randn(6, in_features).to(dtype).requires_grad_(True)
+    c = torch.randn(n).to(dtype).requires_grad_(True)
+    y = fourierft.ops.spectral_linear(x, c, indices, out_features, in_features, 20.0)
+    g = torch.randn(y.shape).to(dtype)
+    gx, gc = torch.autograd.grad((y * g).sum(), [x, c])
+    assert y.dtype == gx.dtype == gc.dtype == dtype
+    zero_w, zero_b = torch.zeros(out_features, in_features), torch.zeros(out_features)
+    want_y, want_gx, want_gc = float64_reference(x, zero_w, zero_b, c, indices, out_features, in_features, 20.0, g)
+    for name, got, want in [("output", y, want_y), ("grad_x", gx, want_gx), ("grad_spectrum", gc, want_gc)]:
+        assert relative(got, want) < 1e-2, (name, relative(got, want))
+
+
 @pytest.mark.parametrize("route", ["spectral", "dense", "auto"])
 @pytest.mark.parametrize("model_dtype", [torch.float32, torch.bfloat16])
 def test_routes_with_an_empty_batch(kernels, route, model_dtype):

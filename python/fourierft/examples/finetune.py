@@ -38,12 +38,22 @@ import torch  # noqa: E402
 from .data import LABELS, bbc_news, minilm_path  # noqa: E402
 
 
+class _DefaultsHelp(argparse.HelpFormatter):
+    """Every option's default in its help, unless the help already says it (None / flags: nothing to show)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS):
+            return text
+        return text + " (default: %(default)s)"
+
+
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="fourierft-finetune", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=_DefaultsHelp)
     p.add_argument("--n-frequency", type=int, default=1000, help="spectral coefficients per adapted layer")
     p.add_argument("--scaling", type=float, default=150.0, help="alpha in delta_W = Re(ifft2(F)) * alpha")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=3, help="passes over the training articles")
     p.add_argument("--lr", type=float, default=None,
                    help="adapter learning rate (default: 5e-2 for FourierFT's spectrum, 5e-4 for LoRA)")
     p.add_argument("--head-lr", type=float, default=None,
@@ -54,12 +64,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                    help="head: the classifier head alone, the base model frozen and no adapter (the baseline)")
     p.add_argument("--no-baseline", action="store_true",
                    help="skip the head-only baseline that a fourierft run trains afterwards with the same recipe")
-    p.add_argument("--lora-r", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lora-r", type=int, default=8, help="LoRA rank (--method lora)")
+    p.add_argument("--batch-size", type=int, default=16, help="articles per training step")
     p.add_argument("--max-length", type=int, default=64, help="tokens per article (truncated; a headline and its lead)")
-    p.add_argument("--max-train", type=int, default=None, help="use only this many training articles")
-    p.add_argument("--max-eval", type=int, default=None, help="use only this many held-out articles")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-train", type=int, default=None, help="use only this many training articles (default: all)")
+    p.add_argument("--max-eval", type=int, default=None, help="use only this many held-out articles (default: all)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the head's initialisation and the batch order")
     p.add_argument("--no-save-merged", action="store_true", help="do not write the merged model (90 MB)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",

@@ -1,0 +1,241 @@
+"""The mutation check: breaks the library on purpose, one mutation at a time, and fails if the tests meant to guard
+each change still pass ("a survivor"). A test earns its place by being able to fail; this keeps them honest.
+
+    .venv/bin/python scripts/mutation_check.py            # every mutation (Python ones in ~1 min, C++ ones rebuild
+                                                          # the library once per mutation: ~1-2 min each)
+    .venv/bin/python scripts/mutation_check.py --python   # the Python mutations only (what CI runs)
+    .venv/bin/python scripts/mutation_check.py --list     # the table
+
+Each mutation replaces one exact snippet of a source file (it must occur exactly once, so a mutation whose code
+moved fails loudly instead of testing nothing) and names the tests that must catch it.
+- Python mutations are applied to a copy of the installed package (.venv's site-packages/fourierft) put first on
+  PYTHONPATH: the checkout is never touched.
+- C++ mutations are applied to the source in place, `build/` is rebuilt, the tests run against that library (the
+  GoogleTest binary, and pytest with build/'s libfourierft in the package copy), then the source is restored and
+  `build/` rebuilt, whatever happened.
+Needs scripts/bootstrap.sh to have run (the .venv, the package, build/).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PYTHON = ROOT / ".venv" / "bin" / "python"
+
+
+@dataclasses.dataclass
+class Mutation:
+    name: str
+    file: str  # relative to the repository root
+    old: str
+    new: str
+    pytest: tuple[str, ...] = ()
+    gtest: str = ""  # a --gtest_filter for build/tests/fourierft_tests
+
+    @property
+    def language(self) -> str:
+        return "python" if self.file.endswith(".py") else "cpp"
+
+
+MUTATIONS = [
+    # ---- Python ------------------------------------------------------------------------------------------
+    Mutation("delta_W cache served without comparing the spectrum's values", "python/fourierft/layer.py",
+             "        return delta if self._key_matches(adapter, spectrum, key, delta) else None",
+             "        return delta",
+             pytest=("tests/python/test_routes.py::test_inference_caches_are_used_and_never_stale",)),
+    Mutation("model-dtype delta_W cache (GPU inference) never rechecked", "python/fourierft/layer.py",
+             "            if delta.dtype == dtype and self._key_matches(adapter, spectrum, key, delta):",
+             "            if True:",
+             pytest=("tests/python/test_routes.py::test_inference_caches_are_used_and_never_stale",)),
+    Mutation("W + delta_W cache ignores W's fingerprint", "python/fourierft/layer.py",
+             "            if (w_stamp == stamp and merged.dtype == weight.dtype",
+             "            if (True and merged.dtype == weight.dtype",
+             pytest=("tests/python/test_layer_kernels.py",)),
+    Mutation("mixed batches drop every adapter's contribution", "python/fourierft/layer.py",
+             "        if name == BASE_ADAPTER or name not in layer.fourierft_spectrum:",
+             "        if True:",
+             pytest=("tests/python/test_serving.py",)),
+    Mutation("beam search repeats names on the encoder of a causal LM", "python/fourierft/model.py",
+             "    return None if encoder is model else encoder",
+             "    return encoder",
+             pytest=("tests/python/test_serving.py::test_mixed_batch_beam_search_on_a_causal_lm",)),
+    Mutation("hotswap copies spectra only", "python/fourierft/serving.py",
+             "        targets[live] = value",
+             "        targets[live] = value if live.endswith(_SPECTRUM + '.' + adapter_name) else state[live].detach().clone()",
+             pytest=("tests/python/test_serving.py::test_hotswap_copies_heads_and_biases_too",)),
+    Mutation("a failed injection is not rolled back", "python/fourierft/model.py",
+             "            entries.restore()\n            snapshot.restore()\n            self.targeted_module_names",
+             "            pass\n            snapshot.restore()\n            self.targeted_module_names",
+             pytest=("tests/python/test_bad_input.py::test_add_adapter_too_large_for_a_later_layer_is_rolled_back",)),
+    Mutation("config fields not validated by the tuner", "python/fourierft/model.py",
+             '        validate_config(self.peft_config[adapter_name], f"adapter {adapter_name!r}")',
+             "        pass",
+             pytest=("tests/python/test_bad_input.py",)),
+    Mutation("unknown adapter names in merges ignored", "python/fourierft/model.py",
+             "        if adapter_names is None:\n            return\n        if isinstance(adapter_names, str)",
+             "        if True:\n            return\n        if isinstance(adapter_names, str)",
+             pytest=("tests/python/test_bad_input.py::test_merging_unknown_adapters_raises_and_merges_nothing",)),
+    Mutation("checkpoint spectra for untargeted modules accepted", "python/fourierft/model.py",
+             '            if config.target_modules not in (None, "all-linear") and not check_target_module_exists(config, path):',
+             "            if False:",
+             pytest=("tests/python/test_bad_input.py::test_loading_a_spectrum_for_a_module_the_config_does_not_target",)),
+    Mutation("param_groups puts everything in one group", "python/fourierft/optim.py",
+             '        if "fourierft_spectrum" in name:',
+             '        if True:',
+             pytest=("tests/python/test_optim.py",)),
+    # ---- C++ ---------------------------------------------------------------------------------------------
+    Mutation("half-precision gradients negated in the CPU backward", "src/ops/cpu/spectral_linear_cpu.cpp",
+             "  if (need_grad_x) grad_x = gx2d.to(x.scalar_type()).view(grad_x_shape);\n  return {grad_x, grad_spectrum};",
+             "  if (need_grad_x) grad_x = gx2d.to(x.scalar_type()).view(grad_x_shape);\n"
+             "  if (x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf) {\n"
+             "    if (need_grad_x) grad_x = grad_x.neg();\n"
+             "    if (need_grad_spectrum) grad_spectrum = grad_spectrum.neg();\n  }\n"
+             "  return {grad_x, grad_spectrum};",
+             pytest=("tests/python/test_routes.py::test_spectral_linear_half_precision_matches_float64",)),
+    Mutation("mixed-dtype ops.linear drops the adapter's share of grad_x", "src/ops/cpu/spectral_linear_cpu.cpp",
+             "    if (need_grad_x) grad_x = at::matmul(grad_out.to(weight.scalar_type()), weight).add_(gx).to(x.scalar_type());",
+             "    if (need_grad_x) grad_x = at::matmul(grad_out.to(weight.scalar_type()), weight).to(x.scalar_type());",
+             pytest=("tests/python/test_ops_peft.py::test_linear_mixed_dtypes_match_float64_forward_and_gradients",)),
+    Mutation("dense route of a half-precision model drops the adapter", "src/ops/generic.cpp",
+             "    return at::linear(x2d, weight, bias).addmm_(x2d, delta.to(x.scalar_type()).t()).view(out_shape);",
+             "    return at::linear(x2d, weight, bias).view(out_shape);",
+             pytest=("tests/python/test_routes.py::test_every_route_matches_float64",),
+             gtest="FourierFTLinear.HalfPrecision*"),
+    Mutation("C++ delta_W cache never compares values", "src/layer.cpp",
+             "  if (!torch::equal(entry.values, spectrum)) return {};",
+             "",
+             gtest="FourierFTLinear.*:Threads*:*Cache*"),
+    Mutation("C++ unload() unmerges first", "src/model.cpp",
+             "  for (auto& [name, layer] : all_layers()) layer->clear_adapters();",
+             "  for (auto& [name, layer] : all_layers()) {\n    if (layer->merged()) layer->unmerge();\n"
+             "    layer->clear_adapters();\n  }",
+             gtest="Table/PeftSemantics.*:ModelTest.Unload*"),
+    Mutation("C++ add_adapter does not plan before changing layers (n too large for a later layer)", "src/model.cpp",
+             "    TORCH_CHECK_VALUE(match.n_frequency > 0 && match.n_frequency <= size,",
+             "    if (!plan.empty()) throw c10::ValueError({__func__, __FILE__, 0}, \"late failure\");\n"
+             "    TORCH_CHECK_VALUE(match.n_frequency > 0 && match.n_frequency <= size,",
+             gtest="Model.FailedCalls*"),
+]
+
+
+def run(command, env=None, timeout=1800) -> bool:
+    """True when the command passed (the tests caught nothing)."""
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    return done.returncode == 0
+
+
+def apply(text: str, mutation: Mutation) -> str:
+    count = text.count(mutation.old)
+    if count != 1:
+        raise SystemExit(f"mutation '{mutation.name}': the snippet occurs {count} times in {mutation.file} "
+                         "(expected once); update the table")
+    return text.replace(mutation.old, mutation.new)
+
+
+def package_copy(workdir: pathlib.Path) -> pathlib.Path:
+    """A copy of the installed package under workdir/site (put first on PYTHONPATH)."""
+    installed = subprocess.run([str(PYTHON), "-c", "import fourierft, os; print(os.path.dirname(fourierft.__file__))"],
+                               capture_output=True, text=True, check=True, cwd="/").stdout.strip()
+    site = workdir / "site"
+    shutil.copytree(installed, site / "fourierft", symlinks=True,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    imported = subprocess.run([str(PYTHON), "-c", "import fourierft; print(fourierft.__file__)"], capture_output=True,
+                              text=True, check=True, cwd=ROOT, env=pytest_env(site)).stdout.strip()
+    if not imported.startswith(str(site)):
+        raise SystemExit(f"the tests would import {imported}, not the package copy under {site}")
+    return site
+
+
+def pytest_env(site: pathlib.Path) -> dict:
+    return dict(os.environ, PYTHONPATH=str(site), HF_HUB_OFFLINE="1")
+
+
+def pytest_command(tests) -> list[str]:
+    return [str(PYTHON), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+
+
+def check_python(mutation: Mutation, site: pathlib.Path) -> bool:
+    relative = pathlib.Path(mutation.file).relative_to("python")
+    target = site / relative
+    original = target.read_text()
+    target.write_text(apply(original, mutation))
+    try:
+        return run(pytest_command(mutation.pytest), env=pytest_env(site))
+    finally:
+        target.write_text(original)
+
+
+def rebuild() -> None:
+    done = subprocess.run(["cmake", "--build", "build", "--target", "fourierft", "fourierft_tests"], cwd=ROOT,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError("build failed:\n" + done.stdout[-3000:] + done.stderr[-3000:])
+
+
+def check_cpp(mutation: Mutation, site: pathlib.Path) -> bool:
+    source = ROOT / mutation.file
+    original = source.read_text()
+    # pip installs the library's soname links as copies: every libfourierft.so* file of the package copy is one.
+    libraries = [p for p in (site / "fourierft" / "lib").glob("libfourierft.so*") if not p.is_symlink()]
+    installed = {p: p.read_bytes() for p in libraries}
+    source.write_text(apply(original, mutation))
+    try:
+        rebuild()
+        survived = True
+        if mutation.gtest:
+            survived &= run([str(ROOT / "build" / "tests" / "fourierft_tests"), f"--gtest_filter={mutation.gtest}"])
+        if mutation.pytest:
+            mutant = (ROOT / "build" / "libfourierft.so.0.1.0").read_bytes()
+            for library in libraries:
+                library.write_bytes(mutant)
+            survived &= run(pytest_command(mutation.pytest), env=pytest_env(site))
+        return survived
+    finally:
+        source.write_text(original)
+        for library, content in installed.items():
+            library.write_bytes(content)
+        rebuild()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--python", action="store_true", help="only the Python mutations (no rebuild)")
+    parser.add_argument("--list", action="store_true", help="print the table and exit")
+    args = parser.parse_args()
+    chosen = [m for m in MUTATIONS if not args.python or m.language == "python"]
+    if args.list:
+        for m in chosen:
+            print(f"{m.language:6} {m.file}: {m.name}\n       caught by: {', '.join(m.pytest) or ''} "
+                  f"{('gtest ' + m.gtest) if m.gtest else ''}")
+        return 0
+    for m in chosen:  # every snippet is where the table says, before anything runs
+        apply((ROOT / m.file).read_text(), m)
+    survivors = []
+    with tempfile.TemporaryDirectory(prefix="fourierft-mutants-") as tmp:
+        site = package_copy(pathlib.Path(tmp))
+        if not run(pytest_command(("tests/python/test_optim.py",)), env=pytest_env(site)):
+            raise SystemExit("the unmutated package copy fails its tests: nothing to compare against")
+        for m in chosen:
+            began = time.perf_counter()
+            survived = check_python(m, site) if m.language == "python" else check_cpp(m, site)
+            verdict = "SURVIVED" if survived else "caught"
+            print(f"{verdict:8} {time.perf_counter() - began:5.1f} s  {m.file}: {m.name}", flush=True)
+            if survived:
+                survivors.append(m)
+    caught = len(chosen) - len(survivors)
+    print(f"mutation check: {caught} caught, {len(survivors)} survived")
+    for m in survivors:
+        print(f"  survivor: {m.file}: {m.name} (tests: {', '.join(m.pytest)} {m.gtest})")
+    return 1 if survivors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
