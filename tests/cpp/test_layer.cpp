@@ -176,7 +176,16 @@ TEST(FourierFTLinear, SetAdapterControlsGradAndTwoActiveAdaptersAdd) {
   EXPECT_TRUE(layer->fourierft_spectrum->at("second").requires_grad());
   const auto only_second = (layer(x) - base).detach();
   layer->set_adapter(std::vector<std::string>{"default", "second"});
-  EXPECT_LE(relative_error(layer(x) - base, only_default + only_second), 1e-5);
+  // Both against PEFT's formula in float64 (not against the sum of this layer's own outputs).
+  torch::Tensor reference = base.to(torch::kDouble);
+  for (const char* name : {"default", "second"}) {
+    const auto& state = layer->adapter_state(name);
+    reference += x.to(torch::kDouble).matmul(
+        reference_delta_weight(layer->fourierft_spectrum->at(name).detach(), state.indices, 12, 20, state.scaling).t());
+  }
+  EXPECT_LE(relative_error(layer(x), reference), 1e-5);
+  EXPECT_GT(relative_error(only_second, reference - base.to(torch::kDouble)), 1e-2);  // both really contribute
+  EXPECT_GT(relative_error(only_default, reference - base.to(torch::kDouble)), 1e-2);
 }
 
 TEST(FourierFTLinear, MergeUnmergeRoundTrip) {

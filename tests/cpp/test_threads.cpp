@@ -15,21 +15,45 @@ using fourierft::testing::relative_error;
 
 namespace {
 
-// The serving case: one adapted layer, many threads, inference. Every result must equal the reference
-// (no torn or stale delta_W), on every path. Runs under AddressSanitizer too (tests/CMakeLists.txt).
+// The serving case: one adapted layer, many threads, inference. Every result must equal the reference (no torn or
+// stale delta_W), on every path. Half-way, all threads stop at a barrier while one of them changes the spectrum's
+// values in place (a version-counter-blind write, as an EMA update or hot swap makes); after it every result must
+// follow the new values: a cache that served the old delta_W fails. Runs under AddressSanitizer too.
 void share_one_layer_for_inference(ForwardPath path) {
   {
+    constexpr int kThreads = 8, kRounds = 24, kWriteRound = 12;
     auto layer = frozen_layer(path);
-    std::vector<torch::Tensor> inputs, expected;
+    std::vector<torch::Tensor> inputs, before, after;
     for (int i = 0; i < 8; ++i) {
       inputs.push_back(torch::randn({64 * (i % 3 + 1), 24}));
-      expected.push_back(reference_forward(layer, inputs.back()));
+      before.push_back(reference_forward(layer, inputs.back()));
     }
-    std::atomic<int> failures{0};
+    auto& spectrum = layer->spectrum("default");
+    const auto original = spectrum.detach().clone();
+    const auto written = original * -2.0 + 0.5;
+    {
+      torch::NoGradGuard guard;
+      spectrum.copy_(written);
+      for (const auto& x : inputs) after.push_back(reference_forward(layer, x));
+      spectrum.copy_(original);
+    }
+    std::atomic<int> failures{0}, arrived{0}, done_writing{0};
     std::vector<std::thread> threads;
-    for (int t = 0; t < 8; ++t) {
+    for (int t = 0; t < kThreads; ++t) {
       threads.emplace_back([&, t] {
-        for (int round = 0; round < 25; ++round) {
+        for (int round = 0; round < kRounds; ++round) {
+          if (round == kWriteRound) {  // barrier; thread 0 writes; everyone waits for the write
+            arrived.fetch_add(1);
+            while (arrived.load() < kThreads) {
+            }
+            if (t == 0) {
+              torch::NoGradGuard guard;
+              spectrum.data().copy_(written);
+              done_writing.store(1);
+            }
+            while (done_writing.load() == 0) {
+            }
+          }
           const int i = (t + round) % 8;
           torch::Tensor y;
           if (round % 2 == 0) {
@@ -39,11 +63,8 @@ void share_one_layer_for_inference(ForwardPath path) {
             torch::NoGradGuard guard;
             y = layer(inputs[i]);
           }
-          if (relative_error(y, expected[i]) > 1e-5) ++failures;
-          if (round == 10 && t == 0) {  // a writer among the readers: the cache must follow
-            torch::NoGradGuard guard;
-            layer->spectrum("default").mul_(1.0);
-          }
+          const auto& expected = round < kWriteRound ? before[i] : after[i];
+          if (relative_error(y, expected) > 1e-5) ++failures;
         }
       });
     }
