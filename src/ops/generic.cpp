@@ -24,6 +24,7 @@
 #include <fourierft/ops.h>
 
 #include <ATen/ATen.h>
+#include <c10/util/Exception.h>
 
 #include <atomic>
 #include <vector>
@@ -60,6 +61,17 @@ struct Pattern {
   at::Tensor crow, col, inverse;
   int64_t unique;
 };
+
+// PyTorch warns once per process that sparse CSR support is "in beta" when the first CSR tensor is made: about its
+// own API, which this file uses internally, so the user would be told nothing they can act on. Dropped here only.
+struct DropWarnings final : c10::WarningHandler {
+  void process(const c10::Warning&) override {}
+};
+at::Tensor csr_tensor(const Pattern& pattern, const at::Tensor& values, int64_t rows, int64_t cols) {
+  static DropWarnings drop;
+  c10::WarningUtils::WarningHandlerGuard guard(&drop);
+  return at::sparse_csr_tensor(pattern.crow, pattern.col, values, {rows, cols}, values.options().layout(at::kSparseCsr));
+}
 Pattern csr_pattern(const at::Tensor& keys, int64_t rows, int64_t cols) {
   auto [unique_keys, inverse, counts] = at::_unique2(keys, /*sorted=*/true, /*return_inverse=*/true, false);
   const auto row = at::div(unique_keys, cols, "floor");
@@ -85,7 +97,7 @@ at::Tensor spectral_operator(const at::Tensor& coeff, const at::Tensor& src, con
   const auto values = at::cat({c * keep, c * s * keep, c * keep_mirror, -(c * s) * keep_mirror});
   const auto pattern = csr_pattern(rows * out_cols + cols, in_cols, out_cols);
   const auto summed = at::zeros({pattern.unique}, real).index_add_(0, pattern.inverse, values);
-  return at::sparse_csr_tensor(pattern.crow, pattern.col, summed, {in_cols, out_cols}, real.layout(at::kSparseCsr));
+  return csr_tensor(pattern, summed, in_cols, out_cols);
 }
 
 // Re(ifft_p(Z)) * factor for every row of `signal` ([rows, src_len] real), Z[dst_k] += c_k conj(fft(signal))[src_k].
@@ -107,8 +119,7 @@ at::Tensor spectral_grad_spectrum(const at::Tensor& g_half, const at::Tensor& x_
   const int64_t n = indices.size(1);
   const auto keys = at::cat({(2 * a) * cols + 2 * b, (2 * a + 1) * cols + 2 * b + 1});
   const auto pattern = csr_pattern(keys, rows, cols);
-  const auto mask = at::sparse_csr_tensor(pattern.crow, pattern.col, at::zeros({pattern.unique}, real), {rows, cols},
-                                          real.layout(at::kSparseCsr));
+  const auto mask = csr_tensor(pattern, at::zeros({pattern.unique}, real), rows, cols);
   const auto sampled = at::sparse_sampled_addmm(mask, g_half.t(), x_half, /*beta=*/0.0, /*alpha=*/1.0).values();
   const auto re = sampled.index_select(0, pattern.inverse.narrow(0, 0, n));
   const auto im = sampled.index_select(0, pattern.inverse.narrow(0, n, n));
