@@ -19,6 +19,17 @@ __all__ = ["entry_indices", "delta_weight", "spectral_linear", "linear", "linear
            "inference_cache", "generic_kernels"]
 
 
+@contextlib.contextmanager
+def _scoped(get, set_, value) -> Iterator[None]:
+    """A process-wide setting of the C++ library, set inside the block and restored afterwards."""
+    before = get()
+    set_(value)
+    try:
+        yield
+    finally:
+        set_(before)
+
+
 def entry_indices(out_features: int, in_features: int, n_frequency: int, random_loc_seed: int) -> torch.Tensor:
     """The entry matrix ``E`` (int64, shape ``[2, n_frequency]``), bit-identical to PEFT's:
     ``p = torch.randperm(d1 * d2, generator=torch.Generator().manual_seed(seed))[:n]``,
@@ -77,8 +88,7 @@ def linear(
     return torch.ops.fourierft.linear(x, weight, bias, spectrum, indices, out_features, in_features, float(scaling))
 
 
-@contextlib.contextmanager
-def linear_path(path: str) -> Iterator[None]:
+def linear_path(path: str) -> contextlib.AbstractContextManager:
     """Inside the block, :func:`linear` (and the layers' adapters) always take ``path``: ``"spectral"``
     (matrix-free: the CPU's blocked pipeline, elsewhere row FFTs around sparse products; the spectrum's gradient by
     correlating the rows' spectra), ``"dense"`` (``delta_W`` built for the call and applied by GEMMs: one with
@@ -92,12 +102,7 @@ def linear_path(path: str) -> Iterator[None]:
     >>> with fourierft.ops.linear_path("dense"):
     ...     y = fourierft.ops.linear(x, weight, bias, spectrum, indices, out_features, in_features, scaling)
     """
-    before = _C.linear_path()
-    _C.set_linear_path(path)
-    try:
-        yield
-    finally:
-        _C.set_linear_path(before)
+    return _scoped(_C.linear_path, _C.set_linear_path, path)
 
 
 def linear_routes(device, dtype: torch.dtype, tokens: int, out_features: int, in_features: int, n_frequency: int,
@@ -113,8 +118,7 @@ def linear_routes(device, dtype: torch.dtype, tokens: int, out_features: int, in
     return _C.linear_routes(torch.device(device), dtype, tokens, out_features, in_features, n_frequency, training)
 
 
-@contextlib.contextmanager
-def inference_cache(enabled: bool = True) -> Iterator[None]:
+def inference_cache(enabled: bool = True) -> contextlib.AbstractContextManager:
     """Inside the block, adapted layers run inference with (``True``, the default everywhere) or without their
     caches: with a frozen spectrum a layer keeps ``W + delta_W`` (CPU, float32/float64, where the cost model says it
     pays) or ``delta_W`` in the model's dtype (GPUs), one weight-sized tensor per adapted layer, so that nothing of
@@ -124,16 +128,10 @@ def inference_cache(enabled: bool = True) -> Iterator[None]:
     >>> with fourierft.ops.inference_cache(False):
     ...     logits = model(**batch).logits
     """
-    before = _C.inference_cache()
-    _C.set_inference_cache(enabled)
-    try:
-        yield
-    finally:
-        _C.set_inference_cache(before)
+    return _scoped(_C.inference_cache, _C.set_inference_cache, enabled)
 
 
-@contextlib.contextmanager
-def generic_kernels(enabled: bool = True) -> Iterator[None]:
+def generic_kernels(enabled: bool = True) -> contextlib.AbstractContextManager:
     """Inside the block, CPU tensors run the device-generic implementation of the ops (ATen operations
     only: the code registered for CUDA) instead of the fused CPU kernels. For testing the GPU code path
     on a machine without a GPU; process-wide while active, restored afterwards.
@@ -141,9 +139,4 @@ def generic_kernels(enabled: bool = True) -> Iterator[None]:
     >>> with fourierft.ops.generic_kernels():
     ...     y = fourierft.ops.spectral_linear(x, spectrum, indices, out_features, in_features, scaling)
     """
-    before = _C.generic_kernels()
-    _C.set_generic_kernels(enabled)
-    try:
-        yield
-    finally:
-        _C.set_generic_kernels(before)
+    return _scoped(_C.generic_kernels, _C.set_generic_kernels, enabled)

@@ -62,31 +62,9 @@ def test_mixed_batch_rows_equal_each_row_alone(how):
                 assert not torch.allclose(same_row[i], same_row[j], atol=1e-3), (every[i], every[j])
 
 
-def test_mixed_batch_through_generate():
-    model = with_adapters()
-    names = ["b", "__base__", "a"]
-    ids = torch.randint(1, 64, (3, 5), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        out = model.generate(input_ids=ids, adapter_names=names, max_new_tokens=4, do_sample=False)
-        for row, name in enumerate(names):
-            if name == "__base__":
-                with model.disable_adapter():
-                    one = model.generate(input_ids=ids[row:row + 1], max_new_tokens=4, do_sample=False)
-            else:
-                model.set_adapter(name)
-                one = model.generate(input_ids=ids[row:row + 1], max_new_tokens=4, do_sample=False)
-                model.set_adapter("default")
-            assert torch.equal(out[row], one[0]), name
-
-
-@pytest.mark.parametrize("num_beams", [2, 3])
-def test_mixed_batch_beam_search_on_a_causal_lm(num_beams):
-    """generate(num_beams=k) repeats every row k times: each name is repeated with it (PEFT's LoRA does the same);
-    each row equals that row generated alone with its adapter."""
-    model = with_adapters()
-    names = ["a", "__base__", "c"]
-    ids = torch.randint(1, 64, (3, 5), generator=torch.Generator().manual_seed(4))
-    kwargs = dict(max_new_tokens=4, do_sample=False, num_beams=num_beams)
+def assert_generate_rows_equal_each_row_alone(model, ids, names, **kwargs):
+    """model.generate with adapter_names equals, row by row, generating that row alone with its adapter active
+    (adapters disabled for "__base__")."""
     with torch.no_grad():
         out = model.generate(input_ids=ids, adapter_names=names, **kwargs)
         for row, name in enumerate(names):
@@ -97,7 +75,22 @@ def test_mixed_batch_beam_search_on_a_causal_lm(num_beams):
                 model.set_adapter(name)
                 one = model.generate(input_ids=ids[row:row + 1], **kwargs)
                 model.set_adapter("default")
-            assert torch.equal(out[row], one[0]), name
+            assert torch.equal(out[row, :one.shape[1]], one[0]), name
+
+
+def test_mixed_batch_through_generate():
+    ids = torch.randint(1, 64, (3, 5), generator=torch.Generator().manual_seed(3))
+    assert_generate_rows_equal_each_row_alone(with_adapters(), ids, ["b", "__base__", "a"], max_new_tokens=4,
+                                              do_sample=False)
+
+
+@pytest.mark.parametrize("num_beams", [2, 3])
+def test_mixed_batch_beam_search_on_a_causal_lm(num_beams):
+    """generate(num_beams=k) repeats every row k times: each name is repeated with it (PEFT's LoRA does the same);
+    each row equals that row generated alone with its adapter."""
+    ids = torch.randint(1, 64, (3, 5), generator=torch.Generator().manual_seed(4))
+    assert_generate_rows_equal_each_row_alone(with_adapters(), ids, ["a", "__base__", "c"], max_new_tokens=4,
+                                              do_sample=False, num_beams=num_beams)
 
 
 def test_unknown_names_and_training_mode_raise_before_any_compute():
@@ -214,17 +207,6 @@ def test_mixed_batch_beam_search_on_an_encoder_decoder():
     model = fourierft.get_peft_model(base, peft.FourierFTConfig(**config))
     model.add_adapter("a", peft.FourierFTConfig(random_loc_seed=5, **config))
     model.eval()
-    names = ["a", "__base__", "default"]
     ids = torch.randint(1, 64, (3, 6), generator=torch.Generator().manual_seed(6))
-    kwargs = dict(max_new_tokens=4, do_sample=False, num_beams=2)
-    with torch.no_grad():
-        out = model.generate(input_ids=ids, adapter_names=names, **kwargs)
-        for row, name in enumerate(names):
-            if name == "__base__":
-                with model.disable_adapter():
-                    one = model.generate(input_ids=ids[row:row + 1], **kwargs)
-            else:
-                model.set_adapter(name)
-                one = model.generate(input_ids=ids[row:row + 1], **kwargs)
-                model.set_adapter("default")
-            assert torch.equal(out[row, :one.shape[1]], one[0]), name
+    assert_generate_rows_equal_each_row_alone(model, ids, ["a", "__base__", "default"], max_new_tokens=4,
+                                              do_sample=False, num_beams=2)
