@@ -354,7 +354,10 @@ def write_report(results: dict, command: str) -> None:
     lines += ["", "## Merge: delta_W of a 4096 x 4096 layer (n = 1000)", "", "| implementation | ms |", "|---|---:|"]
     lines += [f"| {k} | {v * 1000:.0f} |" for k, v in merge.items()]
     lines += ["", f"fourierft is {merge['PEFT get_delta_weight'] / merge['fourierft delta_weight']:.2f}x faster.", ""]
-    lines += ["## Scaling (one layer, forward + backward, ratio to the frozen layer)", "",
+    lines += ["## Scaling: `base(x) + fourierft.ops.spectral_linear(x, ...)` against PEFT's layer (forward + backward, "
+              "ratio to the frozen layer)", "",
+              "The adapter-only op that layers take when their base is not a plain `nn.Linear` (its backward always "
+              "correlates), not the whole-layer `fourierft.ops.linear` of benchmarks-layer.md.", "",
               "![scaling curves](benchmarks.png)", "", "| n_frequency (1024 x 1024, 1024 tokens) | PEFT | fourierft |",
               "|---:|---:|---:|"]
     lines += [f"| {n:,} | {v['PEFT']:.2f}x | {v['fourierft']:.2f}x |" for n, v in results["scaling"]["n"].items()]
