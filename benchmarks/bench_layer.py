@@ -5,7 +5,7 @@ ratios as medians of per-round ratios with a 95% bootstrap interval; PEFT Fourie
 Each variant does forward + backward of one linear layer with a frozen base weight, the input
 requiring grad (as for a layer inside a network) and, for the adapters, the spectrum requiring grad.
 
-    .venv/bin/python benchmarks/bench_layer.py            # full table, writes docs/benchmarks-layer.md
+    .venv/bin/python benchmarks/bench_layer.py            # full table, writes docs/benchmarks-layer.md (+ .json)
     .venv/bin/python benchmarks/bench_layer.py --quick    # two shapes, prints only
 
 The kernels come from the installed `fourierft` package (scripts/bootstrap.sh installs it into .venv).
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import pathlib
 import platform
@@ -206,6 +207,7 @@ def main():
     rows = [header, "|" + "---|" * 12]
     print(header, flush=True)
     verdicts = {"below": 0, "tie": 0, "above": 0}
+    raw = []  # every configuration's per-round seconds, written beside the page
     for width, n, tokens in configs:
         with_peft = width <= 4096  # PEFT's dense complex spectrum at 8192^2 is 512 MiB per step
         times, memory, faults = measure(width, width, n, tokens, args.reps, args.seconds, with_peft, args.device,
@@ -225,6 +227,8 @@ def main():
                f"{memory['LoRA r=8'] / 2**20:.1f} / {peft_mem} / {memory['fourierft'] / 2**20:.1f} |")
         rows.append(row)
         print(row, flush=True)
+        raw.append({"width": width, "n": n, "tokens": tokens, "seconds_per_round": times,
+                    "added_bytes": memory, "page_faults_per_step": faults, "verdict": verdict})
     summary = (f"fourierft below LoRA r=8 in {verdicts['below']} of {len(configs)} configurations, tied (the interval "
                f"contains 1) in {verdicts['tie']}, above in {verdicts['above']}")
     print(summary, flush=True)
@@ -290,7 +294,11 @@ Speed-up of the real-FFT route: {peft_t / ours_t:.2f}x.
     if out.exists() and marker in out.read_text():
         text += "\n" + marker + out.read_text().split(marker, 1)[1]
     out.write_text(text)
-    print(f"wrote {args.out}")
+    raw_path = out.with_suffix(".json")
+    raw_path.write_text(json.dumps({"command": command.strip(), "date": datetime.date.today().isoformat(),
+                                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                                    "configurations": raw, "delta_weight_seconds": dw}, indent=1) + "\n")
+    print(f"wrote {args.out} and {raw_path}")
 
 
 if __name__ == "__main__":
