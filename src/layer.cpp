@@ -528,7 +528,7 @@ torch::Tensor FourierFTLayer::adapted_forward(
       if (inference_cache_for(call) == InferenceCache::Delta) {
         // Inference: delta_W in the model's dtype, kept while the spectrum holds the same values, beside the base
         // GEMM (nothing of size out x in recomputed per call).
-        return torch::nn::functional::linear(x, base_weight(), bias ? *bias : torch::Tensor())
+        return torch::nn::functional::linear(x, base_weight(), *base_bias)
             .add_(torch::nn::functional::linear(x, cached_model_delta(*name, state, x.scalar_type())));
       }
       return linear(x, base_weight(), bias, spectrum, indices, out_features_, in_features_, state.scaling);

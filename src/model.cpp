@@ -402,8 +402,8 @@ void FourierFTModel::mark_trainable() {
       const bool is_bias = name == "bias" || (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0);
       if (config.bias() == "all" && is_bias) item.value().requires_grad_(true);
     }
-    const auto& bias = config.bias();
-    if (bias.size() >= 5 && bias.compare(bias.size() - 5, 5, "_only") == 0) {  // PEFT: any "<method>_only"
+    // validate() admits "none", "all" and PEFT's "<method>_only": the rest opens the adapted layers' biases.
+    if (config.bias() != "none" && config.bias() != "all") {
       for (const auto& [module_name, layer] : layers) {
         if (!layer->has_adapter(adapter)) continue;
         auto params = model_->named_parameters();

@@ -118,9 +118,12 @@ at::ScalarType compute_dtype(at::ScalarType a, at::ScalarType b) {
   return (a == at::kDouble || b == at::kDouble) ? at::kDouble : at::kFloat;
 }
 
+bool half_precision_model(at::ScalarType x, at::ScalarType spectrum) {
+  return (x == at::kHalf || x == at::kBFloat16) && spectrum == at::kFloat;
+}
+
 at::ScalarType linear_result_dtype(at::ScalarType x, at::ScalarType spectrum) {
-  const bool half_model = (x == at::kHalf || x == at::kBFloat16) && spectrum == at::kFloat;
-  return half_model ? x : c10::promoteTypes(x, spectrum);
+  return half_precision_model(x, spectrum) ? x : c10::promoteTypes(x, spectrum);
 }
 
 }  // namespace fourierft::detail

@@ -62,6 +62,13 @@ struct Pattern {
   int64_t unique;
 };
 
+Pattern csr_pattern(const at::Tensor& keys, int64_t rows, int64_t cols) {
+  auto [unique_keys, inverse, counts] = at::_unique2(keys, /*sorted=*/true, /*return_inverse=*/true, false);
+  const auto row = at::div(unique_keys, cols, "floor");
+  const auto crow = at::searchsorted(row, at::arange(rows + 1, keys.options()));
+  return {crow, unique_keys.remainder(cols), inverse, unique_keys.size(0)};
+}
+
 // PyTorch warns once per process that sparse CSR support is "in beta" when the first CSR tensor is made: about its
 // own API, which this file uses internally, so the user would be told nothing they can act on. Dropped here only.
 struct DropWarnings final : c10::WarningHandler {
@@ -71,12 +78,6 @@ at::Tensor csr_tensor(const Pattern& pattern, const at::Tensor& values, int64_t 
   static DropWarnings drop;
   c10::WarningUtils::WarningHandlerGuard guard(&drop);
   return at::sparse_csr_tensor(pattern.crow, pattern.col, values, {rows, cols}, values.options().layout(at::kSparseCsr));
-}
-Pattern csr_pattern(const at::Tensor& keys, int64_t rows, int64_t cols) {
-  auto [unique_keys, inverse, counts] = at::_unique2(keys, /*sorted=*/true, /*return_inverse=*/true, false);
-  const auto row = at::div(unique_keys, cols, "floor");
-  const auto crow = at::searchsorted(row, at::arange(rows + 1, keys.options()));
-  return {crow, unique_keys.remainder(cols), inverse, unique_keys.size(0)};
 }
 
 // The real sparse operator of the spectral apply: Re/Im H2 of the output from the interleaved input spectrum
@@ -124,10 +125,6 @@ at::Tensor spectral_grad_spectrum(const at::Tensor& g_half, const at::Tensor& x_
   const auto re = sampled.index_select(0, pattern.inverse.narrow(0, 0, n));
   const auto im = sampled.index_select(0, pattern.inverse.narrow(0, n, n));
   return (re - su * sv * im).mul_(scaling / (static_cast<double>(d1) * d2));
-}
-
-bool half_model(const at::Tensor& x, const at::Tensor& spectrum) {
-  return (x.scalar_type() == at::kHalf || x.scalar_type() == at::kBFloat16) && spectrum.scalar_type() == at::kFloat;
 }
 
 // g^T x accumulated in float32 (or float64): on CUDA a half-precision GEMM with a float32 result, elsewhere the
@@ -244,7 +241,7 @@ at::Tensor linear_generic(const at::Tensor& x, const at::Tensor& weight, const s
   if (rows == 0) return at::linear(x, weight, bias).to(result_dtype);
   const bool same = x.scalar_type() == spectrum.scalar_type();
   const LayerCall call{x.device().type(), x.scalar_type(), rows, out_features, in_features, spectrum.size(0), false};
-  if ((same || half_model(x, spectrum)) && linear_route(call, RoutePass::Forward) != LinearRoute::Pipeline) {
+  if ((same || half_precision_model(x.scalar_type(), spectrum.scalar_type())) && linear_route(call, RoutePass::Forward) != LinearRoute::Pipeline) {
     const auto delta = delta_weight_generic(spectrum, indices, out_features, in_features, scaling);
     if (same) return at::linear(x2d, delta.add_(weight), bias).view(out_shape);  // W + delta_W: one GEMM
     // A half-precision model: delta_W in the model's dtype, beside the base GEMM (float32 accumulation).
@@ -281,7 +278,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_gener
     return {grad_x, grad_weight, grad_bias, grad_spectrum};
   }
   const bool same = x.scalar_type() == spectrum.scalar_type();
-  const bool dense_capable = same || half_model(x, spectrum);
+  const bool dense_capable = same || half_precision_model(x.scalar_type(), spectrum.scalar_type());
   const LayerCall call{grad_out.device().type(), x.scalar_type(), rows, out_features, in_features, spectrum.size(0),
                        true};
   const bool dense_grad_x =

@@ -42,6 +42,8 @@ void check_linear_backward(const char* op, const at::Tensor& grad_out, const at:
                            int64_t out_features, int64_t in_features, bool need_x);
 /// float32 for half/bfloat16/float32, float64 when either operand is float64.
 at::ScalarType compute_dtype(at::ScalarType a, at::ScalarType b);
+/// A half-precision model with PEFT's float32 adapter: x bfloat16/float16, spectrum float32.
+bool half_precision_model(at::ScalarType x, at::ScalarType spectrum);
 /// fourierft::linear's result dtype: x's for a half-precision model (x bfloat16/float16, spectrum float32, as
 /// PEFT's layer returns it after its float32 adapter), else promote(x, spectrum) (PEFT's composition).
 at::ScalarType linear_result_dtype(at::ScalarType x, at::ScalarType spectrum);
