@@ -55,19 +55,29 @@ class FourierFTKernels:
                 and not (cached.is_inference() and not torch.is_inference_mode_enabled())
                 and torch.equal(values, spectrum))
 
-    def _cached_delta(self, adapter: str, spectrum: torch.Tensor) -> Optional[torch.Tensor]:
-        """The cached ``delta_W`` of ``adapter`` if it was computed from exactly the values the
-        spectrum holds now, else None."""
-        entry = self.__dict__.get(_CACHE, {}).get(adapter)
+    @staticmethod
+    def _delta_cache_key(adapter: str, dtype: Optional[torch.dtype]):
+        """``delta_W`` in the spectrum's dtype (the adapter path) under the adapter's name; in a model's dtype (GPU
+        inference beside the base GEMM) apart from it."""
+        return adapter if dtype is None else (adapter, "delta", dtype)
+
+    def _cached_delta(self, adapter: str, spectrum: torch.Tensor,
+                      dtype: Optional[torch.dtype] = None) -> Optional[torch.Tensor]:
+        """The cached ``delta_W`` of ``adapter`` (in ``dtype``, default the spectrum's) if it was computed from
+        exactly the values the spectrum holds now, else None."""
+        entry = self.__dict__.get(_CACHE, {}).get(self._delta_cache_key(adapter, dtype))
         if entry is None:
             return None
         key, delta = entry
         return delta if self._key_matches(adapter, spectrum, key, delta) else None
 
-    def _store_delta(self, adapter: str, spectrum: torch.Tensor) -> torch.Tensor:
+    def _store_delta(self, adapter: str, spectrum: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
         with torch.no_grad():
             delta = self.get_delta_weight(adapter)
-        self.__dict__.setdefault(_CACHE, {})[adapter] = (self._spectrum_key(adapter, spectrum), delta)
+            if dtype is not None:
+                delta = delta.to(dtype)
+        self.__dict__.setdefault(_CACHE, {})[self._delta_cache_key(adapter, dtype)] = (
+            self._spectrum_key(adapter, spectrum), delta)
         return delta
 
     def _merged_weight(self, adapter: str, spectrum: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -91,18 +101,10 @@ class FourierFTKernels:
         return merged
 
     def _model_delta(self, adapter: str, spectrum: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """``delta_W`` in the model's ``dtype`` for inference on a GPU, cached (keyed like ``_cached_delta``):
-        the layer then costs one more GEMM than the base, with nothing recomputed per call."""
-        cache_key = (adapter, "delta", dtype)
-        entry = self.__dict__.get(_CACHE, {}).get(cache_key)
-        if entry is not None:
-            key, delta = entry
-            if delta.dtype == dtype and self._key_matches(adapter, spectrum, key, delta):
-                return delta
-        with torch.no_grad():
-            delta = self.get_delta_weight(adapter).to(dtype)
-        self.__dict__.setdefault(_CACHE, {})[cache_key] = (self._spectrum_key(adapter, spectrum), delta)
-        return delta
+        """``delta_W`` in the model's ``dtype`` for inference on a GPU, cached: the layer then costs one more GEMM
+        than the base, with nothing recomputed per call."""
+        delta = self._cached_delta(adapter, spectrum, dtype)
+        return delta if delta is not None else self._store_delta(adapter, spectrum, dtype)
 
     def __getstate__(self):
         # torch.save(model) / pickle / deepcopy: the cache is derived data, never serialised.

@@ -62,11 +62,11 @@ def hotswap_adapter(model: peft.PeftModel, model_id: Union[str, os.PathLike], ad
             # "<head>.modules_to_save.<param>" / "<head>.original_module.<param>"; an adapted layer's bias as
             # "<path>.base_layer.bias"; other biases by their own names. The adapter name is dropped in the file.
             path, _, param = name.rpartition(".")
-            live = next((k for k in (f"{_PREFIX}{name}".replace(".modules_to_save.", f".modules_to_save.{adapter_name}.")
-                                     if ".modules_to_save." in name else None,
-                                     f"{_PREFIX}{path}.modules_to_save.{adapter_name}.{param}",
-                                     f"{_PREFIX}{path}.base_layer.{param}", key) if k is not None and k in state),
-                        None)
+            candidates = [f"{_PREFIX}{path}.modules_to_save.{adapter_name}.{param}", f"{_PREFIX}{path}.base_layer.{param}",
+                          key]
+            if ".modules_to_save." in name:
+                candidates.insert(0, key.replace(".modules_to_save.", f".modules_to_save.{adapter_name}."))
+            live = next((k for k in candidates if k in state), None)
         if live is None or live not in state:
             raise ValueError(f"hotswap_adapter: {model_id}: tensor {key!r} has no counterpart in adapter "
                              f"{adapter_name!r} of the model")
