@@ -8,6 +8,8 @@ import fourierft
 import peft
 from peft.tuners.fourierft.layer import FourierFTLayer as PeftFourierFTLayer
 
+from reference import dense_delta_float64
+
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.cuda.is_available())")
 
 
@@ -39,9 +41,8 @@ def test_routes_on_cuda_match_float64(route, model_dtype, tol, out_features, in_
         g = torch.randn_like(y)
         gx, gc = torch.autograd.grad((y * g).sum(), [x, c])
     x64, c64 = x.detach().cpu().double().requires_grad_(True), c.detach().cpu().double().requires_grad_(True)
-    dense = torch.zeros(out_features, in_features, dtype=torch.complex128).index_put(
-        tuple(indices.cpu()), c64.to(torch.complex128))
-    ref = x64 @ (w.cpu().double() + torch.fft.ifft2(dense).real * 150.0).T + b.cpu().double()
+    ref = x64 @ (w.cpu().double() + dense_delta_float64(c64, indices.cpu(), out_features, in_features, 150.0)).T \
+        + b.cpu().double()
     want_gx, want_gc = torch.autograd.grad((ref * g.cpu().double()).sum(), [x64, c64])
     assert y.dtype == model_dtype
     for name, got, want in [("output", y, ref.detach()), ("grad_x", gx, want_gx), ("grad_spectrum", gc, want_gc)]:

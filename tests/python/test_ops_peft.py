@@ -9,6 +9,8 @@ import fourierft
 import peft
 from peft.tuners.fourierft.layer import FourierFTLinear as PeftFourierFTLinear
 
+from reference import dense_delta_float64
+
 
 @pytest.fixture(params=["fused", "generic"])
 def kernels(request):
@@ -97,9 +99,7 @@ def float64_problem(indices, rows, out_features, in_features, seed):
     g = torch.randn(rows, out_features, dtype=torch.float64)
     weight = torch.randn(out_features, in_features, dtype=torch.float64) / in_features**0.5
     bias = torch.randn(out_features, dtype=torch.float64)
-    dense = torch.zeros(out_features, in_features, dtype=torch.complex128).index_put(
-        (indices[0], indices[1]), c.to(torch.complex128))
-    return c, x, g, weight, bias, torch.fft.ifft2(dense).real * 150.0
+    return c, x, g, weight, bias, dense_delta_float64(c, indices, out_features, in_features, 150.0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -311,9 +311,7 @@ def test_linear_mixed_dtypes_match_float64_forward_and_gradients(ops, kernels, l
     grads = torch.autograd.grad((y * g.to(y.dtype)).sum(), [x_in, c_in, w_in, b_in])
     # The reference: float64 on exactly the values the op was given.
     x64, c64, w64, b64 = (t.detach().double().requires_grad_(True) for t in (x_in, c_in, w_in, b_in))
-    dense = torch.zeros(out_features, in_features, dtype=torch.complex128).index_put(
-        (indices[0], indices[1]), c64.to(torch.complex128))
-    reference = x64 @ (w64 + torch.fft.ifft2(dense).real * 150.0).T + b64
+    reference = x64 @ (w64 + dense_delta_float64(c64, indices, out_features, in_features, 150.0)).T + b64
     g64 = g.to(y.dtype).double()
     want = torch.autograd.grad((reference * g64).sum(), [x64, c64, w64, b64])
     tol = 1e-2 if half else 1e-5
