@@ -57,6 +57,11 @@ CASES = [
     {"name": "bias=fourier_only trains and saves the adapted layers' biases", "tree": MLP, "steps": [
         {"op": "get_peft_model", "config": {"target_modules": ["q", "k", "fc"], "n_frequency": 10,
                                             "bias": "fourier_only"}}]},
+    {"name": "bias=<method>_only: any such suffix opens the adapted layers' biases", "tree": MLP, "steps": [
+        {"op": "get_peft_model", "config": {"target_modules": ["q", "k", "fc"], "n_frequency": 10,
+                                            "bias": "fourierft_only"}}]},
+    {"name": "bias of another kind is refused", "tree": MLP, "steps": [
+        {"op": "get_peft_model", "config": {"target_modules": ["q"], "n_frequency": 10, "bias": "sometimes"}}]},
     {"name": "modules_to_save by suffix name", "tree": MLP, "steps": [
         {"op": "get_peft_model", "config": {"target_modules": ["q"], "n_frequency": 10,
                                             "modules_to_save": ["classifier", "norm"]}}]},
