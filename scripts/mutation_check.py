@@ -5,6 +5,7 @@ each change still pass ("a survivor"). A test earns its place by being able to f
                                                           # the library once per mutation: ~1-2 min each)
     .venv/bin/python scripts/mutation_check.py --python   # the Python mutations only (what CI runs)
     .venv/bin/python scripts/mutation_check.py --list     # the table
+    .venv/bin/python scripts/mutation_check.py --only "cost model"   # the mutations whose name contains the text
 
 Each mutation replaces one exact snippet of a source file (it must occur exactly once, so a mutation whose code
 moved fails loudly instead of testing nothing) and names the tests that must catch it.
@@ -120,6 +121,16 @@ MUTATIONS = [
              "    if (!plan.empty()) throw c10::ValueError({__func__, __FILE__, 0}, \"late failure\");\n"
              "    TORCH_CHECK_VALUE(match.n_frequency > 0 && match.n_frequency <= size,",
              gtest="Model.FailedCalls*"),
+    Mutation("GPU cost model takes the dearer route", "src/ops/cost_model.cpp",
+             "  return costs.spectral < costs.dense ? LinearRoute::Pipeline : LinearRoute::Merged;",
+             "  return costs.spectral > costs.dense ? LinearRoute::Pipeline : LinearRoute::Merged;",
+             pytest=("tests/python/test_routes.py::test_route_estimates_are_what_the_routes_are_picked_by",),
+             gtest="CostModel.*"),
+    Mutation("GPU cost model forgets the spectral route's host synchronisations (the docs' tables move)",
+             "src/ops/cost_model.cpp",
+             "constexpr double kGpuSyncNs = 20000.0;",
+             "constexpr double kGpuSyncNs = 0.0;",
+             pytest=("tests/python/test_docs.py::test_cost_model_tables_are_what_the_cost_model_says",)),
 ]
 
 
@@ -206,8 +217,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--python", action="store_true", help="only the Python mutations (no rebuild)")
     parser.add_argument("--list", action="store_true", help="print the table and exit")
+    parser.add_argument("--only", metavar="TEXT", help="only the mutations whose name contains TEXT")
     args = parser.parse_args()
-    chosen = [m for m in MUTATIONS if not args.python or m.language == "python"]
+    chosen = [m for m in MUTATIONS if (not args.python or m.language == "python")
+              and (args.only is None or args.only in m.name)]
+    if not chosen:
+        raise SystemExit(f"no mutation matches --only {args.only!r} (see --list)")
     if args.list:
         for m in chosen:
             print(f"{m.language:6} {m.file}: {m.name}\n       caught by: {', '.join(m.pytest) or ''} "

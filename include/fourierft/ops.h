@@ -18,6 +18,8 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
+#include <vector>
 
 namespace fourierft {
 
@@ -94,6 +96,20 @@ struct LinearRoutes {
   LinearPath grad_spectrum = LinearPath::Spectral;
 };
 LinearRoutes linear_routes(const LayerCall& call);
+
+/// One number behind linear_routes: the cost model's estimate, in nanoseconds per call, of what `route` adds to the
+/// layer's own base GEMMs in `pass` ("forward", "grad_x", "grad_spectrum"). An estimate from the constants in
+/// src/ops/cost_model.cpp, not a measurement; linear_routes picks the smallest of each pass (ties: Spectral on the
+/// CPU). The backward's passes are those linear_routes describes: on the CPU grad_x knows the spectrum gradient's
+/// route, on other devices the spectrum gradient knows grad_x's. Independent of set_linear_path.
+struct RouteEstimate {
+  std::string pass;
+  LinearPath route = LinearPath::Spectral;
+  double ns = 0.0;
+};
+/// Every candidate of every pass of `call` (the forward's; with `call.training`, grad_x's and the spectrum
+/// gradient's): Spectral and Dense, and Folded on the CPU (whose spectrum gradient's GEMM route is Folded).
+std::vector<RouteEstimate> linear_route_estimates(const LayerCall& call);
 
 /// A layer that cannot run as one fourierft::linear (several active adapters, a Conv1D or hooked base): whether its
 /// adapter's x delta_W^T is cheaper by spectral_linear (Spectral) or by a GEMM with delta_W (Dense; `delta_cached`:

@@ -16,6 +16,7 @@ import torch
 from . import _C  # noqa: F401  (loads libfourierft.so, which registers the ops)
 
 __all__ = ["entry_indices", "delta_weight", "spectral_linear", "linear", "linear_path", "linear_routes",
+           "linear_route_estimates",
            "inference_cache", "generic_kernels"]
 
 
@@ -116,6 +117,24 @@ def linear_routes(device, dtype: torch.dtype, tokens: int, out_features: int, in
     {'forward': 'dense', 'grad_x': 'dense', 'grad_spectrum': 'dense'}
     """
     return _C.linear_routes(torch.device(device), dtype, tokens, out_features, in_features, n_frequency, training)
+
+
+def linear_route_estimates(device, dtype: torch.dtype, tokens: int, out_features: int, in_features: int,
+                           n_frequency: int, training: bool = True) -> dict:
+    """The numbers behind :func:`linear_routes`: the cost model's estimate, in nanoseconds per call, of what each
+    candidate route adds to the layer's own base GEMMs, per pass: ``{"forward": {"spectral": ns, "dense": ns, ...},
+    "grad_x": ..., "grad_spectrum": ...}`` (``"folded"`` on the CPU only; the CPU's spectrum gradient compares
+    ``"spectral"`` with ``"folded"``). :func:`linear_routes` takes the smallest of each pass (ties go to
+    ``"spectral"`` on the CPU). Estimates from the constants in ``src/ops/cost_model.cpp`` (the CPU's fitted on a
+    2-core x86 VM, the GPU's from rates measured on an H200 where measured), not measurements; :func:`linear_path`
+    does not change them. ``benchmarks/routes.py`` tables them for the docs.
+
+    >>> est = fourierft.ops.linear_route_estimates("cuda", torch.bfloat16, 2048, 3072, 3072, 1000)
+    >>> min(est["forward"], key=est["forward"].get)
+    'dense'
+    """
+    return _C.linear_route_estimates(torch.device(device), dtype, tokens, out_features, in_features, n_frequency,
+                                     training)
 
 
 def inference_cache(enabled: bool = True) -> contextlib.AbstractContextManager:

@@ -180,4 +180,21 @@ PYBIND11_MODULE(_C, m) {
       py::arg("n_frequency"), py::arg("training"),
       "The routes fourierft.linear takes for such a call on that device (forward; with training, grad_x and "
       "grad_spectrum too).");
+  m.def(
+      "linear_route_estimates",
+      [](const at::Device& device, at::ScalarType dtype, int64_t tokens, int64_t out_features, int64_t in_features,
+         int64_t n_frequency, bool training) {
+        const fourierft::LayerCall call{device.type(), dtype, tokens, out_features, in_features, n_frequency, training};
+        py::dict out;
+        for (const auto& estimate : fourierft::linear_route_estimates(call)) {
+          const py::str pass(estimate.pass);
+          if (!out.contains(pass)) out[pass] = py::dict();
+          py::dict per_route = out[pass];
+          per_route[py::str(path_name(estimate.route))] = py::float_(estimate.ns);
+        }
+        return out;
+      },
+      py::arg("device"), py::arg("dtype"), py::arg("tokens"), py::arg("out_features"), py::arg("in_features"),
+      py::arg("n_frequency"), py::arg("training"),
+      "The cost model's estimates (ns per call) behind linear_routes: {pass: {route: ns}}.");
 }

@@ -17,6 +17,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <limits>
+#include <vector>
 
 namespace fourierft {
 
@@ -261,6 +263,33 @@ LinearRoutes linear_routes(const LayerCall& call) {
   return routes;
 }
 
+std::vector<RouteEstimate> linear_route_estimates(const LayerCall& call) {
+  // The same passes, in the same order and with the same sharing, as the backward linear_routes describes; the
+  // costs are those linear_route and linear_grad_spectrum_is_dense compare (set_linear_path changes neither).
+  std::vector<RouteEstimate> out;
+  const auto add = [&out](const char* pass, const detail::RouteCosts& costs) {
+    out.push_back({pass, LinearPath::Spectral, costs.spectral});
+    out.push_back({pass, LinearPath::Dense, costs.dense});
+    if (std::isfinite(costs.folded)) out.push_back({pass, LinearPath::Folded, costs.folded});
+  };
+  add("forward", detail::linear_route_costs(call, RoutePass::Forward));
+  if (!call.training) return out;
+  if (on_cpu(call)) {
+    const auto grad_c = detail::grad_spectrum_costs(call, true);
+    add("grad_x", detail::linear_route_costs(
+                      call, grad_c.dense < grad_c.spectral ? RoutePass::GradX : RoutePass::GradXBesideCorrelation));
+    out.push_back({"grad_spectrum", LinearPath::Spectral, grad_c.spectral});
+    out.push_back({"grad_spectrum", LinearPath::Folded, grad_c.dense});
+    return out;
+  }
+  const auto grad_x = detail::linear_route_costs(call, RoutePass::GradX);
+  add("grad_x", grad_x);
+  const auto grad_c = detail::grad_spectrum_costs(call, grad_x.spectral < grad_x.dense);
+  out.push_back({"grad_spectrum", LinearPath::Spectral, grad_c.spectral});
+  out.push_back({"grad_spectrum", LinearPath::Dense, grad_c.dense});
+  return out;
+}
+
 namespace detail {
 namespace {
 double half_bins(int64_t d1, int64_t d2) {
@@ -270,24 +299,32 @@ double folded_gemm_ns(int64_t tokens, int64_t d1, int64_t d2) {
   return static_cast<double>(std::max<int64_t>(tokens, 1)) * 2.0 * half_bins(d1, d2) * kFoldedNsPerMultiplyAdd;
 }
 
-LinearRoute cpu_linear_route(const LayerCall& call, RoutePass pass) {
+RouteCosts cpu_route_costs(const LayerCall& call, RoutePass pass) {
   const int64_t tokens = call.tokens, out_features = call.out_features, in_features = call.in_features,
                 n_frequency = call.n_frequency;
   const double d1 = static_cast<double>(out_features), d2 = static_cast<double>(in_features);
   const double points = d1 * d2, n = static_cast<double>(n_frequency);
   const double pipeline_share =
       pass == RoutePass::GradXBesideCorrelation ? kGradXBesideCorrelationShare : kForwardPipelineShare;
-  const double pipeline = pipeline_share * pipeline_ns(tokens, out_features, in_features, n_frequency);
-  const double merged = kMergeNsPerPointLog * points * std::log2(points + 1) + kMergeNsPerCoefficient * n;
-  const double folded =
+  RouteCosts costs;
+  costs.spectral = pipeline_share * pipeline_ns(tokens, out_features, in_features, n_frequency);
+  costs.dense = kMergeNsPerPointLog * points * std::log2(points + 1) + kMergeNsPerCoefficient * n;
+  costs.folded =
       folded_gemm_ns(tokens, out_features, in_features) +
       static_cast<double>(std::max<int64_t>(tokens, 1)) * kFoldedNsPerPointLog *
           (d1 * std::log2(d1 + 1) + d2 * std::log2(d2 + 1)) +
       kFoldedBuildNsPerPoint * 2.0 * half_bins(out_features, in_features) + kFoldedBuildNsPerCoefficient * n;
-  if (pipeline <= merged && pipeline <= folded) return LinearRoute::Pipeline;
-  return merged < folded ? LinearRoute::Merged : LinearRoute::Folded;
+  return costs;
 }
 }  // namespace
+
+RouteCosts linear_route_costs(const LayerCall& call, RoutePass pass) {
+  if (on_cpu(call)) return cpu_route_costs(call, pass);
+  RouteCosts costs;
+  costs.spectral = gpu_route_ns(call, LinearRoute::Pipeline, pass);
+  costs.dense = gpu_route_ns(call, LinearRoute::Merged, pass);
+  return costs;
+}
 
 LinearRoute linear_route(const LayerCall& call, RoutePass pass) {
   switch (forced_linear_path.load(std::memory_order_relaxed)) {
@@ -296,10 +333,32 @@ LinearRoute linear_route(const LayerCall& call, RoutePass pass) {
     case LinearPath::Folded: return LinearRoute::Folded;
     case LinearPath::Auto: break;
   }
-  if (on_cpu(call)) return cpu_linear_route(call, pass);
-  const double spectral = gpu_route_ns(call, LinearRoute::Pipeline, pass);
-  const double dense = gpu_route_ns(call, LinearRoute::Merged, pass);
-  return spectral < dense ? LinearRoute::Pipeline : LinearRoute::Merged;
+  const auto costs = linear_route_costs(call, pass);
+  if (on_cpu(call)) {
+    if (costs.spectral <= costs.dense && costs.spectral <= costs.folded) return LinearRoute::Pipeline;
+    return costs.dense < costs.folded ? LinearRoute::Merged : LinearRoute::Folded;
+  }
+  return costs.spectral < costs.dense ? LinearRoute::Pipeline : LinearRoute::Merged;
+}
+
+RouteCosts grad_spectrum_costs(const LayerCall& call, bool grad_x_is_spectral) {
+  RouteCosts costs;
+  if (on_cpu(call)) {
+    // Both need x's row transforms; the folded GEMMs replace the tokens x n products (and g's transforms, shared
+    // with a pipeline grad_x, are counted for neither).
+    const double t = static_cast<double>(std::max<int64_t>(call.tokens, 1));
+    costs.dense = folded_gemm_ns(call.tokens, call.out_features, call.in_features) +
+                  kFoldedBuildNsPerCoefficient * call.n_frequency;
+    costs.spectral = t * static_cast<double>(call.n_frequency) * kCorrelateNsPerCoefficient;
+    return costs;
+  }
+  costs.spectral = gpu_grad_spectrum_ns(call, false);
+  if (grad_x_is_spectral) {  // g's row transform is shared with a spectral grad_x
+    costs.spectral -= 0.5 * kGpuSpectralNsPerPoint * static_cast<double>(std::max<int64_t>(call.tokens, 1)) *
+                      static_cast<double>(call.out_features);
+  }
+  costs.dense = gpu_grad_spectrum_ns(call, true);
+  return costs;
 }
 
 bool linear_grad_spectrum_is_dense(const LayerCall& call, bool grad_x_is_spectral) {
@@ -309,20 +368,8 @@ bool linear_grad_spectrum_is_dense(const LayerCall& call, bool grad_x_is_spectra
     case LinearPath::Folded: return true;
     case LinearPath::Auto: break;
   }
-  if (on_cpu(call)) {
-    // Both need x's row transforms; the folded GEMMs replace the tokens x n products (and g's transforms, shared
-    // with a pipeline grad_x, are counted for neither).
-    const double t = static_cast<double>(std::max<int64_t>(call.tokens, 1));
-    return folded_gemm_ns(call.tokens, call.out_features, call.in_features) +
-               kFoldedBuildNsPerCoefficient * call.n_frequency <
-           t * static_cast<double>(call.n_frequency) * kCorrelateNsPerCoefficient;
-  }
-  double spectral = gpu_grad_spectrum_ns(call, false);
-  if (grad_x_is_spectral) {  // g's row transform is shared with a spectral grad_x
-    spectral -= 0.5 * kGpuSpectralNsPerPoint * static_cast<double>(std::max<int64_t>(call.tokens, 1)) *
-                static_cast<double>(call.out_features);
-  }
-  return gpu_grad_spectrum_ns(call, true) < spectral;
+  const auto costs = grad_spectrum_costs(call, grad_x_is_spectral);
+  return costs.dense < costs.spectral;
 }
 }  // namespace detail
 

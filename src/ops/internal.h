@@ -17,6 +17,7 @@
 #include <c10/core/ScalarType.h>
 
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <tuple>
 
@@ -95,6 +96,16 @@ LinearRoute linear_route(const LayerCall& call, RoutePass pass);
 /// B = Im G^T Im X; elsewhere g^T x and its rfft2) instead of correlating the rows' spectra. `grad_x_is_spectral`:
 /// g's row transforms are made for grad_x anyway. Spectral forces the correlation, Dense and Folded the GEMMs.
 bool linear_grad_spectrum_is_dense(const LayerCall& call, bool grad_x_is_spectral);
+/// The estimates (ns per call) the two decisions above compare: what each route adds to the layer's own GEMMs in
+/// one pass (folded: CPU only, infinite elsewhere); for the spectrum gradient, `dense` is the GEMM route (CPU: the
+/// folded GEMMs) and `folded` is unused. Independent of set_linear_path.
+struct RouteCosts {
+  double spectral = 0.0;
+  double dense = 0.0;
+  double folded = std::numeric_limits<double>::infinity();
+};
+RouteCosts linear_route_costs(const LayerCall& call, RoutePass pass);
+RouteCosts grad_spectrum_costs(const LayerCall& call, bool grad_x_is_spectral);
 
 // ---- autograd.cpp ------------------------------------------------------------------------------
 at::Tensor spectral_linear_autograd(const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices,

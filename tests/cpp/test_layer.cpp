@@ -99,6 +99,37 @@ TEST(FourierFTLinear, SeveralAdaptersTakeTheCostModelsAdapterPath) {
             fourierft::LinearPath::Spectral);
 }
 
+// The C++ face of the cost model's estimates: every pass linear_routes reports has its candidates in
+// linear_route_estimates, and the route reported is the cheapest (ties: Spectral on the CPU, else the later one).
+TEST(CostModel, RoutesAreTheCheapestEstimates) {
+  using fourierft::LinearPath;
+  for (const auto device : {c10::DeviceType::CPU, c10::DeviceType::CUDA}) {
+    for (const auto& [tokens, out, in, n] : std::vector<std::array<int64_t, 4>>{
+             {1, 3072, 3072, 1000}, {2048, 3072, 3072, 1000}, {512, 768, 768, 1000}, {8192, 256, 256, 1000},
+             {256, 768, 768, 58982}, {16384, 1024, 3072, 10000}}) {
+      const fourierft::LayerCall call{device, at::kBFloat16, tokens, out, in, n, true};
+      const auto routes = fourierft::linear_routes(call);
+      const auto estimates = fourierft::linear_route_estimates(call);
+      for (const auto& [pass, reported] : std::vector<std::pair<std::string, LinearPath>>{
+               {"forward", routes.forward}, {"grad_x", routes.grad_x}, {"grad_spectrum", routes.grad_spectrum}}) {
+        std::optional<fourierft::RouteEstimate> best;
+        int candidates = 0;
+        for (const auto& estimate : estimates) {
+          if (estimate.pass != pass) continue;
+          ++candidates;
+          EXPECT_GT(estimate.ns, 0.0);
+          // a tie keeps Spectral on the CPU (taken at <=) and otherwise goes to the later candidate
+          const bool tie_moves = !(device == c10::DeviceType::CPU && best && best->route == LinearPath::Spectral);
+          if (!best || estimate.ns < best->ns || (estimate.ns == best->ns && tie_moves)) best = estimate;
+        }
+        EXPECT_EQ(candidates, device == c10::DeviceType::CPU && pass != "grad_spectrum" ? 3 : 2) << pass;
+        ASSERT_TRUE(best.has_value()) << pass;
+        EXPECT_EQ(best->route, reported) << pass << " " << tokens << " " << out << "x" << in << " n=" << n;
+      }
+    }
+  }
+}
+
 // A bf16 model with PEFT's float32 spectrum runs as one fourierft::linear in bf16; inference with a frozen spectrum
 // on the dense route keeps delta_W in bf16 and never serves it after the spectrum's values change.
 TEST(FourierFTLinear, HalfPrecisionModelAndItsInferenceCache) {

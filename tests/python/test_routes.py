@@ -157,6 +157,14 @@ def test_cost_model_on_cuda_small_calls_and_inference(name):
         assert cache == "delta", tokens
 
 
+
+def test_cost_model_on_cuda_float32_keeps_the_spectral_gradient():
+    """A float32 model (TF32 off): its g^T x GEMM is costed at the float32 rate, so at training sizes the spectrum's
+    gradient stays spectral while the forward and grad_x go dense (docs/gpu.md says so)."""
+    for tokens in (2048, 16384):
+        routes = fourierft.ops.linear_routes("cuda", torch.float32, tokens, 3072, 3072, 1000)
+        assert routes == {"forward": "dense", "grad_x": "dense", "grad_spectrum": "spectral"}, tokens
+
 def test_cost_model_on_cpu_keeps_its_routes():
     """The CPU's decisions are the fitted ones of docs/benchmarks-layer.md (spot checks); a half-precision model on
     the CPU never caches W + delta_W (it would lose the adapter in bf16)."""
@@ -175,6 +183,47 @@ def test_forced_routes_are_what_linear_routes_reports():
         assert set(fourierft.ops.linear_routes("cpu", torch.float32, 8, 64, 64, 10).values()) == {"folded"}
     with fourierft.ops.linear_path("merged"):  # the dense route's former name
         assert fourierft._C.linear_path() == "dense"
+
+
+
+def picked(device, estimates):
+    """The route linear_routes must report for these estimates: the smallest; a tie goes to "spectral" on the CPU
+    (the pipeline is taken at <=) and otherwise to the later candidate (spectral, dense, folded: the GPU takes
+    spectral only when strictly cheaper, the CPU's dense only when strictly cheaper than folded)."""
+    best = min(estimates.values())
+    ties = [route for route, ns in estimates.items() if ns == best]
+    return "spectral" if device == "cpu" and "spectral" in ties else ties[-1]
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("training", [True, False])
+def test_route_estimates_are_what_the_routes_are_picked_by(device, dtype, training):
+    """linear_route_estimates (the numbers benchmarks/routes.py tables in docs/) and linear_routes (what the op runs)
+    agree on a grid of calls that crosses every decision: for each pass, the route reported is the cheapest
+    estimate; the CPU offers folded, no other device does; forcing a route changes the routes, not the estimates."""
+    passes = {"forward", "grad_x", "grad_spectrum"} if training else {"forward"}
+    seen = set()
+    for tokens in (1, 16, 512, 2048, 16384):
+        for out_features, in_features in ((64, 64), (256, 256), (768, 3072), (3072, 3072), (1024, 3072)):
+            for n in (10, 1000, 10000, out_features * in_features // 10):
+                args = (device, dtype, tokens, out_features, in_features, n, training)
+                estimates = fourierft.ops.linear_route_estimates(*args)
+                routes = fourierft.ops.linear_routes(*args)
+                assert set(estimates) == set(routes) == passes, args
+                for name, per_route in estimates.items():
+                    expected = {"spectral", "folded"} if device == "cpu" and name == "grad_spectrum" else (
+                        {"spectral", "dense", "folded"} if device == "cpu" else {"spectral", "dense"})
+                    assert set(per_route) == expected, (args, name)
+                    assert all(ns > 0 for ns in per_route.values()), (args, name, per_route)
+                    assert routes[name] == picked(device, per_route), (args, name, per_route, routes)
+                    seen.add((name, routes[name]))
+                with fourierft.ops.linear_path("spectral"):
+                    assert fourierft.ops.linear_route_estimates(*args) == estimates
+    # the grid reaches both sides of every decision it can take on this device
+    for name in passes:
+        assert {route for pass_, route in seen if pass_ == name} >= {"spectral"} | (
+            {"folded"} if device == "cpu" and name == "grad_spectrum" else {"dense"}), (name, seen)
 
 
 # ---- the layers' inference caches -------------------------------------------------------------------------
