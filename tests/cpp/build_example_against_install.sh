@@ -32,7 +32,13 @@ target_link_libraries(readme_example PRIVATE fourierft::fourierft)
 CMAKE
 configure "$work/readme" "$work/readme/build"
 cmake --build "$work/readme/build"
-"$work/readme/build/readme_example"
+readme_out=$("$work/readme/build/readme_example")
+printf '%s\n' "$readme_out"
+# What the block's comments say it prints ("// trainable params: ..."), it prints.
+while IFS= read -r expected; do
+  grep -qF -- "$expected" <<<"$readme_out" ||
+    { echo "README C++ example: its comment promises '$expected', it printed: $readme_out" >&2; exit 1; }
+done < <(grep -o '// trainable params: .*' "$work/readme/readme_example.cpp" | sed 's|^// ||')
 
 # Every C++ block in docs/*.md: one complete program each.
 mkdir -p "$work/docs"
