@@ -30,3 +30,33 @@ def test_cost_model_tables_are_what_the_cost_model_says():
     routes = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(routes)
     assert routes.rewrite(routes.compute(), check=True) == []
+
+
+def test_readme_and_guide_numbers_are_those_of_the_raw_outputs_beside_the_docs():
+    """The figures the README and the guide quote from a benchmark or the demo are read from the JSON that the
+    command wrote (docs/*.json), not retyped: a re-run that moves them fails here until the text follows."""
+    import json
+    import statistics
+
+    readme = (ROOT / "README.md").read_text()
+    guide = (ROOT / "docs" / "guide.md").read_text()
+    demo = json.loads((ROOT / "docs" / "demo-summary.json").read_text())
+    assert f"{demo['wall_seconds_scripts_demo_sh']:.0f} s on 2 CPU cores" in readme
+    assert (f"held-out accuracy {demo['eval_accuracy_before']:.2f} -> {demo['eval_accuracy_after']:.2f}"
+            in readme)
+    assert (f"head alone {demo['head_only_eval_accuracy_after']:.3f}, FourierFT adapter + head "
+            f"{demo['eval_accuracy_after']:.3f}" in readme)
+    assert f"`out/finetune/adapter`, {demo['adapter_file_bytes']:,} bytes" in readme
+
+    serving = json.loads((ROOT / "docs" / "benchmarks-serving.json").read_text())["seconds_per_round"]
+
+    def throughput_share(single, mixed):  # median over rounds of the per-round ratio, as benchmarks/serving.py
+        return round(100 * statistics.median(s / m for s, m in zip(serving[single], serving[mixed])))
+    ours = throughput_share("fourierft, one adapter for all rows", "fourierft, 64 adapters in one batch")
+    lora = throughput_share("PEFT LoRA r=8, one adapter for all rows", "PEFT LoRA r=8, 64 adapters in one batch")
+    assert f"{ours}% of the single-adapter throughput on the CPU (PEFT's LoRA r=8: {lora}%" in readme
+
+    merge = json.loads((ROOT / "docs" / "benchmarks-layer.json").read_text())["delta_weight_seconds"]
+    peft_ms, ours_ms = 1e3 * merge["PEFT get_delta_weight (complex ifft2)"], 1e3 * merge["ours delta_weight (irfft2)"]
+    assert f"{peft_ms / ours_ms:.2f}x faster than PEFT's complex `ifft2`" in guide
+    assert f"{ours_ms:.1f} ms against {peft_ms:.1f}" in guide
