@@ -68,9 +68,8 @@ def main() -> int:
     for key, label, _ in recipes:
         s = runs[key]
         acc = mean_std([100 * r["eval_accuracy_after"] for r in s])
-        step = mean_std([1000 * r["seconds_per_step"] for r in s]) if "seconds_per_step" in s[0] else None
         rows.append((label, acc, s[0].get("adapter_params", 0), s[0]["trainable_params"],
-                     s[0].get("adapter_file_bytes"), step))
+                     s[0].get("adapter_file_bytes")))
     f, lo, lo_head, head = rows
     s = runs["fourierft"]
     command = "python benchmarks/paper_check.py" + ("" if args.seeds == [0, 1, 2] else f" --seeds {' '.join(map(str, args.seeds))}") \
@@ -87,14 +86,12 @@ def main() -> int:
         "recipe). The recipes differ in the fresh classifier head's learning rate, so LoRA also runs with "
         "FourierFT's head lr (every method's head at 1e-2), and the head alone (no adapter, 1e-2) shows what the "
         "adapters add. Every run trains the classifier head (PEFT's SEQ_CLS modules_to_save).", "",
-        "| run | held-out accuracy (%) | adapter params | trainable incl. head | adapter file | ms / step |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| run | held-out accuracy (%) | adapter params | trainable incl. head | adapter file |",
+        "|---|---:|---:|---:|---:|",
     ]
-    for label, acc, params, trainable, size, step in rows:
+    for label, acc, params, trainable, size in rows:
         size_cell = f"{size / 1024:.1f} KiB" if size is not None else "—"
-        step_cell = f"{step[0]:.0f} ± {step[1]:.0f}" if step is not None else "—"
-        lines.append(f"| {label} | {acc[0]:.2f} ± {acc[1]:.2f} | {params:,} | {trainable:,} | {size_cell} | "
-                     f"{step_cell} |")
+        lines.append(f"| {label} | {acc[0]:.2f} ± {acc[1]:.2f} | {params:,} | {trainable:,} | {size_cell} |")
     lines += ["", "Per seed (accuracy %):", ""]
     for method in runs:
         lines.append(f"- {method}: " + ", ".join(f"seed {r['seed']}: {100 * r['eval_accuracy_after']:.2f}"
@@ -111,7 +108,9 @@ def main() -> int:
               "The paper's ~16x is for d = 1024 (RoBERTa-large: 2 x 1024 x 8 = 16,384 per layer vs 1,000); "
               "MiniLM's d = 384 gives 2 x 384 x 8 = 6,144 per layer.",
               "- This task is easy for a pretrained sentence encoder (both methods reach the high 90s), so it checks "
-              "parity, not the ranking on hard tasks; the BBC corpus is what a package ships offline.", ""]
+              "parity, not the ranking on hard tasks; the BBC corpus is what a package ships offline.",
+              "- No speed is reported here: the runs are sequential, one each, on a shared machine (their "
+              "`seconds_per_step` is in paper-check.json); docs/benchmarks.md times the methods side by side.", ""]
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
