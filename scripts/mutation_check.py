@@ -86,6 +86,12 @@ MUTATIONS = [
              '            if config.target_modules not in (None, "all-linear") and not check_target_module_exists(config, path):',
              "            if False:",
              pytest=("tests/python/test_bad_input.py::test_loading_a_spectrum_for_a_module_the_config_does_not_target",)),
+    Mutation("loading an adapter does nothing (a resumed Trainer run starts from the fresh adapter)",
+             "python/fourierft/__init__.py",
+             "from .model import (",
+             "import peft as _peft\n_peft.PeftModel.load_adapter = lambda self, *args, **kwargs: None\n"
+             "from .model import (",
+             pytest=("tests/python/test_trainer.py",)),
     Mutation("param_groups puts everything in one group", "python/fourierft/optim.py",
              '        if "fourierft_spectrum" in name:',
              '        if True:',
@@ -112,6 +118,16 @@ MUTATIONS = [
              "  if (!torch::equal(entry.values, spectrum)) return {};",
              "",
              gtest="FourierFTLinear.*:Threads*:*Cache*"),
+    Mutation("C++ forward adds only the first of several active adapters", "src/layer.cpp",
+             "    result = result + adapter_forward(name, x).to(result.scalar_type());\n  }",
+             "    result = result + adapter_forward(name, x).to(result.scalar_type());\n    break;\n  }",
+             gtest="FourierFTLinear.SetAdapterControlsGradAndTwoActiveAdaptersAdd:FourierFTLinear.SeveralAdapters*:"
+                   "ModelTest.DisableAdapterGuardAndTwoAdaptersAdd"),
+    Mutation("merge CLI --dtype writes the base weights unmerged", "tools/merge.cpp",
+             "        if (change != plan.changes.end()) tensor = merged(info.name, tensor, change->second, config);",
+             "        if (change != plan.changes.end() && options.dtype == \"auto\") {\n"
+             "          tensor = merged(info.name, tensor, change->second, config);\n        }",
+             pytest=("tests/python/test_merge_cli.py::test_dtype_option_casts_and_updates_the_config",)),
     Mutation("C++ unload() unmerges first", "src/model.cpp",
              "  for (auto& [name, layer] : all_layers()) layer->clear_adapters();",
              "  for (auto& [name, layer] : all_layers()) {\n    if (layer->merged()) layer->unmerge();\n"
@@ -182,9 +198,16 @@ def check_python(mutation: Mutation, site: pathlib.Path) -> bool:
         target.write_text(original)
 
 
-def rebuild() -> None:
-    done = subprocess.run(["cmake", "--build", "build", "--target", "fourierft", "fourierft_tests"], cwd=ROOT,
-                          capture_output=True, text=True)
+def tool_target(mutation: Mutation) -> str:
+    """The command-line tool a mutation of tools/<name>.cpp breaks (its CMake target), or ''."""
+    path = pathlib.PurePath(mutation.file)
+    return f"fourierft-{path.stem}" if path.parts[0] == "tools" else ""
+
+
+def rebuild(*targets: str) -> None:
+    """Builds the library, the GoogleTest binary and ``targets`` (tools) in build/."""
+    done = subprocess.run(["cmake", "--build", "build", "--target", "fourierft", "fourierft_tests", *targets],
+                          cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError("build failed:\n" + done.stdout[-3000:] + done.stderr[-3000:])
 
@@ -196,8 +219,12 @@ def check_cpp(mutation: Mutation, site: pathlib.Path) -> bool:
     libraries = [p for p in (site / "fourierft" / "lib").glob("libfourierft.so*") if not p.is_symlink()]
     installed = {p: p.read_bytes() for p in libraries}
     source.write_text(apply(original, mutation))
+    tool = tool_target(mutation)
+    env = pytest_env(site)
+    if tool:  # the tests run build/'s tool (tests/python/test_merge_cli.py reads FOURIERFT_MERGE)
+        env[tool.replace("-", "_").upper()] = str(ROOT / "build" / tool)
     try:
-        rebuild()
+        rebuild(*([tool] if tool else []))
         survived = True
         if mutation.gtest:
             survived &= run([str(ROOT / "build" / "tests" / "fourierft_tests"), f"--gtest_filter={mutation.gtest}"])
@@ -205,7 +232,7 @@ def check_cpp(mutation: Mutation, site: pathlib.Path) -> bool:
             mutant = (ROOT / "build" / "libfourierft.so.0.1.0").read_bytes()
             for library in libraries:
                 library.write_bytes(mutant)
-            survived &= run(pytest_command(mutation.pytest), env=pytest_env(site))
+            survived &= run(pytest_command(mutation.pytest), env=env)
         return survived
     finally:  # build/ is rebuilt from the restored sources once, after the last C++ mutation (main)
         source.write_text(original)
@@ -246,7 +273,8 @@ def main() -> int:
         finally:
             if any(m.language == "cpp" for m in chosen):
                 began = time.perf_counter()
-                rebuild()  # the sources are the checkout's again: so is build/
+                tools = sorted({tool_target(m) for m in chosen} - {""})
+                rebuild(*tools)  # the sources are the checkout's again: so is build/ (the mutated tools included)
                 print(f"rebuilt  {time.perf_counter() - began:5.1f} s  build/ from the restored sources", flush=True)
     caught = len(chosen) - len(survivors)
     print(f"mutation check: {caught} caught, {len(survivors)} survived")

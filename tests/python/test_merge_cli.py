@@ -17,7 +17,9 @@ from safetensors.torch import load_file, save_file
 
 import fourierft
 
-MERGE = pathlib.Path(sys.prefix) / "bin" / "fourierft-merge"  # installed by pip with the package
+# The tool installed by pip with the package; FOURIERFT_MERGE names another build of it (scripts/mutation_check.py
+# points it at build/tools' to test a mutated tool).
+MERGE = pathlib.Path(os.environ.get("FOURIERFT_MERGE") or pathlib.Path(sys.prefix) / "bin" / "fourierft-merge")
 
 
 def llama(dtype=torch.float32):

@@ -46,20 +46,34 @@ def test_same_adapted_modules_counts_and_keys(pair):
 
 
 def test_same_outputs_and_spectrum_gradients(pair):
-    """Outputs against PEFT in float32; gradients against PEFT's formula run in float64 (PEFT's own
-    float32 gradients are up to 4e-4 off float64 on RoBERTa, ours ~4e-5)."""
+    """Outputs against PEFT in float32; gradients against PEFT's formula run in float64. How close float32 gradients
+    of a whole model can come to float64 depends on the model and on the CPU's kernels (on tiny RoBERTa, PEFT's own
+    float32 gradients were 4e-4 off on one machine and 1.2e-4 on another, ours 4e-5 and 2.8e-4: the rounding of
+    a different order of float32 sums, amplified by the model). So the bound is 1e-4 of the gradient's largest
+    entry, or 4 times PEFT's own float32 error on the same model, whichever is larger; a wrong gradient is off by
+    O(1). The layers alone are held to ~1e-6 of float64 in test_routes.py and test_ops_peft.py."""
     case, peft_model, ours = pair
     inputs = case.inputs()
     expected = first_tensor(peft_model(**inputs))
     actual = first_tensor(ours(**inputs))
     assert_close(actual, expected)
     reference = copy.deepcopy(peft_model).double()
-    reference.zero_grad()
-    ours.zero_grad()
+    peft_float32 = copy.deepcopy(peft_model)
+    for model in (reference, peft_float32, ours):
+        model.zero_grad()
     weight = torch.randn(expected.shape, generator=torch.Generator().manual_seed(9))
     (first_tensor(reference(**inputs)) * weight.double()).sum().backward()
+    (first_tensor(peft_float32(**inputs)) * weight).sum().backward()
     (actual * weight).sum().backward()
     reference_params = dict(reference.named_parameters())
+    peft_params = dict(peft_float32.named_parameters())
+
+    def relative_error(grad, expected_grad):
+        return ((grad.double() - expected_grad).abs().max() / expected_grad.abs().max().clamp_min(1e-12)).item()
+
+    peft_error = max(relative_error(peft_params[name].grad, param.grad)
+                     for name, param in reference_params.items() if param.grad is not None)
+    bound = max(1e-4, 4 * peft_error)
     checked = 0
     for name, param in ours.named_parameters():
         if not param.requires_grad:
@@ -69,8 +83,8 @@ def test_same_outputs_and_spectrum_gradients(pair):
             assert param.grad is None, name
             continue
         assert param.grad is not None, name
-        scale = expected_grad.abs().max().clamp_min(1e-12)
-        assert ((param.grad.double() - expected_grad).abs().max() / scale) <= 1e-4, name
+        error = relative_error(param.grad, expected_grad)
+        assert error <= bound, f"{name}: {error:.2e} of float64's largest entry (PEFT float32: {peft_error:.2e})"
         checked += "fourierft_spectrum" in name
     assert checked >= len(adapted_names(ours, fourierft.FourierFTLinear)) - 1
 
