@@ -1,9 +1,9 @@
 """The mutation check: breaks the library on purpose, one mutation at a time, and fails if the tests meant to guard
 each change still pass ("a survivor"). A test earns its place by being able to fail; this keeps them honest.
 
-    .venv/bin/python scripts/mutation_check.py            # every mutation (what scripts/test.sh runs; about 3 min
-                                                          # on 2 cores: ~5 s per Python one, 10-20 s per C++ one,
-                                                          # which rebuilds the library)
+    .venv/bin/python scripts/mutation_check.py            # every mutation (what scripts/test.sh runs; about 5 min
+                                                          # on 2 cores: ~7 s per Python one, 14-23 s per C++ one,
+                                                          # which rebuilds the library or tool)
     .venv/bin/python scripts/mutation_check.py --python   # the Python mutations only (no rebuild)
     .venv/bin/python scripts/mutation_check.py --list     # the table
     .venv/bin/python scripts/mutation_check.py --only "cost model"   # the mutations whose name contains the text
