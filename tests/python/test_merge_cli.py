@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 import fourierft
 
 # The tool installed by pip with the package; FOURIERFT_MERGE names another build of it (scripts/mutation_check.py
-# points it at build/tools' to test a mutated tool).
+# points it at build/fourierft-merge to test a mutated tool).
 MERGE = pathlib.Path(os.environ.get("FOURIERFT_MERGE") or pathlib.Path(sys.prefix) / "bin" / "fourierft-merge")
 
 
