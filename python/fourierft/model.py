@@ -100,12 +100,12 @@ def validate_config(config, where: str) -> None:
 
 
 def _n_frequency_for(config, module_name: str) -> int:
-    """The n_frequency PEFT gives ``module_name``: the first n_frequency_pattern key k with
-    re.match(rf".*\.{k}$", name), else n_frequency."""
-    for key, value in config.n_frequency_pattern.items():
-        if re.match(rf".*\.{key}$", module_name):
-            return value
-    return config.n_frequency
+    """The n_frequency PEFT's FourierFT tuner gives ``module_name`` (its ``_create_and_replace``): the first
+    n_frequency_pattern key k with re.match(rf".*\.{k}$", name); else the pattern's entry under the full module name
+    itself (so ``{"lin0": 5}`` applies to a top-level ``lin0``, which has no dot before it); else n_frequency."""
+    pattern = config.n_frequency_pattern
+    key = next((k for k in pattern if re.match(rf".*\.{k}$", module_name)), module_name)
+    return pattern.get(key, config.n_frequency)
 
 
 class _AdapterEntries:

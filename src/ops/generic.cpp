@@ -7,11 +7,13 @@
 //             and backward g delta_W in the model's dtype (one GEMM with W + delta_W for float32/float64 models;
 //             beside the base GEMM for bfloat16/float16, tensor cores with float32 accumulation), the spectrum's
 //             gradient from G = g^T x (one GEMM, float32 accumulation), an rfft2 and a read at the n entries.
-//             Nothing grows with n beyond the n coefficients.
+//             Nothing grows with n beyond the n coefficients; the positions come from the indices' plan
+//             (index_plan.cpp), so a call issues no index arithmetic and no host synchronisation.
 //   spectral: row FFTs of x (and of g) around one sparse product with a real matrix of at most 4n entries built
 //             from the coefficients (below), and the spectrum's gradient as one sampled product (SDDMM) of the
-//             rows' half spectra at 2n positions: no [tokens, n] temporaries, no atomics over tokens. Building the
-//             sparse patterns sorts the n entries (torch.unique), one host synchronisation each.
+//             rows' half spectra at 2n positions: no [tokens, n] temporaries, no atomics over tokens. The sparse
+//             patterns sort the n entries (torch.unique, host synchronisations for the sizes) once per indices
+//             tensor and are kept in its plan.
 //
 // The sparse product. For real rows of length m with half spectra R = P + iQ (rfft), entry k reads
 // conj(fft)[src_k] = P[b_k] + i s_k Q[b_k] (b_k = src_k, s_k = -1 for src_k <= m/2; b_k = m - src_k, s_k = +1
@@ -45,28 +47,29 @@ namespace {
 
 // Half-spectrum bin of full-spectrum bin k of a real signal of length len, and the sign s of the imaginary part
 // that reads conj(fft)[k] from it: conj(R[k]) for k <= len/2 (s = -1), R[len - k] above (s = +1).
-std::pair<at::Tensor, at::Tensor> conj_read(const at::Tensor& k, int64_t len, const at::TensorOptions& real) {
+std::pair<at::Tensor, at::Tensor> conj_read(const at::Tensor& k, int64_t len, at::ScalarType real) {
   const auto lower = k.le(len / 2);
-  return {at::where(lower, k, len - k), 1.0 - 2.0 * lower.to(real.dtype())};
+  return {at::where(lower, k, len - k), 1.0 - 2.0 * lower.to(real)};
 }
 
 // Real [rows, 2 bins] view of a contiguous complex [rows, bins] half spectrum, (re, im) interleaved; and back.
 at::Tensor interleaved(const at::Tensor& half) { return at::view_as_real(half).flatten(-2); }
 at::Tensor complex_of(const at::Tensor& pairs) { return at::view_as_complex(pairs.unflatten(-1, {-1, 2})); }
 
-// A CSR matrix of shape [rows, cols] holding the sum of `values` at the linear positions `keys` (duplicates add up),
-// built without a COO coalesce: the keys are sorted and made unique (one host synchronisation for their count), the
-// values summed per unique key, and the row pointers found by binary search.
-struct Pattern {
-  at::Tensor crow, col, inverse;
-  int64_t unique;
-};
-
-Pattern csr_pattern(const at::Tensor& keys, int64_t rows, int64_t cols) {
+// The CSR pattern of a [rows, cols] matrix holding the sum of values at the linear positions `keys` (duplicates add
+// up): the keys sorted and made unique (host synchronisations for their count: once per plan), the row pointers
+// found by binary search, and for each key the stored entry it adds to.
+SparsePattern csr_pattern(const at::Tensor& keys, int64_t rows, int64_t cols) {
   auto [unique_keys, inverse, counts] = at::_unique2(keys, /*sorted=*/true, /*return_inverse=*/true, false);
   const auto row = at::div(unique_keys, cols, "floor");
-  const auto crow = at::searchsorted(row, at::arange(rows + 1, keys.options()));
-  return {crow, unique_keys.remainder(cols), inverse, unique_keys.size(0)};
+  SparsePattern pattern;
+  pattern.crow = at::searchsorted(row, at::arange(rows + 1, keys.options()));
+  pattern.col = unique_keys.remainder(cols);
+  pattern.inverse = inverse;
+  pattern.unique = unique_keys.size(0);
+  pattern.rows = rows;
+  pattern.cols = cols;
+  return pattern;
 }
 
 // PyTorch warns once per process that sparse CSR support is "in beta" when the first CSR tensor is made: about its
@@ -74,57 +77,69 @@ Pattern csr_pattern(const at::Tensor& keys, int64_t rows, int64_t cols) {
 struct DropWarnings final : c10::WarningHandler {
   void process(const c10::Warning&) override {}
 };
-at::Tensor csr_tensor(const Pattern& pattern, const at::Tensor& values, int64_t rows, int64_t cols) {
+// No validation of the pattern (it would read the indices on the host: a synchronisation per call); the pattern is
+// ours and valid by construction.
+at::Tensor csr_tensor(const SparsePattern& pattern, const at::Tensor& values) {
   static DropWarnings drop;
   c10::WarningUtils::WarningHandlerGuard guard(&drop);
-  return at::sparse_csr_tensor(pattern.crow, pattern.col, values, {rows, cols}, values.options().layout(at::kSparseCsr));
+  const std::vector<int64_t> size{pattern.rows, pattern.cols};
+  return at::_sparse_csr_tensor_unsafe(pattern.crow, pattern.col, values, size, values.options().layout(at::kSparseCsr));
 }
 
-// The real sparse operator of the spectral apply: Re/Im H2 of the output from the interleaved input spectrum
-// (header comment), times `factor` / 2 (irfft(H2) = 2 Re(ifft(Z))).
-at::Tensor spectral_operator(const at::Tensor& coeff, const at::Tensor& src, const at::Tensor& dst, int64_t src_len,
-                             int64_t dst_len, double factor) {
-  const auto real = coeff.options();
+// The spectral apply's operator pattern: a real [2(m/2+1), 2(p/2+1)] matrix taking the interleaved half spectrum of
+// rows of length m = src_len to the interleaved half spectrum H2 of the output of length p = dst_len (header
+// comment). Placements outside 0..p/2 get factor 0 at a valid bin (clamped) instead of being dropped, which would
+// need one more synchronisation.
+SparsePattern operator_pattern(const at::Tensor& src, const at::Tensor& dst, int64_t src_len, int64_t dst_len,
+                               at::ScalarType real) {
   const int64_t in_cols = 2 * (src_len / 2 + 1), out_cols = 2 * (dst_len / 2 + 1);
   const auto [b, s] = conj_read(src, src_len, real);
-  const auto c = coeff * (0.5 * factor);
   const auto mirror = (dst_len - dst).remainder(dst_len);
-  // Placements outside 0..p/2 get value 0 at a valid bin (clamped) instead of a masked select, which would
-  // synchronise once more.
-  const auto keep = dst.le(dst_len / 2).to(real.dtype()), keep_mirror = mirror.le(dst_len / 2).to(real.dtype());
+  const auto keep = dst.le(dst_len / 2).to(real), keep_mirror = mirror.le(dst_len / 2).to(real);
   const auto j = dst.clamp_max(dst_len / 2), jm = mirror.clamp_max(dst_len / 2);
   const auto rows = at::cat({2 * b, 2 * b + 1, 2 * b, 2 * b + 1});
   const auto cols = at::cat({2 * j, 2 * j + 1, 2 * jm, 2 * jm + 1});
-  const auto values = at::cat({c * keep, c * s * keep, c * keep_mirror, -(c * s) * keep_mirror});
-  const auto pattern = csr_pattern(rows * out_cols + cols, in_cols, out_cols);
-  const auto summed = at::zeros({pattern.unique}, real).index_add_(0, pattern.inverse, values);
-  return csr_tensor(pattern, summed, in_cols, out_cols);
-}
-
-// Re(ifft_p(Z)) * factor for every row of `signal` ([rows, src_len] real), Z[dst_k] += c_k conj(fft(signal))[src_k].
-at::Tensor spectral_apply(const at::Tensor& signal, const at::Tensor& coeff, const at::Tensor& src,
-                          const at::Tensor& dst, int64_t src_len, int64_t dst_len, double factor) {
-  const auto op = spectral_operator(coeff, src, dst, src_len, dst_len, factor);
-  const auto half = interleaved(at::fft_rfft(signal, c10::nullopt, -1));
-  return at::fft_irfft(complex_of(at::mm(half, op)), dst_len, -1);
+  auto pattern = csr_pattern(rows * out_cols + cols, in_cols, out_cols);
+  pattern.factors = at::stack({keep, s * keep, keep_mirror, -s * keep_mirror});
+  return pattern;
 }
 
 // grad_c_k = scaling / (d1 d2) * sum_r Re(conj(fft(g_r))[u_k] conj(fft(x_r))[v_k]): with G = g's and X = x's half
 // spectra, Re(...) = Re G[a] Re X[b] - s_u s_v Im G[a] Im X[b], so one sampled product of the interleaved spectra,
-// G^T X at (2a, 2b) and (2a + 1, 2b + 1).
-at::Tensor spectral_grad_spectrum(const at::Tensor& g_half, const at::Tensor& x_half, const at::Tensor& indices,
-                                  int64_t d1, int64_t d2, double scaling, const at::TensorOptions& real) {
-  const auto [a, su] = conj_read(indices[0], d1, real);
-  const auto [b, sv] = conj_read(indices[1], d2, real);
+// G^T X at (2a, 2b) and (2a + 1, 2b + 1). The pattern's factors are -s_u s_v.
+SparsePattern sampling_pattern(const IndexPlan& plan, at::ScalarType real) {
+  const int64_t d1 = plan.out_features, d2 = plan.in_features;
+  const auto [a, su] = conj_read(plan.rows, d1, real);
+  const auto [b, sv] = conj_read(plan.cols, d2, real);
   const int64_t rows = 2 * (d1 / 2 + 1), cols = 2 * (d2 / 2 + 1);
-  const int64_t n = indices.size(1);
-  const auto keys = at::cat({(2 * a) * cols + 2 * b, (2 * a + 1) * cols + 2 * b + 1});
-  const auto pattern = csr_pattern(keys, rows, cols);
-  const auto mask = csr_tensor(pattern, at::zeros({pattern.unique}, real), rows, cols);
-  const auto sampled = at::sparse_sampled_addmm(mask, g_half.t(), x_half, /*beta=*/0.0, /*alpha=*/1.0).values();
+  auto pattern = csr_pattern(at::cat({(2 * a) * cols + 2 * b, (2 * a + 1) * cols + 2 * b + 1}), rows, cols);
+  pattern.factors = -(su * sv);
+  pattern.mask = csr_tensor(pattern, at::zeros({pattern.unique}, plan.rows.options().dtype(real)));
+  return pattern;
+}
+
+// Re(ifft_p(Z)) * factor for every row of `signal` ([rows, src_len] real), Z[dst_k] += c_k conj(fft(signal))[src_k],
+// by the operator of `use` (Forward: src = E1, dst = E0; GradX: the reverse).
+at::Tensor spectral_apply(const at::Tensor& signal, const at::Tensor& coeff, const IndexPlan& plan, SparseUse use,
+                          double factor) {
+  const bool forward = use == SparseUse::Forward;
+  const int64_t dst_len = forward ? plan.out_features : plan.in_features;
+  const auto& pattern = plan.pattern(use, coeff.scalar_type());
+  // The placements' values, times factor / 2 (irfft(H2) = 2 Re(ifft(Z))), summed per stored entry.
+  const auto values = (pattern.factors * coeff.mul(0.5 * factor)).view({-1});
+  const auto summed = at::zeros({pattern.unique}, coeff.options()).index_add_(0, pattern.inverse, values);
+  const auto half = interleaved(at::fft_rfft(signal, c10::nullopt, -1));
+  return at::fft_irfft(complex_of(at::mm(half, csr_tensor(pattern, summed))), dst_len, -1);
+}
+
+at::Tensor spectral_grad_spectrum(const at::Tensor& g_half, const at::Tensor& x_half, const IndexPlan& plan,
+                                  double scaling, at::ScalarType real) {
+  const int64_t n = plan.rows.size(0);
+  const auto& pattern = plan.pattern(SparseUse::GradSpectrum, real);
+  const auto sampled = at::sparse_sampled_addmm(pattern.mask, g_half.t(), x_half, /*beta=*/0.0, /*alpha=*/1.0).values();
   const auto re = sampled.index_select(0, pattern.inverse.narrow(0, 0, n));
   const auto im = sampled.index_select(0, pattern.inverse.narrow(0, n, n));
-  return (re - su * sv * im).mul_(scaling / (static_cast<double>(d1) * d2));
+  return at::addcmul(re, pattern.factors, im).mul_(scaling / (static_cast<double>(plan.out_features) * plan.in_features));
 }
 
 // g^T x accumulated in float32 (or float64): on CUDA a half-precision GEMM with a float32 result, elsewhere the
@@ -137,27 +152,48 @@ at::Tensor outer_sum(const at::Tensor& g2d, const at::Tensor& x2d, at::ScalarTyp
   return g2d.to(work).t().mm(x2d.to(work));
 }
 
+// delta_W in `out_dtype` from the plan: the scaled coefficients scattered into the doubled Hermitian half spectrum
+// (both placements of every entry in one accumulating write; the scaling and irfft2's 1/(d1 d2) folded into the n
+// coefficients, so the transform runs unnormalised and nothing passes over out x in again), then one irfft2.
+// Kernels: zeros, the coefficients' scale, the scatter, the transform, and the cast where out_dtype differs.
+at::Tensor dense_delta(const at::Tensor& spectrum, const IndexPlan& plan, double scaling, at::ScalarType out_dtype) {
+  const int64_t d1 = plan.out_features, d2 = plan.in_features;
+  const auto work = compute_dtype(spectrum.scalar_type(), spectrum.scalar_type());
+  auto buffer = at::zeros({d1 + 1, d2 / 2 + 1}, spectrum.options().dtype(c10::toComplexType(work)));
+  const auto coeff = spectrum.to(work).mul(0.5 * scaling / (static_cast<double>(d1) * d2));
+  at::real(buffer).index_put_({plan.scatter_rows, plan.scatter_cols}, coeff, /*accumulate=*/true);
+  return at::fft_irfft2(buffer.narrow(0, 0, d1), std::vector<int64_t>{d1, d2}, {0, 1}, "forward").to(out_dtype);
+}
+
+// The spectrum's gradient from G = g^T x (float32/float64, [d1, d2], any layout): Re(rfft2(G)) read at the n entries
+// (by position pairs, so the transform's output layout does not matter: on CUDA it is column-major).
+at::Tensor dense_grad_spectrum(const at::Tensor& outer, const IndexPlan& plan, double scaling,
+                               at::ScalarType spectrum_dtype) {
+  const auto spec = at::fft_rfft2(outer, c10::nullopt, {0, 1});
+  const double norm = scaling / (static_cast<double>(plan.out_features) * plan.in_features);
+  return at::index(at::real(spec), c10::List<std::optional<at::Tensor>>({plan.gather_rows, plan.gather_cols}))
+      .mul_(norm)
+      .to(spectrum_dtype);
+}
+
 }  // namespace
+
+SparsePattern build_sparse_pattern(const IndexPlan& plan, SparseUse use, at::ScalarType real) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  switch (use) {
+    case SparseUse::Forward:
+      return operator_pattern(plan.cols, plan.rows, plan.in_features, plan.out_features, real);
+    case SparseUse::GradX:
+      return operator_pattern(plan.rows, plan.cols, plan.out_features, plan.in_features, real);
+    case SparseUse::GradSpectrum: break;
+  }
+  return sampling_pattern(plan, real);
+}
 
 at::Tensor delta_weight_generic(const at::Tensor& spectrum, const at::Tensor& indices, int64_t out_features,
                                 int64_t in_features, double scaling) {
   check_spectrum_and_indices("delta_weight", spectrum, indices, out_features, in_features);
-  const auto work = compute_dtype(spectrum.scalar_type(), spectrum.scalar_type());
-  const auto coeff = spectrum.to(work);
-  const auto u = indices[0], v = indices[1];
-  const int64_t half = in_features / 2 + 1;
-  // Doubled Hermitian part of the real sparse F, kept where the column lies in the half spectrum (real values:
-  // index_add_ into the real view of the complex half spectrum; n entries, not tokens x n).
-  auto spec = at::zeros({out_features, half}, coeff.options().dtype(c10::toComplexType(work)));
-  auto flat = at::view_as_real(spec).view({-1});
-  const auto zero = at::zeros({}, coeff.options());
-  const auto keep = v.lt(half);
-  flat.index_add_(0, 2 * at::where(keep, u * half + v, 0), at::where(keep, coeff, zero));
-  const auto mu = (out_features - u).remainder(out_features), mv = (in_features - v).remainder(in_features);
-  const auto keep_mirror = mv.lt(half);
-  flat.index_add_(0, 2 * at::where(keep_mirror, mu * half + mv, 0), at::where(keep_mirror, coeff, zero));
-  auto dw = at::fft_irfft2(spec, std::vector<int64_t>{out_features, in_features}, {0, 1});
-  return dw.mul_(0.5 * scaling).to(spectrum.scalar_type());
+  return dense_delta(spectrum, *index_plan(indices, out_features, in_features), scaling, spectrum.scalar_type());
 }
 
 at::Tensor delta_weight_backward_generic(const at::Tensor& grad, const at::Tensor& spectrum, const at::Tensor& indices,
@@ -167,15 +203,8 @@ at::Tensor delta_weight_backward_generic(const at::Tensor& grad, const at::Tenso
               "fourierft._delta_weight_backward: grad must have shape [", out_features, ", ", in_features, "], got ",
               grad.sizes());
   const auto work = compute_dtype(grad.scalar_type(), spectrum.scalar_type());
-  const auto g_spec = at::fft_rfft2(grad.to(work), c10::nullopt, {0, 1});
-  const int64_t half = in_features / 2 + 1;
-  const auto u = indices[0], v = indices[1];
-  // Re(fft2(G)[u, v]) = Re(fft2(G)[-u, -v]) for real G: read the mirror where v is outside the half.
-  const auto upper = v.ge(half);
-  const auto row = at::where(upper, (out_features - u).remainder(out_features), u);
-  const auto col = at::where(upper, in_features - v, v);
-  const double norm = scaling / (static_cast<double>(out_features) * in_features);
-  return at::real(g_spec.view({-1}).index_select(0, row * half + col)).mul(norm).to(spectrum.scalar_type());
+  return dense_grad_spectrum(grad.to(work), *index_plan(indices, out_features, in_features), scaling,
+                             spectrum.scalar_type());
 }
 
 at::Tensor spectral_linear_generic(const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices,
@@ -187,7 +216,8 @@ at::Tensor spectral_linear_generic(const at::Tensor& x, const at::Tensor& spectr
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = out_features;
   if (x2d.size(0) == 0) return at::zeros(out_shape, x.options());
-  const auto y = spectral_apply(x2d, spectrum.to(work), indices[1], indices[0], in_features, out_features,
+  const auto plan = index_plan(indices, out_features, in_features);
+  const auto y = spectral_apply(x2d, spectrum.to(work), *plan, SparseUse::Forward,
                                 scaling / static_cast<double>(in_features));
   return y.to(x.scalar_type()).view(out_shape);
 }
@@ -212,9 +242,9 @@ std::tuple<at::Tensor, at::Tensor> spectral_linear_backward_generic(
   }
   if (!need_grad_x && !need_grad_spectrum) return {grad_x, grad_spectrum};
   const auto coeff = spectrum.to(work);
+  const auto plan = index_plan(indices, out_features, in_features);
   if (need_grad_x) {
-    grad_x = spectral_apply(g2d, coeff, indices[0], indices[1], out_features, in_features,
-                            scaling / static_cast<double>(out_features))
+    grad_x = spectral_apply(g2d, coeff, *plan, SparseUse::GradX, scaling / static_cast<double>(out_features))
                  .to(x.scalar_type())
                  .view(shape);
   }
@@ -222,9 +252,7 @@ std::tuple<at::Tensor, at::Tensor> spectral_linear_backward_generic(
     // The input's spectrum is recomputed from the saved input (saved instead of its spectrum).
     const auto g_half = interleaved(at::fft_rfft(g2d, c10::nullopt, -1));
     const auto x_half = interleaved(at::fft_rfft(x.reshape({-1, in_features}).to(work), c10::nullopt, -1));
-    grad_spectrum = spectral_grad_spectrum(g_half, x_half, indices, out_features, in_features, scaling,
-                                           coeff.options())
-                        .to(spectrum.scalar_type());
+    grad_spectrum = spectral_grad_spectrum(g_half, x_half, *plan, scaling, work).to(spectrum.scalar_type());
   }
   return {grad_x, grad_spectrum};
 }
@@ -242,10 +270,11 @@ at::Tensor linear_generic(const at::Tensor& x, const at::Tensor& weight, const s
   const bool same = x.scalar_type() == spectrum.scalar_type();
   const LayerCall call{x.device().type(), x.scalar_type(), rows, out_features, in_features, spectrum.size(0), false};
   if ((same || half_precision_model(x.scalar_type(), spectrum.scalar_type())) && linear_route(call, RoutePass::Forward) != LinearRoute::Pipeline) {
-    const auto delta = delta_weight_generic(spectrum, indices, out_features, in_features, scaling);
-    if (same) return at::linear(x2d, delta.add_(weight), bias).view(out_shape);  // W + delta_W: one GEMM
-    // A half-precision model: delta_W in the model's dtype, beside the base GEMM (float32 accumulation).
-    return at::linear(x2d, weight, bias).addmm_(x2d, delta.to(x.scalar_type()).t()).view(out_shape);
+    // delta_W built in the model's dtype: W + delta_W and one GEMM (float32/float64), or beside the base GEMM
+    // (a half-precision model: tensor cores, float32 accumulation).
+    const auto delta = dense_delta(spectrum, *index_plan(indices, out_features, in_features), scaling, x.scalar_type());
+    if (same) return at::linear(x2d, delta.add_(weight), bias).view(out_shape);
+    return at::linear(x2d, weight, bias).addmm_(x2d, delta.t()).view(out_shape);
   }
   // PEFT's composition: the base layer in x's dtype, the adapter in the spectrum's, the sum in result_dtype.
   return at::add(at::linear(x, weight, bias),
@@ -285,16 +314,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_gener
       need_grad_x && dense_capable && linear_route(call, RoutePass::GradX) != LinearRoute::Pipeline;
   const bool dense_grad_c =
       need_grad_spectrum && linear_grad_spectrum_is_dense(call, /*grad_x_is_spectral=*/need_grad_x && !dense_grad_x);
-  at::Tensor delta;
-  if (dense_grad_x) {
-    delta = delta_weight_generic(spectrum, indices, out_features, in_features, scaling);
-    grad_x = same ? g2d.mm(delta.add_(weight)) : g2d.mm(weight).addmm_(g2d, delta.to(x.scalar_type()));
-    grad_x = grad_x.view(grad_x_shape);
-  }
-  if (dense_grad_c) {
-    const auto work = compute_dtype(x.scalar_type(), spectrum.scalar_type());
-    grad_spectrum = delta_weight_backward_generic(outer_sum(g2d, x2d, work), spectrum, indices, out_features,
-                                                  in_features, scaling);
+  if (dense_grad_x || dense_grad_c) {
+    const auto plan = index_plan(indices, out_features, in_features);
+    if (dense_grad_x) {
+      const auto delta = dense_delta(spectrum, *plan, scaling, x.scalar_type());
+      grad_x = (same ? g2d.mm(delta.add_(weight)) : g2d.mm(weight).addmm_(g2d, delta)).view(grad_x_shape);
+    }
+    if (dense_grad_c) {
+      const auto work = compute_dtype(x.scalar_type(), spectrum.scalar_type());
+      grad_spectrum = dense_grad_spectrum(outer_sum(g2d, x2d, work), *plan, scaling, spectrum.scalar_type());
+    }
   }
   const bool spectral_grad_x = need_grad_x && !dense_grad_x, spectral_grad_c = need_grad_spectrum && !dense_grad_c;
   if (spectral_grad_x || spectral_grad_c) {

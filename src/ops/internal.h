@@ -9,6 +9,7 @@
 //   meta.cpp                   shapes and dtypes for FakeTensor / torch.compile / opcheck
 //   autograd.cpp               autograd Functions at the Autograd key, the public C++ entry points
 //   registration.cpp           TORCH_LIBRARY schemas and the per-key kernel tables
+//   index_plan.cpp             what the ATen implementation derives from an entry matrix, once per indices tensor
 //   cost_model.cpp             spectral vs dense forward path, with its calibrated constants
 #pragma once
 
@@ -16,8 +17,12 @@
 #include <fourierft/ops.h>
 #include <c10/core/ScalarType.h>
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <memory>
+#include <mutex>
 #include <optional>
 #include <tuple>
 
@@ -77,6 +82,48 @@ FOURIERFT_DECLARE_KERNELS(meta)
 
 /// The CPU kernels run the generic implementation instead of the fused one (set_generic_kernels).
 bool generic_kernels_on_cpu();
+
+// ---- index_plan.cpp ---------------------------------------------------------------------------
+/// A sparse matrix pattern of the spectral route (generic.cpp): CSR row pointers and columns of the unique positions,
+/// `inverse` mapping each placement to its stored entry, and the real factors the placements' values are multiplied
+/// by (operators: [4, n] = keep, sign * keep, keep_mirror, -sign * keep_mirror; the spectrum gradient's mask: [n],
+/// the product of the two conj_read signs).
+struct SparsePattern {
+  at::Tensor crow, col, inverse, factors;
+  int64_t unique = 0, rows = 0, cols = 0;
+  /// The spectrum gradient's sampling mask (values zero): built once, reused by every call.
+  at::Tensor mask;
+};
+/// The spectral route's three sparse patterns: the forward's operator (input bins -> output bins), grad_x's operator
+/// (output bins -> input bins) and the spectrum gradient's sampling mask.
+enum class SparseUse { Forward = 0, GradX = 1, GradSpectrum = 2 };
+
+/// Everything the ATen implementation derives from the entry matrix `indices` of an out_features x in_features layer.
+/// Dense route: delta_W's doubled Hermitian half spectrum is scattered into a [out + 1, in / 2 + 1] buffer at
+/// (scatter_rows, scatter_cols) ([2, n]: each entry and its mirror; row `out` collects placements outside the half),
+/// and the spectrum gradient reads Re(rfft2(G)) at (gather_rows, gather_cols) ([n]). Spectral route: the sparse
+/// patterns, built on first use (each needs host synchronisations for its size) and kept.
+class IndexPlan {
+ public:
+  IndexPlan(const at::Tensor& indices, int64_t out_features, int64_t in_features);
+  const SparsePattern& pattern(SparseUse use, at::ScalarType real) const;
+
+  /// The entry matrix's rows, copied (a plan never holds its indices tensor, whose lifetime it follows).
+  at::Tensor rows, cols;
+  int64_t out_features, in_features;
+  at::Tensor scatter_rows, scatter_cols, gather_rows, gather_cols;
+
+ private:
+  mutable std::mutex mutex_;
+  mutable std::array<std::array<std::unique_ptr<SparsePattern>, 2>, 3> patterns_;
+};
+/// The plan of `indices` (int64 [2, n] on any device), computed on first use and kept while that tensor lives and is
+/// not written in place; thread-safe.
+std::shared_ptr<IndexPlan> index_plan(const at::Tensor& indices, int64_t out_features, int64_t in_features);
+/// Live plans (for tests: plans die with their indices).
+std::size_t index_plan_cache_size();
+/// generic.cpp: builds one sparse pattern of `plan` (real: the values' dtype, float32 or float64).
+SparsePattern build_sparse_pattern(const IndexPlan& plan, SparseUse use, at::ScalarType real);
 
 // ---- cost_model.cpp ----------------------------------------------------------------------------
 /// How fourierft::linear computes x delta_W^T (forward) or g delta_W (the backward's grad_x):

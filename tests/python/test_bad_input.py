@@ -13,6 +13,7 @@ import transformers
 from safetensors.torch import load_file, save_file
 
 import fourierft
+import peft
 
 
 def tiny_bert():
@@ -222,3 +223,35 @@ def test_peft_own_load_adapter_refuses_a_bad_config_field_before_changing_anythi
     with pytest.raises(ValueError, match="FourierFTConfig.bias='sometimes'"):
         target.load_adapter(saved, adapter_name="other")
     assert_unchanged(target, before)
+
+
+@pytest.mark.parametrize("pattern", [{"lin0": 5}, {"lin1": 7, "lin0": 5}, {"sub.lin0": 9}, {"lin.": 11},
+                                     {"0": 13}, {}])
+def test_strict_loader_takes_the_n_frequency_peft_gives_each_module(pattern, tmp_path):
+    """The strict check's n_frequency per module is what PEFT's tuner gave that module (read from the layers plain
+    PEFT builds), including PEFT's fallback to the full module name as a pattern key; and every adapter PEFT saved
+    loads through fourierft.FourierFTModel.from_pretrained."""
+    from fourierft.model import _n_frequency_for
+
+    def base():
+        torch.manual_seed(0)
+        net = torch.nn.Module()
+        net.lin0 = torch.nn.Linear(8, 8)
+        net.lin1 = torch.nn.Linear(8, 8)
+        net.sub = torch.nn.Module()
+        net.sub.lin0 = torch.nn.Linear(8, 8)
+        net.forward = lambda x: net.sub.lin0(net.lin1(net.lin0(x)))
+        return net
+
+    config = peft.FourierFTConfig(target_modules=["lin0", "lin1"], n_frequency=3, n_frequency_pattern=pattern)
+    with fourierft.registered(False):
+        plain = peft.get_peft_model(base(), config)
+    given = {name: module.fourierft_n_frequency["default"] for name, module in plain.base_model.model.named_modules()
+             if hasattr(module, "fourierft_n_frequency")}
+    assert set(given) == {"lin0", "lin1", "sub.lin0"}
+    assert given == {name: _n_frequency_for(config, name) for name in given}
+    plain.save_pretrained(tmp_path)
+    loaded = fourierft.FourierFTModel.from_pretrained(base(), tmp_path)
+    x = torch.randn(4, 8)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), plain(x), atol=1e-6)
