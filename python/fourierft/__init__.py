@@ -24,7 +24,7 @@ from . import _C  # noqa: E402
 from . import ops  # noqa: E402
 from . import optim  # noqa: E402
 from . import serving  # noqa: E402
-from .layer import BASE_ADAPTER, FourierFTLinear  # noqa: E402
+from .layer import BASE_ADAPTER, FourierFTLinear, clear_caches  # noqa: E402
 from .serving import hotswap_adapter  # noqa: E402
 from .model import (FourierFTModel, accelerate, check_checkpoint, get_peft_model, is_accelerated,  # noqa: E402
                     is_registered, load_adapter, register, registered)
@@ -44,6 +44,7 @@ __all__ = [
     "FourierFTModel",
     "accelerate",
     "check_checkpoint",
+    "clear_caches",
     "cmake_prefix_path",
     "get_peft_model",
     "hotswap_adapter",

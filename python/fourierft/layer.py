@@ -17,12 +17,37 @@ from torch.nn.modules import module as _module
 from . import _C
 from . import ops
 
-__all__ = ["FourierFTLinear", "FourierFTKernels", "BASE_ADAPTER", "mixed_adapter_output", "share_entry_indices"]
+__all__ = ["FourierFTLinear", "FourierFTKernels", "BASE_ADAPTER", "clear_caches", "mixed_adapter_output",
+           "share_entry_indices"]
 
 #: The name that selects "no adapter" for a row of a mixed-adapter batch (PEFT's LoRA uses the same).
 BASE_ADAPTER = "__base__"
 
 _CACHE = "_fourierft_cache"
+
+
+def _caching_allowed() -> bool:
+    """Inference caches are on (``fourierft.ops.inference_cache``) and this is not one rank of several: under FSDP a
+    layer's parameters are shards or temporarily gathered copies, and a weight-sized cache built from them would keep
+    an unsharded copy of every adapted layer on every rank. Multi-process jobs recompute instead."""
+    if not _C.inference_cache():
+        return False
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)
+
+
+def clear_caches(model: nn.Module) -> nn.Module:
+    """Drops the inference caches (``delta_W``, ``W + delta_W``) of every fourierft layer in ``model``; they are
+    rebuilt on demand. ``model.train()`` does it too. Returns ``model``."""
+    for module in model.modules():
+        if isinstance(module, FourierFTKernels):
+            module.clear_caches()
+    return model
+
+
+def _storage_id(t: torch.Tensor) -> tuple:
+    """The storage a tensor's values live in and where in it: changes when ``p.data = ...`` swaps them."""
+    return t.untyped_storage()._cdata, t.storage_offset()
 
 
 class FourierFTKernels:
@@ -40,20 +65,38 @@ class FourierFTKernels:
                                 self.fourierft_scaling[adapter])
 
     # ---- caches of derived weights (frozen spectrum) ---------------------------------------------
-    # Entries are keyed on the spectrum's *values* (a copy of its ``n`` numbers, compared in O(n)), not on
-    # the tensor's version counter: ``p.data.mul_()``, ``p.data = ...``, ``vector_to_parameters`` and EMA
-    # updates change a parameter without bumping ``_version``. A tensor made under
-    # ``torch.inference_mode()`` is not reused outside it (autograd cannot save an inference tensor).
-    # Each entry is replaced by one dict assignment: a concurrent reader sees the old or the new entry.
+    # An entry is keyed on the spectrum tensor itself, its storage, offset and version counter: optimizer steps,
+    # ``load_state_dict``/``load_adapter``, ``hotswap_adapter`` and any in-place write (``no_grad`` included) bump the
+    # version; ``p.data = ...`` swaps the storage; a new Parameter is another tensor. Reading the key needs no device
+    # synchronisation, so a GPU forward never waits on it. What it cannot see: writes through a ``.data`` alias
+    # (``p.data.mul_()``, PEFT's merge into W: ``.data`` has a version counter of its own) and a storage rewritten in
+    # place under the same offset by ``torch.nn.utils.vector_to_parameters`` from the same vector. On the CPU, where
+    # comparing is free of synchronisation, the key also holds a copy of the ``n`` values and compares them, which
+    # sees those too. A tensor made under ``torch.inference_mode()`` is not reused outside it (autograd cannot save
+    # an inference tensor). Each entry is replaced by one dict assignment: a concurrent reader sees the old or the
+    # new entry. ``clear_caches`` drops every entry.
     def _spectrum_key(self, adapter: str, spectrum: torch.Tensor) -> tuple:
-        return (spectrum.detach().clone(), self.indices[adapter], self.fourierft_scaling[adapter])
+        values = spectrum.detach().clone() if spectrum.device.type == "cpu" else None
+        return (spectrum, _storage_id(spectrum), spectrum._version, values, self.indices[adapter],
+                self.fourierft_scaling[adapter])
 
     def _key_matches(self, adapter: str, spectrum: torch.Tensor, key: tuple, cached: torch.Tensor) -> bool:
-        values, indices, scaling = key
-        return (indices is self.indices[adapter] and scaling == self.fourierft_scaling[adapter]
-                and values.dtype == spectrum.dtype and values.device == spectrum.device
+        tensor, storage, version, values, indices, scaling = key
+        return (tensor is spectrum and storage == _storage_id(spectrum) and version == spectrum._version
+                and indices is self.indices[adapter] and scaling == self.fourierft_scaling[adapter]
                 and not (cached.is_inference() and not torch.is_inference_mode_enabled())
-                and torch.equal(values, spectrum))
+                and (values is None or torch.equal(values, spectrum)))
+
+    def clear_caches(self) -> None:
+        """Drops every cached ``delta_W`` and ``W + delta_W`` of this layer (they are rebuilt on demand)."""
+        self.__dict__.pop(_CACHE, None)
+
+    def train(self, mode: bool = True):
+        """``nn.Module.train``; going back to training drops the inference caches (a training step uses none, and
+        they would hold a weight-sized tensor per layer through it)."""
+        if mode:
+            self.clear_caches()
+        return super().train(mode)
 
     @staticmethod
     def _delta_cache_key(adapter: str, dtype: Optional[torch.dtype]):
@@ -133,7 +176,7 @@ class FourierFTKernels:
         if torch.compiler.is_compiling():
             return ops.spectral_linear(x, spectrum, indices, self.out_features, self.in_features, scaling)
         training = torch.is_grad_enabled() and spectrum.requires_grad
-        caching = not training and _C.inference_cache()
+        caching = not training and _caching_allowed()
         delta = self._cached_delta(adapter, spectrum) if caching else None
         tokens = x.numel() // max(x.shape[-1], 1)
         route = _C.adapter_path(x.device, spectrum.dtype, tokens, self.out_features, self.in_features,
@@ -165,7 +208,7 @@ class FourierFTKernels:
             if indices.device != spectrum.device:
                 indices = self.indices[adapter] = indices.to(spectrum.device)
             if (not (torch.is_grad_enabled() and (spectrum.requires_grad or weight.requires_grad))
-                    and not torch.compiler.is_compiling()):
+                    and not torch.compiler.is_compiling() and _caching_allowed()):
                 # Inference: what the cost model says to keep between calls, so that nothing of size out x in is
                 # recomputed per call (fourierft.ops.inference_cache(False) turns it off).
                 cache = _C.inference_cache_for(x.device, x.dtype, x.numel() // max(x.shape[-1], 1),

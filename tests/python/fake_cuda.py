@@ -12,7 +12,8 @@ the fake mode, sees every ATen op those calls dispatch:
 - *host syncs*: ops whose result the host must read (``_unique2``, ``nonzero``, ``item``, ``equal``, ...). Fake
   tensors have no values, so the counter answers these itself (sizes as large as the input: an upper bound) and
   records them;
-- device mixing: every tensor argument of every op must be on ``cuda`` (0-dim CPU scalars excepted).
+- device mixing: every tensor argument of every op must be on ``cuda`` (0-dim CPU scalars and explicit transfers
+  excepted).
 
 A sparse CSR tensor made from fake members is a real sparse CUDA tensor whose kernels a CPU-only torch lacks: the
 counter answers the sparse ops (``mm`` with such an operand, ``sparse_sampled_addmm``, ``values``) from the members'
@@ -50,6 +51,9 @@ NO_KERNEL_OPS = {
     aten._has_compatible_shallow_copy_type, aten.set_,
 }
 
+# Ops that move data between devices on purpose.
+TRANSFER_OPS = {aten.lift_fresh, aten._to_copy, aten.copy_}
+
 
 def _is_view(func) -> bool:
     return func.is_view or func._overloadpacket in (aten.values, aten.crow_indices, aten.col_indices, aten.detach,
@@ -76,7 +80,8 @@ class Counter(TorchDispatchMode):
         packet = func._overloadpacket
         name = str(packet).removeprefix("aten.")
         flat, _ = tree_flatten((args, kwargs))
-        for t in flat:
+        # Explicit transfers (torch.tensor(..., device="cuda"), .to("cuda")) may take CPU tensors; nothing else may.
+        for t in flat if packet not in TRANSFER_OPS and func.namespace == "aten" else ():
             if isinstance(t, torch.Tensor) and t.device.type != "cuda" and not (t.dim() == 0 and t.device.type == "cpu"):
                 self.mixed.append((name, t.device, tuple(t.shape)))
         if func.namespace == "fourierft":
@@ -176,3 +181,25 @@ def cuda_tensor(*shape, dtype=torch.float32, requires_grad=False) -> torch.Tenso
 def call_cuda(op, *args):
     """The CUDA kernel of ``op`` (a ``torch.ops.fourierft.*`` overload) on fake tensors."""
     return op.redispatch(CUDA, *args)
+
+
+def to_fake_cuda(module: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """``module`` (built on any device, e.g. ``"meta"``) with every parameter and buffer replaced by an uninitialised
+    fake CUDA tensor of its shape (and ``dtype``, if given, for floating point ones); call inside :func:`fake_cuda`.
+    ``Module.to``/``to_empty`` cannot swap real parameters for fake ones, and initialisers need a CUDA generator."""
+    for owner in module.modules():
+        for name, p in list(owner._parameters.items()):
+            if p is not None:
+                dt = dtype if dtype is not None and p.is_floating_point() else p.dtype
+                owner._parameters[name] = torch.nn.Parameter(torch.empty(p.shape, dtype=dt, device="cuda"),
+                                                             requires_grad=p.requires_grad)
+        for name, b in list(owner._buffers.items()):
+            if b is not None:
+                dt = dtype if dtype is not None and b.is_floating_point() else b.dtype
+                owner._buffers[name] = torch.empty(b.shape, dtype=dt, device="cuda")
+        # PEFT's FourierFT layers keep their entry indices in a plain dict.
+        indices = owner.__dict__.get("indices")
+        if isinstance(indices, dict):
+            for name, t in list(indices.items()):
+                indices[name] = torch.empty(t.shape, dtype=t.dtype, device="cuda")
+    return module
