@@ -57,7 +57,8 @@ TRANSFER_OPS = {aten.lift_fresh, aten._to_copy, aten.copy_}
 
 def _is_view(func) -> bool:
     return func.is_view or func._overloadpacket in (aten.values, aten.crow_indices, aten.col_indices, aten.detach,
-                                                    aten._reshape_alias, aten.alias, aten.view_as_real,
+                                                    aten._reshape_alias, aten._unsafe_view, aten.alias,
+                                                    aten.view_as_real,
                                                     aten.view_as_complex, aten.real, aten.imag)
 
 
