@@ -123,10 +123,19 @@ LinearPath adapter_path(const LayerCall& call, bool delta_cached);
 /// weight-sized tensor per adapted layer. A forced set_linear_path(Dense) gives Delta on every device, Spectral and
 /// Folded give None.
 enum class InferenceCache { None, MergedWeight, Delta };
+
 InferenceCache inference_cache_for(const LayerCall& call);
 /// Turns the inference caches off (process-wide) or back on (the default): for memory-bound deployments.
 void set_inference_cache(bool enabled);
 bool inference_cache();
+
+/// Memory for speed in training on a GPU: fourierft::linear keeps the dense operand its forward built (delta_W in a
+/// half-precision model's dtype, or W + delta_W) for the backward's input gradient instead of rebuilding it, where the
+/// cost model takes the dense route for both (on the CPU: only under set_generic_kernels). Costs one weight-sized
+/// tensor per adapted layer held from the forward to the backward (bf16 3072 x 3072: 18 MiB), and saves rebuilding
+/// delta_W in the backward (5 of a bf16 dense step's 18 launches). Process-wide; off by default.
+void set_keep_delta(bool enabled);
+bool keep_delta();
 
 /// A 64-bit fingerprint of a CPU tensor's values (bytes, dtype and shape), read once in parallel: the key
 /// of caches that must notice changes made behind the version counter (`p.data.mul_()`, PEFT's merge

@@ -136,6 +136,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_inference_cache", &fourierft::set_inference_cache, py::arg("enabled"),
         "Turns the layers' inference caches (W + delta_W or delta_W, one weight-sized tensor per layer) off or on.");
   m.def("inference_cache", &fourierft::inference_cache, "Whether the layers' inference caches are on (the default).");
+  m.def("set_keep_delta", &fourierft::set_keep_delta, py::arg("enabled"),
+        "Training on a GPU: keep the dense forward's delta_W (or W + delta_W) for the backward (process-wide).");
+  m.def("keep_delta", &fourierft::keep_delta, "Whether set_keep_delta(True) is in effect (off by default).");
   m.def(
       "inference_cache_for",
       [](const at::Device& device, at::ScalarType dtype, int64_t tokens, int64_t out_features, int64_t in_features,

@@ -9,6 +9,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 
+#include <algorithm>
+
 namespace fourierft {
 namespace detail {
 
@@ -41,6 +43,12 @@ const c10::TypedOperatorHandle<decltype(linear_cpu)>& linear_op() {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("fourierft::linear", "")
                              .typed<decltype(linear_cpu)>();
+  return op;
+}
+const c10::TypedOperatorHandle<decltype(linear_dense_forward_generic)>& linear_dense_forward_op() {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("fourierft::_linear_dense_forward", "")
+                             .typed<decltype(linear_dense_forward_generic)>();
   return op;
 }
 const c10::TypedOperatorHandle<decltype(linear_backward_cpu)>& linear_backward_op() {
@@ -97,14 +105,24 @@ class LinearFunction : public torch::autograd::Function<LinearFunction> {
     at::AutoDispatchBelowADInplaceOrView guard;
     // x is saved only for the spectrum's and the weight's gradients (grad_c recomputes its spectrum).
     const bool keep_x = spectrum.requires_grad() || weight.requires_grad();
-    ctx->save_for_backward({keep_x ? x : at::Tensor(), weight, spectrum, indices});
     ctx->saved_data["out_features"] = out_features;
     ctx->saved_data["in_features"] = in_features;
     ctx->saved_data["scaling"] = scaling;
     ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
     ctx->saved_data["has_bias"] = has_bias;
-    return linear_op().call(x, weight, has_bias ? std::optional<at::Tensor>(bias) : std::nullopt, spectrum,
-                            indices, out_features, in_features, scaling);
+    const auto maybe_bias = has_bias ? std::optional<at::Tensor>(bias) : std::nullopt;
+    // set_keep_delta: the dense forward's operand, kept for grad_x (one weight-sized tensor until the backward).
+    const LayerCall call{x.device().type(), x.scalar_type(), x.numel() / std::max<int64_t>(in_features, 1),
+                         out_features, in_features, spectrum.size(0), true};
+    if (x.requires_grad() && x.numel() > 0 &&
+        keep_dense_operand(call, dense_capable(x.scalar_type(), spectrum.scalar_type()))) {
+      auto [y, operand] = linear_dense_forward_op().call(x, weight, maybe_bias, spectrum, indices, out_features,
+                                                          in_features, scaling);
+      ctx->save_for_backward({keep_x ? x : at::Tensor(), weight, spectrum, indices, operand});
+      return y;
+    }
+    ctx->save_for_backward({keep_x ? x : at::Tensor(), weight, spectrum, indices, at::Tensor()});
+    return linear_op().call(x, weight, maybe_bias, spectrum, indices, out_features, in_features, scaling);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
@@ -120,7 +138,7 @@ class LinearFunction : public torch::autograd::Function<LinearFunction> {
     auto [grad_x, grad_weight, grad_bias, grad_spectrum] = linear_backward_op().call(
         grad_outputs[0], x, saved[1], saved[2], saved[3], ctx->saved_data["out_features"].toInt(),
         ctx->saved_data["in_features"].toInt(), ctx->saved_data["scaling"].toDouble(), need_x, need_weight,
-        need_bias, need_spectrum);
+        need_bias, need_spectrum, saved[4].defined() ? std::optional<at::Tensor>(saved[4]) : std::nullopt);
     return {need_x ? grad_x : at::Tensor(),       need_weight ? grad_weight : at::Tensor(),
             need_bias ? grad_bias : at::Tensor(), at::Tensor(),
             need_spectrum ? grad_spectrum : at::Tensor(),

@@ -28,6 +28,7 @@ using detail::RoutePass;
 namespace {
 std::atomic<LinearPath> forced_linear_path{LinearPath::Auto};
 std::atomic<bool> inference_cache_enabled{true};
+std::atomic<bool> keep_delta_enabled{false};
 
 // ------------------------------------------------------------------------------------------------
 // CPU
@@ -171,6 +172,8 @@ bool on_cpu(const LayerCall& call) { return call.device == c10::DeviceType::CPU;
 void set_linear_path(LinearPath path) { forced_linear_path.store(path); }
 LinearPath linear_path() { return forced_linear_path.load(); }
 void set_inference_cache(bool enabled) { inference_cache_enabled.store(enabled); }
+void set_keep_delta(bool enabled) { keep_delta_enabled.store(enabled); }
+bool keep_delta() { return keep_delta_enabled.load(); }
 bool inference_cache() { return inference_cache_enabled.load(); }
 
 InferenceCache inference_cache_for(const LayerCall& call) {
@@ -359,6 +362,14 @@ RouteCosts grad_spectrum_costs(const LayerCall& call, bool grad_x_is_spectral) {
   }
   costs.dense = gpu_grad_spectrum_ns(call, true);
   return costs;
+}
+
+bool keep_dense_operand(const LayerCall& call, bool dtypes_dense_capable) {
+  if (!keep_delta_enabled.load(std::memory_order_relaxed) || !call.training || !dtypes_dense_capable) return false;
+  if (on_cpu(call) && !generic_kernels_on_cpu()) return false;  // the fused CPU kernels have their own routes
+  // The ATen implementation takes every route but the spectral one densely (it has no folded route).
+  return linear_route(call, RoutePass::Forward) != LinearRoute::Pipeline &&
+         linear_route(call, RoutePass::GradX) != LinearRoute::Pipeline;
 }
 
 bool linear_grad_spectrum_is_dense(const LayerCall& call, bool grad_x_is_spectral) {

@@ -176,7 +176,29 @@ at::Tensor dense_grad_spectrum(const at::Tensor& outer, const IndexPlan& plan, d
       .to(spectrum_dtype);
 }
 
+// The dense route's forward over x's rows: the output, and the dense operand it applied (W + delta_W when x has the
+// spectrum's dtype: one GEMM; else delta_W in the model's dtype beside the base GEMM, float32 accumulation).
+std::pair<at::Tensor, at::Tensor> dense_forward(const at::Tensor& x2d, const at::Tensor& weight,
+                                                const std::optional<at::Tensor>& bias, const at::Tensor& spectrum,
+                                                const IndexPlan& plan, double scaling) {
+  auto operand = dense_delta(spectrum, plan, scaling, x2d.scalar_type());
+  if (x2d.scalar_type() == spectrum.scalar_type()) {
+    operand.add_(weight);
+    return {at::linear(x2d, operand, bias), operand};
+  }
+  return {at::linear(x2d, weight, bias).addmm_(x2d, operand.t()), operand};
+}
+
+// grad_x of the dense route from its operand (dense_forward's).
+at::Tensor dense_input_grad(const at::Tensor& g2d, const at::Tensor& weight, const at::Tensor& operand, bool same) {
+  return same ? g2d.mm(operand) : g2d.mm(weight).addmm_(g2d, operand);
+}
+
 }  // namespace
+
+bool dense_capable(at::ScalarType x, at::ScalarType spectrum) {
+  return x == spectrum || half_precision_model(x, spectrum);
+}
 
 SparsePattern build_sparse_pattern(const IndexPlan& plan, SparseUse use, at::ScalarType real) {
   at::AutoDispatchBelowADInplaceOrView guard;
@@ -267,14 +289,11 @@ at::Tensor linear_generic(const at::Tensor& x, const at::Tensor& weight, const s
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = out_features;
   if (rows == 0) return at::linear(x, weight, bias).to(result_dtype);
-  const bool same = x.scalar_type() == spectrum.scalar_type();
   const LayerCall call{x.device().type(), x.scalar_type(), rows, out_features, in_features, spectrum.size(0), false};
-  if ((same || half_precision_model(x.scalar_type(), spectrum.scalar_type())) && linear_route(call, RoutePass::Forward) != LinearRoute::Pipeline) {
-    // delta_W built in the model's dtype: W + delta_W and one GEMM (float32/float64), or beside the base GEMM
-    // (a half-precision model: tensor cores, float32 accumulation).
-    const auto delta = dense_delta(spectrum, *index_plan(indices, out_features, in_features), scaling, x.scalar_type());
-    if (same) return at::linear(x2d, delta.add_(weight), bias).view(out_shape);
-    return at::linear(x2d, weight, bias).addmm_(x2d, delta.t()).view(out_shape);
+  if (dense_capable(x.scalar_type(), spectrum.scalar_type()) &&
+      linear_route(call, RoutePass::Forward) != LinearRoute::Pipeline) {
+    const auto plan = index_plan(indices, out_features, in_features);
+    return dense_forward(x2d, weight, bias, spectrum, *plan, scaling).first.view(out_shape);
   }
   // PEFT's composition: the base layer in x's dtype, the adapter in the spectrum's, the sum in result_dtype.
   return at::add(at::linear(x, weight, bias),
@@ -283,10 +302,25 @@ at::Tensor linear_generic(const at::Tensor& x, const at::Tensor& weight, const s
       .to(result_dtype);
 }
 
+std::tuple<at::Tensor, at::Tensor> linear_dense_forward_generic(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias, const at::Tensor& spectrum,
+    const at::Tensor& indices, int64_t out_features, int64_t in_features, double scaling) {
+  check_linear("_linear_dense_forward", x, weight, bias, spectrum, indices, out_features, in_features);
+  TORCH_CHECK(dense_capable(x.scalar_type(), spectrum.scalar_type()), "fourierft._linear_dense_forward: the dense "
+              "route needs x of the spectrum's dtype or a bfloat16/float16 x with a float32 spectrum, got x ",
+              x.scalar_type(), " and spectrum ", spectrum.scalar_type());
+  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
+  out_shape.back() = out_features;
+  auto [y, operand] = dense_forward(x.reshape({-1, in_features}), weight, bias, spectrum,
+                                    *index_plan(indices, out_features, in_features), scaling);
+  return {y.view(out_shape), operand};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_generic(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& spectrum,
     const at::Tensor& indices, int64_t out_features, int64_t in_features, double scaling, bool need_grad_x,
-    bool need_grad_weight, bool need_grad_bias, bool need_grad_spectrum) {
+    bool need_grad_weight, bool need_grad_bias, bool need_grad_spectrum,
+    const std::optional<at::Tensor>& dense_operand) {
   check_linear_backward("_linear_backward", grad_out, x, weight, spectrum, indices, out_features, in_features,
                         need_grad_weight || need_grad_spectrum);
   const auto g2d = grad_out.reshape({-1, out_features});
@@ -307,18 +341,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_gener
     return {grad_x, grad_weight, grad_bias, grad_spectrum};
   }
   const bool same = x.scalar_type() == spectrum.scalar_type();
-  const bool dense_capable = same || half_precision_model(x.scalar_type(), spectrum.scalar_type());
   const LayerCall call{grad_out.device().type(), x.scalar_type(), rows, out_features, in_features, spectrum.size(0),
                        true};
+  // The forward's dense operand, when it was kept (set_keep_delta), replaces rebuilding delta_W.
+  const bool kept = dense_operand.has_value() && dense_operand->defined();
+  TORCH_CHECK(!kept || (dense_operand->sizes() == weight.sizes() && dense_operand->scalar_type() == x.scalar_type() &&
+                        dense_capable(x.scalar_type(), spectrum.scalar_type())),
+              "fourierft._linear_backward: dense_operand must be _linear_dense_forward's second result for this call "
+              "(shape ", weight.sizes(), ", dtype ", x.scalar_type(), "), got shape ", dense_operand->sizes(),
+              " and dtype ", dense_operand->scalar_type());
   const bool dense_grad_x =
-      need_grad_x && dense_capable && linear_route(call, RoutePass::GradX) != LinearRoute::Pipeline;
+      need_grad_x && (kept || (dense_capable(x.scalar_type(), spectrum.scalar_type()) &&
+                               linear_route(call, RoutePass::GradX) != LinearRoute::Pipeline));
   const bool dense_grad_c =
       need_grad_spectrum && linear_grad_spectrum_is_dense(call, /*grad_x_is_spectral=*/need_grad_x && !dense_grad_x);
   if (dense_grad_x || dense_grad_c) {
     const auto plan = index_plan(indices, out_features, in_features);
     if (dense_grad_x) {
-      const auto delta = dense_delta(spectrum, *plan, scaling, x.scalar_type());
-      grad_x = (same ? g2d.mm(delta.add_(weight)) : g2d.mm(weight).addmm_(g2d, delta)).view(grad_x_shape);
+      auto operand = kept ? *dense_operand : dense_delta(spectrum, *plan, scaling, x.scalar_type());
+      if (same && !kept) operand.add_(weight);
+      grad_x = dense_input_grad(g2d, weight, operand, same).view(grad_x_shape);
     }
     if (dense_grad_c) {
       const auto work = compute_dtype(x.scalar_type(), spectrum.scalar_type());

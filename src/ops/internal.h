@@ -74,11 +74,26 @@ at::Tensor entry_indices_impl(int64_t out_features, int64_t in_features, int64_t
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_##suffix(                            \
       const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& spectrum,      \
       const at::Tensor& indices, int64_t out_features, int64_t in_features, double scaling, bool need_grad_x,     \
-      bool need_grad_weight, bool need_grad_bias, bool need_grad_spectrum);
+      bool need_grad_weight, bool need_grad_bias, bool need_grad_spectrum,                                        \
+      const std::optional<at::Tensor>& dense_operand);
 FOURIERFT_DECLARE_KERNELS(cpu)
 FOURIERFT_DECLARE_KERNELS(generic)
 FOURIERFT_DECLARE_KERNELS(meta)
 #undef FOURIERFT_DECLARE_KERNELS
+
+/// fourierft::linear's dense route (any device, ATen operations), returning beside the output the dense operand it
+/// applied: W + delta_W (a model of the spectrum's dtype) or delta_W in the model's dtype (a half-precision model,
+/// applied beside the base GEMM). The backward takes it as `dense_operand` instead of rebuilding delta_W
+/// (set_keep_delta).
+std::tuple<at::Tensor, at::Tensor> linear_dense_forward_generic(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias, const at::Tensor& spectrum,
+    const at::Tensor& indices, int64_t out_features, int64_t in_features, double scaling);
+std::tuple<at::Tensor, at::Tensor> linear_dense_forward_meta(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias, const at::Tensor& spectrum,
+    const at::Tensor& indices, int64_t out_features, int64_t in_features, double scaling);
+/// Whether the dense route applies to these dtypes: x of the spectrum's dtype, or a half-precision model with a
+/// float32 spectrum.
+bool dense_capable(at::ScalarType x, at::ScalarType spectrum);
 
 /// The CPU kernels run the generic implementation instead of the fused one (set_generic_kernels).
 bool generic_kernels_on_cpu();
@@ -143,6 +158,10 @@ LinearRoute linear_route(const LayerCall& call, RoutePass pass);
 /// B = Im G^T Im X; elsewhere g^T x and its rfft2) instead of correlating the rows' spectra. `grad_x_is_spectral`:
 /// g's row transforms are made for grad_x anyway. Spectral forces the correlation, Dense and Folded the GEMMs.
 bool linear_grad_spectrum_is_dense(const LayerCall& call, bool grad_x_is_spectral);
+/// fourierft::linear keeps the forward's dense operand for the backward's grad_x (set_keep_delta) in this training call:
+/// the option is on, the ATen implementation runs (not the CPU's fused kernels), the dtypes allow the dense route, and
+/// the routes of the forward and of grad_x are both dense.
+bool keep_dense_operand(const LayerCall& call, bool dtypes_dense_capable);
 /// The estimates (ns per call) the two decisions above compare: what each route adds to the layer's own GEMMs in
 /// one pass (folded: CPU only, infinite elsewhere); for the spectrum gradient, `dense` is the GEMM route (CPU: the
 /// folded GEMMs) and `folded` is unused. Independent of set_linear_path.

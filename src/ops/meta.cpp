@@ -54,10 +54,17 @@ at::Tensor linear_meta(const at::Tensor& x, const at::Tensor& weight, const std:
   return at::empty_symint(out_shape, x.options().dtype(linear_result_dtype(x.scalar_type(), spectrum.scalar_type())));
 }
 
+std::tuple<at::Tensor, at::Tensor> linear_dense_forward_meta(
+    const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias, const at::Tensor& spectrum,
+    const at::Tensor& indices, int64_t out_features, int64_t in_features, double scaling) {
+  return {linear_meta(x, weight, bias, spectrum, indices, out_features, in_features, scaling),
+          at::empty({out_features, in_features}, weight.options())};
+}
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_meta(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& spectrum,
     const at::Tensor&, int64_t out_features, int64_t in_features, double, bool need_grad_x, bool need_grad_weight,
-    bool need_grad_bias, bool need_grad_spectrum) {
+    bool need_grad_bias, bool need_grad_spectrum, const std::optional<at::Tensor>&) {
   auto shape = grad_out.sym_sizes().vec();
   shape.back() = in_features;
   const auto x_options = grad_out.options().dtype(x.scalar_type());

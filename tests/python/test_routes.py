@@ -72,6 +72,45 @@ def test_every_route_matches_float64(kernels, route, model_dtype, spectrum_dtype
         assert relative(got, want) < tol, (name, relative(got, want))
 
 
+@pytest.mark.parametrize("route", ["dense", "spectral"])
+@pytest.mark.parametrize("model_dtype,spectrum_dtype,tol", MODEL_DTYPES, ids=lambda v: str(v).replace("torch.", ""))
+@pytest.mark.parametrize("out_features,in_features,n,leading", [(33, 20, 300, (2, 3)), (40, 64, 1000, (64, 2))])
+def test_kept_dense_operand_matches_float64_and_is_kept(route, model_dtype, spectrum_dtype, tol, out_features,
+                                                         in_features, n, leading):
+    """fourierft.ops.keep_delta: the dense forward's operand (delta_W in a half-precision model's dtype, W + delta_W
+    otherwise) saved for grad_x instead of rebuilt, run by the ATen implementation (what CUDA runs): output, grad_x
+    and grad_c against float64, and the operand is among the saved tensors (one more weight-sized tensor) only with
+    the option on and the dense route taken (forced here; on CUDA the cost model takes it at training sizes:
+    test_fake_cuda.py)."""
+    torch.manual_seed(n)
+    indices = fourierft.ops.entry_indices(out_features, in_features, n, 11)
+    w = (torch.randn(out_features, in_features) / in_features**0.5).to(model_dtype)
+    b = torch.randn(out_features).to(model_dtype)
+    c = torch.randn(n).to(spectrum_dtype).requires_grad_(True)
+    x = torch.randn(in_features, *leading).to(model_dtype).movedim(0, -1).requires_grad_(True)
+    results = {}
+    for keep in (False, True):
+        saved = []
+
+        def pack(t):
+            saved.append((tuple(t.shape), t.dtype))
+            return t
+
+        with fourierft.ops.generic_kernels(), fourierft.ops.linear_path(route), fourierft.ops.keep_delta(keep), \
+                torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            y = fourierft.ops.linear(x, w, b, c, indices, out_features, in_features, 20.0)
+            g = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(y.dtype)
+            gx, gc = torch.autograd.grad((y * g).sum(), [x, c])
+        weight_sized = saved.count(((out_features, in_features), model_dtype))
+        assert weight_sized == (2 if keep and route == "dense" else 1), (keep, saved)
+        want_y, want_gx, want_gc = float64_reference(x, w, b, c, indices, out_features, in_features, 20.0, g)
+        for name, got, want in [("output", y, want_y), ("grad_x", gx, want_gx), ("grad_spectrum", gc, want_gc)]:
+            assert relative(got, want) < tol, (keep, name, relative(got, want))
+        results[keep] = (y, gx, gc)
+    # Kept or rebuilt, the operand is the same tensor's values: the results agree exactly.
+    assert all(torch.equal(a, b) for a, b in zip(results[False], results[True]))
+
+
 @pytest.mark.parametrize("dtype", HALF)
 def test_spectral_linear_half_precision_matches_float64(kernels, dtype):
     """ops.spectral_linear on bfloat16/float16 inputs and spectrum (the adapter path of layers that cannot run as

@@ -793,8 +793,13 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
     const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& spectrum,
     const at::Tensor& indices, int64_t out_features, int64_t in_features, double scaling, bool need_grad_x,
-    bool need_grad_weight, bool need_grad_bias, bool need_grad_spectrum) {
-  if (generic_kernels_on_cpu()) return linear_backward_generic(grad_out, x, weight, spectrum, indices, out_features, in_features, scaling, need_grad_x, need_grad_weight, need_grad_bias, need_grad_spectrum);
+    bool need_grad_weight, bool need_grad_bias, bool need_grad_spectrum,
+    const std::optional<at::Tensor>& dense_operand) {
+  // A kept dense operand comes from the ATen implementation's forward (set_keep_delta): its backward uses it.
+  if (generic_kernels_on_cpu() || (dense_operand.has_value() && dense_operand->defined())) {
+    return linear_backward_generic(grad_out, x, weight, spectrum, indices, out_features, in_features, scaling,
+                                   need_grad_x, need_grad_weight, need_grad_bias, need_grad_spectrum, dense_operand);
+  }
   check_linear_backward("_linear_backward", grad_out, x, weight, spectrum, indices, out_features, in_features,
                         need_grad_weight || need_grad_spectrum);
   check_cpu("_linear_backward", grad_out);
