@@ -11,11 +11,12 @@
 
 namespace fourierft {
 
-std::ostream& operator<<(std::ostream& os, ForwardPath path) {
+std::ostream& operator<<(std::ostream& os, LinearPath path) {
   switch (path) {
-    case ForwardPath::Auto: return os << "auto";
-    case ForwardPath::Spectral: return os << "spectral";
-    case ForwardPath::Dense: return os << "dense";
+    case LinearPath::Auto: return os << "auto";
+    case LinearPath::Spectral: return os << "spectral";
+    case LinearPath::Dense: return os << "dense";
+    case LinearPath::Folded: return os << "folded";
   }
   return os << "unknown";
 }
@@ -312,16 +313,20 @@ void FourierFTLayer::unmerge() {
   }
 }
 
-ForwardPath FourierFTLayer::resolve_path(const std::string& name, int64_t tokens) const {
-  if (options_.forward_path() != ForwardPath::Auto) return options_.forward_path();
+LinearPath FourierFTLayer::resolve_path(const std::string& name, int64_t tokens) const {
+  // The adapter's own product has no folded route (that is fourierft::linear's): Folded runs it densely.
+  if (options_.forward_path() == LinearPath::Folded) return LinearPath::Dense;
+  if (options_.forward_path() != LinearPath::Auto) return options_.forward_path();
   const auto& state = checked_state(name, "resolve_path");
   const auto& spectrum = spectra().at(name);
   const bool frozen = !(torch::GradMode::is_enabled() && spectrum.requires_grad());
   const bool cached = frozen && delta_cache_.find(name, spectrum, state.scaling).defined();
-  // The adapter runs in the spectrum's dtype on its device (PEFT's composition), as the cost model is told.
+  // The adapter runs in the spectrum's dtype on its device (PEFT's composition): the plan of a per-adapter call.
   const LayerCall call{spectrum.device().type(), spectrum.scalar_type(), tokens, out_features_, in_features_,
-                       state.n_frequency, !frozen};
-  return adapter_path(call, cached) == LinearPath::Spectral ? ForwardPath::Spectral : ForwardPath::Dense;
+                       state.n_frequency, !frozen, spectrum.scalar_type()};
+  LayerFacts facts;
+  facts.delta_cached = cached;
+  return plan_layer_call(call, facts).adapter_route;
 }
 
 torch::Tensor FourierFTLayer::dense_delta(const std::string& name, const AdapterState& state) {
@@ -343,7 +348,7 @@ torch::Tensor FourierFTLayer::adapter_forward(const std::string& name, const tor
   // Read-only here: forward may run on several threads at once.
   const auto indices = state.indices.device() == spectrum.device() ? state.indices : state.indices.to(spectrum.device());
   const int64_t tokens = x.numel() / std::max<int64_t>(x.size(-1), 1);
-  if (resolve_path(name, tokens) == ForwardPath::Spectral) {
+  if (resolve_path(name, tokens) == LinearPath::Spectral) {
     return spectral_linear(x, spectrum, indices, out_features_, in_features_, state.scaling);
   }
   const auto delta = dense_delta(name, state);
@@ -370,7 +375,14 @@ DeltaCache& DeltaCache::operator=(const DeltaCache& other) {
   return *this;
 }
 
-torch::Tensor DeltaCache::find(const std::string& name, const torch::Tensor& spectrum, double scaling) const {
+namespace {
+uint32_t version_of(const torch::Tensor& t) {
+  return t.is_inference() ? 0u : t.unsafeGetTensorImpl()->version_counter().current_version();
+}
+}  // namespace
+
+torch::Tensor DeltaCache::find(const std::string& name, const torch::Tensor& spectrum, double scaling,
+                               std::optional<uint64_t> weight_stamp) const {
   Entry entry;
   {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -378,23 +390,33 @@ torch::Tensor DeltaCache::find(const std::string& name, const torch::Tensor& spe
     if (it == entries_.end()) return {};
     entry = it->second;
   }
-  if (entry.scaling != scaling || entry.values.scalar_type() != spectrum.scalar_type() ||
-      entry.values.device() != spectrum.device() || entry.values.sizes() != spectrum.sizes()) {
+  if (entry.source.unsafeGetTensorImpl() != spectrum.unsafeGetTensorImpl() ||
+      entry.storage != spectrum.storage().unsafeGetStorageImpl() ||
+      entry.storage_offset != spectrum.storage_offset() || entry.version != version_of(spectrum) ||
+      entry.scaling != scaling || entry.weight_stamp != weight_stamp) {
     return {};
   }
   if (entry.delta.is_inference() && !c10::InferenceMode::is_enabled()) return {};
-  torch::NoGradGuard no_grad;
-  if (!torch::equal(entry.values, spectrum)) return {};
+  if (entry.values.defined()) {  // CPU: also the values (free of synchronisation there)
+    torch::NoGradGuard no_grad;
+    if (entry.values.sizes() != spectrum.sizes() || !torch::equal(entry.values, spectrum)) return {};
+  }
   return entry.delta;
 }
 
-void DeltaCache::store(const std::string& name, const torch::Tensor& spectrum, double scaling, torch::Tensor delta) {
+void DeltaCache::store(const std::string& name, const torch::Tensor& spectrum, double scaling, torch::Tensor delta,
+                       std::optional<uint64_t> weight_stamp) {
   Entry entry;
-  {
+  entry.source = spectrum;
+  entry.storage = spectrum.storage().unsafeGetStorageImpl();
+  entry.storage_offset = spectrum.storage_offset();
+  entry.version = version_of(spectrum);
+  if (spectrum.device().is_cpu()) {
     torch::NoGradGuard no_grad;
     entry.values = spectrum.detach().clone();
   }
   entry.scaling = scaling;
+  entry.weight_stamp = weight_stamp;
   entry.delta = std::move(delta);
   std::lock_guard<std::mutex> lock(mutex_);
   entries_[name] = std::move(entry);
@@ -465,25 +487,28 @@ torch::Tensor FourierFTLayer::mixed_adapter_forward(const MixedBatch& batch, con
   return out;
 }
 
-const std::string* FourierFTLayer::fused_adapter(const torch::Tensor& x) const {
-  if (options_.forward_path() != ForwardPath::Auto) return nullptr;
+const std::string* FourierFTLayer::single_active_adapter() const {
   const std::string* found = nullptr;
   for (const auto& name : active_adapters_) {
     if (!adapters_.contains(name)) continue;
     if (found != nullptr) return nullptr;  // several adapters: one fused op each would repeat the GEMM
     found = &name;
   }
-  if (found == nullptr) return nullptr;
-  const auto& spectrum = spectra().at(*found);
+  return found;
+}
+
+torch::Tensor FourierFTLayer::cached_merged_weight(const std::string& name, const AdapterState& state) {
+  const std::string key = name + "\x1fweight";
+  const auto& spectrum = spectra().at(name);
   const auto& weight = base_weight();
-  const auto dtype = x.scalar_type();
-  const bool full = (dtype == at::kFloat || dtype == at::kDouble) && spectrum.scalar_type() == dtype;
-  // A half-precision model with a float32 spectrum (PEFT's autocast_adapter_dtype): the op keeps x's dtype.
-  const bool half = (dtype == at::kHalf || dtype == at::kBFloat16) && spectrum.scalar_type() == at::kFloat;
-  return (full || half) && weight.scalar_type() == dtype && x.device() == spectrum.device() &&
-                 x.device() == weight.device()
-             ? found
-             : nullptr;
+  const uint64_t stamp = fingerprint(weight);  // W changes behind its version counter (merge, .data() writes)
+  auto merged = delta_cache_.find(key, spectrum, state.scaling, stamp);
+  if (!merged.defined() || merged.scalar_type() != weight.scalar_type()) {
+    torch::NoGradGuard no_grad;
+    merged = get_delta_weight(name).to(weight.scalar_type()).add_(weight);
+    delta_cache_.store(key, spectrum, state.scaling, merged, stamp);
+  }
+  return merged;
 }
 
 torch::Tensor FourierFTLayer::cached_model_delta(const std::string& name, const AdapterState& state,
@@ -514,24 +539,35 @@ torch::Tensor FourierFTLayer::adapted_forward(
     return result + mixed_adapter_forward(*batch, x).to(result.scalar_type());
   }
   if (merged()) return base(x);
-  if (base_bias != nullptr) {
-    if (const std::string* name = fused_adapter(x)) {
-      const AdapterState& state = checked_state(*name, "forward");
-      const auto& spectrum = spectra().at(*name);
-      const auto indices =
-          state.indices.device() == spectrum.device() ? state.indices : state.indices.to(spectrum.device());
-      const auto bias = base_bias->defined() ? std::optional<torch::Tensor>(*base_bias) : std::nullopt;
-      const bool training =
-          torch::GradMode::is_enabled() && (spectrum.requires_grad() || base_weight().requires_grad());
-      const LayerCall call{x.device().type(), x.scalar_type(), x.numel() / std::max<int64_t>(x.size(-1), 1),
-                           out_features_, in_features_, state.n_frequency, training};
-      if (inference_cache_for(call) == InferenceCache::Delta) {
-        // Inference: delta_W in the model's dtype, kept while the spectrum holds the same values, beside the base
-        // GEMM (nothing of size out x in recomputed per call).
-        return torch::nn::functional::linear(x, base_weight(), *base_bias)
+  // A plain linear base (the module passes its bias) with one active adapter may run as one fourierft::linear: the
+  // plan of the call says whether it does, and how (plan_layer_call, which the Python layer asks too).
+  const std::string* name = base_bias != nullptr ? single_active_adapter() : nullptr;
+  if (name != nullptr) {
+    const AdapterState& state = checked_state(*name, "forward");
+    const auto& spectrum = spectra().at(*name);
+    const auto& weight = base_weight();
+    const bool training = torch::GradMode::is_enabled() && (spectrum.requires_grad() || weight.requires_grad());
+    const LayerCall call{x.device().type(), x.scalar_type(), x.numel() / std::max<int64_t>(x.size(-1), 1),
+                         out_features_,     in_features_,    state.n_frequency,
+                         training,          spectrum.scalar_type()};
+    LayerFacts facts;
+    facts.single_adapter = true;
+    facts.plain_base = options_.forward_path() == LinearPath::Auto;  // a forced path runs per adapter
+    facts.weight_dtype = weight.scalar_type();
+    facts.same_device = x.device() == spectrum.device() && x.device() == weight.device();
+    const auto bias = base_bias->defined() ? std::optional<torch::Tensor>(*base_bias) : std::nullopt;
+    switch (plan_layer_call(call, facts).kind) {
+      case LayerPlan::Kind::FusedMergedWeight:  // one GEMM with the cached W + delta_W (CPU, float32/float64)
+        return torch::nn::functional::linear(x, cached_merged_weight(*name, state), *base_bias);
+      case LayerPlan::Kind::FusedDelta:  // the base GEMM and one with delta_W cached in the model's dtype
+        return torch::nn::functional::linear(x, weight, *base_bias)
             .add_(torch::nn::functional::linear(x, cached_model_delta(*name, state, x.scalar_type())));
+      case LayerPlan::Kind::Fused: {
+        const auto indices =
+            state.indices.device() == spectrum.device() ? state.indices : state.indices.to(spectrum.device());
+        return linear(x, weight, bias, spectrum, indices, out_features_, in_features_, state.scaling);
       }
-      return linear(x, base_weight(), bias, spectrum, indices, out_features_, in_features_, state.scaling);
+      case LayerPlan::Kind::PerAdapter: break;
     }
   }
   auto result = base(x);

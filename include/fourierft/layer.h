@@ -11,6 +11,7 @@
 // `fourierft_spectrum.<adapter>`.
 #pragma once
 
+#include <fourierft/ops.h>
 #include <torch/nn/cloneable.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/nn/pimpl.h>
@@ -27,17 +28,7 @@
 
 namespace fourierft {
 
-/// How the unmerged forward computes `x @ delta_W^T`. Both give the same result (to rounding).
-enum class ForwardPath {
-  /// Pick per call by a cost model (tokens, shape, n_frequency, whether delta_W is cached).
-  Auto,
-  /// Matrix-free FFT route: never allocates anything of size out x in.
-  Spectral,
-  /// Materialise delta_W once per call (cached while the spectrum is frozen) and do one GEMM.
-  Dense,
-};
-
-std::ostream& operator<<(std::ostream& os, ForwardPath path);
+std::ostream& operator<<(std::ostream& os, LinearPath path);
 
 /// Throws c10::ValueError unless `name` can name an adapter: non-empty and without '.' (a parameter
 /// name segment, as in PEFT's ParameterDict). `where` says who asks, for the message.
@@ -60,7 +51,10 @@ struct AdapterOptions {
 /// Options of the layer itself. (PEFT's `fan_in_fan_out` has no place here: both C++ layer kinds store
 /// their weight as (out, in), like torch::nn::Linear; a config asking for it gets PEFT's warning.)
 struct FourierFTLinearOptions {
-  TORCH_ARG(ForwardPath, forward_path) = ForwardPath::Auto;
+  /// How the unmerged forward computes x delta_W^T: Auto (the cost model per call; a layer with one active adapter
+  /// then runs as one fourierft::linear), or always Spectral or Dense per adapter (Folded, a route of
+  /// fourierft::linear only, runs as Dense).
+  TORCH_ARG(LinearPath, forward_path) = LinearPath::Auto;
 };
 
 /// A parameter dict that survives `clone()` (LibTorch's ParameterDict does not: its reset() is
@@ -110,26 +104,36 @@ struct AdapterState {
   torch::Tensor indices;  // int64 [2, n_frequency], on the spectrum's device
 };
 
-/// delta_W of frozen spectra for the dense forward path, shared by every thread that runs the layer.
-/// An entry is used only while the spectrum holds exactly the values it was computed from (a copy
-/// of the n values is compared, O(n)): a version counter misses `spectrum.data().mul_()` and similar
-/// writes. A delta_W made under InferenceMode is not reused outside it (autograd cannot save it).
+/// delta_W (and, for CPU inference, W + delta_W) of frozen spectra, shared by every thread that runs the layer. The
+/// same key as the Python layer's: an entry is used only while the spectrum is the same tensor, with the same storage,
+/// offset and version counter (optimizer steps, loads and in-place writes bump it; no device synchronisation), and on
+/// the CPU also the same n values (a copy compared in O(n), which also sees writes through `.data()`, which the
+/// version counter misses). A W + delta_W entry also needs W's fingerprint. A tensor made under InferenceMode is not
+/// reused outside it (autograd cannot save it).
 class DeltaCache {
  public:
   DeltaCache() = default;
   DeltaCache(const DeltaCache& other);  // copies the entries, not the mutex
   DeltaCache& operator=(const DeltaCache& other);
 
-  /// The cached delta_W of `name` if it was computed from `spectrum`'s current values with `scaling`.
-  torch::Tensor find(const std::string& name, const torch::Tensor& spectrum, double scaling) const;
-  void store(const std::string& name, const torch::Tensor& spectrum, double scaling, torch::Tensor delta);
+  /// The cached tensor of `name` if it was computed from `spectrum` as it is now with `scaling` (and, when given,
+  /// from a base weight of fingerprint `weight_stamp`).
+  torch::Tensor find(const std::string& name, const torch::Tensor& spectrum, double scaling,
+                     std::optional<uint64_t> weight_stamp = std::nullopt) const;
+  void store(const std::string& name, const torch::Tensor& spectrum, double scaling, torch::Tensor delta,
+             std::optional<uint64_t> weight_stamp = std::nullopt);
   void erase(const std::string& name);
   void clear();
 
  private:
   struct Entry {
-    torch::Tensor values;
+    torch::Tensor source;  // the spectrum tensor itself
+    const void* storage = nullptr;
+    int64_t storage_offset = 0;
+    uint32_t version = 0;
+    torch::Tensor values;  // CPU: a copy of the n values
     double scaling = 0.0;
+    std::optional<uint64_t> weight_stamp;
     torch::Tensor delta;
   };
   mutable std::mutex mutex_;
@@ -189,7 +193,7 @@ class FourierFTLayer {
   /// this layer does not hold, and rows marked -1, get zeros. Each adapter runs once on its rows.
   torch::Tensor mixed_adapter_forward(const MixedBatch& batch, const torch::Tensor& x);
   /// The path `adapter_forward` takes for an input with `tokens` rows (Auto resolved).
-  ForwardPath resolve_path(const std::string& name, int64_t tokens) const;
+  LinearPath resolve_path(const std::string& name, int64_t tokens) const;
 
   const AdapterState& adapter_state(const std::string& name) const;
   /// The spectrum parameter of adapter `name`.
@@ -228,12 +232,13 @@ class FourierFTLayer {
   /// W0 + sum of their delta_W (a new tensor); with `check`, throws if it is not finite.
   torch::Tensor merged_weight(const std::vector<std::string>& present, bool check) const;
   torch::Tensor dense_delta(const std::string& name, const AdapterState& state);
-  /// The single present active adapter when the whole layer can run as one fourierft::linear (Auto path, one
-  /// device, x and W of one dtype: float32/float64 with a spectrum of that dtype, or bfloat16/float16 with a float32
-  /// spectrum), else nullptr.
-  const std::string* fused_adapter(const torch::Tensor& x) const;
-  /// Inference (InferenceCache::Delta): delta_W of `name` in `dtype`, cached while the spectrum keeps its values.
+  /// The single present active adapter, or nullptr (several or none): the structural fact plan_layer_call needs.
+  const std::string* single_active_adapter() const;
+  /// Inference (LayerPlan::Kind::FusedDelta): delta_W of `name` in `dtype`, cached while the spectrum is unchanged.
   torch::Tensor cached_model_delta(const std::string& name, const AdapterState& state, at::ScalarType dtype);
+  /// Inference (LayerPlan::Kind::FusedMergedWeight, CPU): W + delta_W of `name`, cached while the spectrum is
+  /// unchanged and W keeps its fingerprint.
+  torch::Tensor cached_merged_weight(const std::string& name, const AdapterState& state);
 
   torch::OrderedDict<std::string, AdapterState> adapters_{"FourierFT adapter"};
   DeltaCache delta_cache_;

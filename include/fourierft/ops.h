@@ -63,13 +63,12 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const std::opti
 ///             gradient by correlating the rows' spectra;
 ///   Dense:    delta_W built for the call (irfft2, float32) and applied by GEMMs: one GEMM with W + delta_W where the
 ///             model's dtype keeps delta_W (float32/float64), else x delta_W^T in the model's dtype beside the base
-///             GEMM (bfloat16/float16: tensor cores, float32 accumulation); the spectrum gradient from g^T x
-///             (`Merged` is its former name);
+///             GEMM (bfloat16/float16: tensor cores, float32 accumulation); the spectrum gradient from g^T x;
 ///   Folded:   (CPU) the coefficients folded onto two real half-spectrum matrices and applied by two GEMMs between
 ///             row FFTs (the large-n route); on other devices, Dense.
 /// Dense and Folded take the spectrum gradient by GEMMs. Process-wide; for benchmarks and tests (every route is held
 /// to PEFT).
-enum class LinearPath { Auto, Spectral, Dense, Folded, Merged = Dense };
+enum class LinearPath { Auto, Spectral, Dense, Folded };
 void set_linear_path(LinearPath path);
 LinearPath linear_path();
 
@@ -85,17 +84,23 @@ struct LayerCall {
   int64_t n_frequency = 0;
   /// The spectrum (or the base weight) takes a gradient in this call.
   bool training = false;
+  /// The spectrum's dtype; Undefined: the model's, or PEFT's float32 for a bfloat16/float16 model. The dense route
+  /// needs one of those two (other pairs run PEFT's composition by the spectral route).
+  at::ScalarType spectrum_dtype = at::ScalarType::Undefined;
 };
 
 /// The routes fourierft::linear takes for `call` on its device (the forward's; with `call.training`, grad_x's and the
 /// spectrum gradient's too), as the cost model picks them or set_linear_path forces them: Spectral, Dense or Folded
-/// (CPU only). For tests, benchmarks and the route tables in docs/.
+/// (the CPU's fused kernels only). The one decision: the kernels act on it (linear_backward_routes for a backward
+/// that needs only some gradients), and the tests, benchmarks and route tables in docs/ report it.
 struct LinearRoutes {
   LinearPath forward = LinearPath::Spectral;
   LinearPath grad_x = LinearPath::Spectral;
   LinearPath grad_spectrum = LinearPath::Spectral;
 };
 LinearRoutes linear_routes(const LayerCall& call);
+/// The backward's routes when only some gradients are needed (an unneeded one is reported Spectral: not computed).
+LinearRoutes linear_backward_routes(const LayerCall& call, bool need_grad_x, bool need_grad_spectrum);
 
 /// One number behind linear_routes: the cost model's estimate, in nanoseconds per call, of what `route` adds to the
 /// layer's own base GEMMs in `pass` ("forward", "grad_x", "grad_spectrum"). An estimate from the constants in
@@ -128,6 +133,36 @@ InferenceCache inference_cache_for(const LayerCall& call);
 /// Turns the inference caches off (process-wide) or back on (the default): for memory-bound deployments.
 void set_inference_cache(bool enabled);
 bool inference_cache();
+
+/// What an adapted layer's forward knows about itself besides the call: the facts that decide whether it can run as
+/// one fourierft::linear.
+struct LayerFacts {
+  /// One active adapter held by this layer.
+  bool single_adapter = false;
+  /// A plain linear base (weight and bias parameters, no hooks or extra arguments) whose forward the op can replace.
+  bool plain_base = false;
+  /// The base weight's dtype, and whether input, weight and spectrum share one device.
+  at::ScalarType weight_dtype = at::kFloat;
+  bool same_device = false;
+  /// (Per-adapter plans) this adapter's frozen delta_W is already cached.
+  bool delta_cached = false;
+  /// The layer may keep inference caches now (not while tracing for torch.compile, not as one rank of several).
+  bool may_cache = true;
+};
+/// What a layer does for one call, decided once, in one place, from the call (with its spectrum_dtype) and the facts:
+///   Fused:              one fourierft::linear (its routes: linear_routes);
+///   FusedMergedWeight:  inference, one GEMM with the cached W + delta_W (CPU, float32/float64);
+///   FusedDelta:         inference, the base GEMM plus one with the cached delta_W in the model's dtype;
+///   PerAdapter:         the base layer, then each active adapter's x delta_W^T by `adapter_route` (Spectral:
+///                       spectral_linear; Dense: a GEMM with delta_W), PEFT's composition.
+/// Fused needs the facts above and dtypes the op computes in the model's precision: x, weight and spectrum of one
+/// float32/float64 dtype, or a bfloat16/float16 x and weight with PEFT's float32 spectrum.
+struct LayerPlan {
+  enum class Kind { Fused, FusedMergedWeight, FusedDelta, PerAdapter };
+  Kind kind = Kind::PerAdapter;
+  LinearPath adapter_route = LinearPath::Spectral;
+};
+LayerPlan plan_layer_call(const LayerCall& call, const LayerFacts& facts);
 
 /// Memory for speed in training on a GPU: fourierft::linear keeps the dense operand its forward built (delta_W in a
 /// half-precision model's dtype, or W + delta_W) for the backward's input gradient instead of rebuilding it, where the

@@ -178,9 +178,9 @@ class FourierFTKernels:
         training = torch.is_grad_enabled() and spectrum.requires_grad
         caching = not training and _caching_allowed()
         delta = self._cached_delta(adapter, spectrum) if caching else None
-        tokens = x.numel() // max(x.shape[-1], 1)
-        route = _C.adapter_path(x.device, spectrum.dtype, tokens, self.out_features, self.in_features,
-                                spectrum.numel(), training, delta is not None)
+        route = _C.plan_layer_call(x.device, x.dtype, spectrum.dtype, x.numel() // max(x.shape[-1], 1),
+                                   self.out_features, self.in_features, spectrum.numel(), training, False, False,
+                                   spectrum.dtype, x.device == spectrum.device, delta is not None, caching)
         if route == "spectral":
             return ops.spectral_linear(x, spectrum, indices, self.out_features, self.in_features, scaling)
         if training:  # delta_W for this call, differentiable (its backward: an rfft2 of g^T x)
@@ -200,26 +200,9 @@ class FourierFTKernels:
             result = self._mixed_batch_forward(x, *args, adapter_names=adapter_names, **kwargs)
         elif self.merged:
             result = self.base_layer(x, *args, **kwargs)
-        elif (fused := self._fused_adapter(x, args, kwargs)) is not None:
-            # The whole layer in one op: x @ (W + delta_W)^T + b, by the spectral pipeline with the base
-            # GEMM accumulating into it, or one GEMM with W + delta_W (the cost model picks, per call).
-            adapter, spectrum, weight, bias = fused
-            indices = self.indices[adapter]
-            if indices.device != spectrum.device:
-                indices = self.indices[adapter] = indices.to(spectrum.device)
-            if (not (torch.is_grad_enabled() and (spectrum.requires_grad or weight.requires_grad))
-                    and not torch.compiler.is_compiling() and _caching_allowed()):
-                # Inference: what the cost model says to keep between calls, so that nothing of size out x in is
-                # recomputed per call (fourierft.ops.inference_cache(False) turns it off).
-                cache = _C.inference_cache_for(x.device, x.dtype, x.numel() // max(x.shape[-1], 1),
-                                               self.out_features, self.in_features, spectrum.numel())
-                if cache == "weight":  # one GEMM with the cached W + delta_W (CPU, float32/float64)
-                    return nn.functional.linear(x, self._merged_weight(adapter, spectrum, weight), bias)
-                if cache == "delta":  # the base GEMM and one with delta_W cached in the model's dtype (GPUs)
-                    delta = self._model_delta(adapter, spectrum, x.dtype)
-                    return nn.functional.linear(x, weight, bias).add_(nn.functional.linear(x, delta))
-            return ops.linear(x, weight, bias, spectrum, indices, self.out_features, self.in_features,
-                              self.fourierft_scaling[adapter])
+        elif (fused := self._fused_candidate(x, args, kwargs)) is not None and \
+                (result := self._fused_forward(x, *fused)) is not None:
+            return result
         else:
             result = self.base_layer(x, *args, **kwargs)
             for active_adapter in self.active_adapters:
@@ -230,14 +213,12 @@ class FourierFTKernels:
                 result = result + self._adapter_output(active_adapter, x)
         return result.to(previous_dtype)
 
-    def _fused_adapter(self, x: torch.Tensor, args, kwargs) -> Optional[tuple]:
-        """``(adapter, spectrum, weight, bias)`` when ``base_layer(x) + adapter(x)`` can run as one
-        ``ops.linear``: a plain ``nn.Linear`` base (weight and bias registered parameters) without hooks or
-        extra arguments, one active adapter in this layer, ``x``, weight and spectrum on one device, ``x`` and weight
-        of one dtype, and the spectrum of that dtype (float32/float64; PEFT casts ``x`` to the spectrum's dtype, then
-        the sum is the same) or float32 for a bfloat16/float16 model (the op computes the adapter in the model's
-        precision, within its rounding of PEFT's float32 adapter); else None (PEFT's composition). Reads the modules' parameter tables directly: this runs on every call, and
-        nn.Module attribute lookups cost about a microsecond each."""
+    def _fused_candidate(self, x: torch.Tensor, args, kwargs) -> Optional[tuple]:
+        """``(adapter, spectrum, weight, bias)`` when the layer's structure allows ``base_layer(x) + adapter(x)`` as one
+        ``ops.linear``: a plain ``nn.Linear`` base (weight and bias registered parameters) without hooks or extra
+        arguments, and one active adapter in this layer; else None. Whether the dtypes and devices allow it too is
+        the plan's to say (``_fused_forward``). Reads the modules' parameter tables directly: this runs on every
+        call, and nn.Module attribute lookups cost about a microsecond each."""
         if args or kwargs:
             return None
         base = self._modules.get("base_layer")
@@ -259,14 +240,32 @@ class FourierFTKernels:
         weight = base._parameters.get("weight")
         if found is None or weight is None:
             return None
-        dtype, device = x.dtype, x.device
-        full = dtype in (torch.float32, torch.float64) and spectrum.dtype == dtype
-        # A half-precision model with PEFT's float32 adapter (autocast_adapter_dtype): the op returns x's dtype, as
-        # PEFT's layer does after its float32 adapter.
-        half = dtype in (torch.bfloat16, torch.float16) and spectrum.dtype == torch.float32
-        if not (full or half) or weight.dtype != dtype or spectrum.device != device or weight.device != device:
-            return None
         return found, spectrum, weight, base._parameters.get("bias")
+
+    def _fused_forward(self, x: torch.Tensor, adapter: str, spectrum: torch.Tensor, weight: torch.Tensor,
+                       bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """The whole layer as the plan of the call (``fourierft._C.plan_layer_call``, the C++ layers' too) says:
+        one ``ops.linear`` (x @ (W + delta_W)^T + b by the cost model's routes), or inference with a cached
+        ``W + delta_W`` (CPU) or ``delta_W`` in the model's dtype beside the base GEMM (GPU), so that nothing of size
+        out x in is recomputed per call; None where the plan is PEFT's per-adapter composition (dtypes or devices
+        the op does not fuse)."""
+        training = torch.is_grad_enabled() and (spectrum.requires_grad or weight.requires_grad)
+        may_cache = not training and not torch.compiler.is_compiling() and _caching_allowed()
+        plan = _C.plan_layer_call(x.device, x.dtype, spectrum.dtype, x.numel() // max(x.shape[-1], 1),
+                                  self.out_features, self.in_features, spectrum.numel(), training, True, True,
+                                  weight.dtype, x.device == spectrum.device == weight.device, False, may_cache)
+        if plan == "fused+weight":  # one GEMM with the cached W + delta_W (CPU, float32/float64)
+            return nn.functional.linear(x, self._merged_weight(adapter, spectrum, weight), bias)
+        if plan == "fused+delta":  # the base GEMM and one with delta_W cached in the model's dtype (GPUs)
+            delta = self._model_delta(adapter, spectrum, x.dtype)
+            return nn.functional.linear(x, weight, bias).add_(nn.functional.linear(x, delta))
+        if plan != "fused":
+            return None
+        indices = self.indices[adapter]
+        if indices.device != spectrum.device:
+            indices = self.indices[adapter] = indices.to(spectrum.device)
+        return ops.linear(x, weight, bias, spectrum, indices, self.out_features, self.in_features,
+                          self.fourierft_scaling[adapter])
 
     def _mixed_batch_forward(self, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any):
         """Each row ``i`` of the batch through adapter ``adapter_names[i]`` (``"__base__"``: none)."""

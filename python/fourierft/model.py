@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 import json
 import math
@@ -61,6 +62,66 @@ def _str_or_strs(value) -> bool:
     return isinstance(value, str) or (isinstance(value, (list, tuple, set)) and all(isinstance(v, str) for v in value))
 
 
+#: The FourierFTConfig fields fourierft implements (PEFT's FourierFT from 0.17 to 0.21), besides PeftConfig's own.
+IMPLEMENTED_FIELDS = frozenset({"n_frequency", "scaling", "random_loc_seed", "fan_in_fan_out", "target_modules",
+                                "exclude_modules", "bias", "modules_to_save", "layers_to_transform", "layers_pattern",
+                                "n_frequency_pattern", "init_weights"})
+#: Fields a PEFT pull request adds to FourierFTConfig that change the math, with the value that leaves it as
+#: fourierft computes it.
+_MATH_FIELDS = {"alpha": None, "ifft2_norm": "backward"}
+#: The PEFT versions whose FourierFT fourierft reproduces (pyproject.toml's range).
+SUPPORTED_PEFT = ">=0.17,<0.22"
+
+
+def _base_fields() -> set:
+    return {f.name for f in dataclasses.fields(peft.PeftConfig)}
+
+
+def _refuse_field(where: str, field: str, value, neutral, saved_elsewhere: bool = False) -> None:
+    origin = ("is not a field of the installed PEFT's FourierFTConfig (the adapter was saved by another PEFT version)"
+              if saved_elsewhere else "is a FourierFTConfig field fourierft does not implement")
+    raise ValueError(f"{where}: {field}={value!r} {origin}, and it changes the FourierFT math (PEFT "
+                     f"{peft.__version__}; fourierft reproduces PEFT {SUPPORTED_PEFT}"
+                     + (f", where {field}={neutral!r}" if neutral is not _NO_NEUTRAL else "")
+                     + "). Remove it or use a fourierft release that supports it.")
+
+
+_NO_NEUTRAL = object()
+
+
+def check_unimplemented_fields(config, where: str) -> None:
+    """Refuses a FourierFTConfig that carries a field fourierft does not implement (a newer PEFT's, such as
+    ``alpha`` or ``ifft2_norm``) with a value that changes the math: anything but the value that leaves it as
+    fourierft computes it (for a field unknown to fourierft: the field's default in PEFT's class)."""
+    for field in dataclasses.fields(config):
+        if field.name in IMPLEMENTED_FIELDS or field.name in _base_fields():
+            continue
+        value = getattr(config, field.name)
+        if field.name in _MATH_FIELDS:
+            neutral = _MATH_FIELDS[field.name]
+        elif field.default is not dataclasses.MISSING:
+            neutral = field.default
+        elif field.default_factory is not dataclasses.MISSING:
+            neutral = field.default_factory()
+        else:
+            neutral = _NO_NEUTRAL
+        if neutral is _NO_NEUTRAL or value != neutral:
+            _refuse_field(where, f"FourierFTConfig.{field.name}", value, neutral)
+
+
+def check_config_file_fields(raw: dict, config_file: str) -> None:
+    """Refuses an adapter_config.json with keys the installed PEFT's FourierFTConfig does not have (PEFT drops them
+    silently when it loads the file): an adapter saved by a newer PEFT whose extra fields may change the math. Only
+    ``alpha`` / ``ifft2_norm`` at the value that leaves the math unchanged are let through."""
+    known = {f.name for f in dataclasses.fields(peft.FourierFTConfig)}
+    for key, value in raw.items():
+        if key in known:
+            continue
+        neutral = _MATH_FIELDS.get(key, _NO_NEUTRAL)
+        if neutral is _NO_NEUTRAL or value != neutral:
+            _refuse_field(config_file, key, value, neutral, saved_elsewhere=True)
+
+
 def validate_config(config, where: str) -> None:
     """Checks every field of a ``FourierFTConfig`` (PEFT's class) for type and range before anything is built from
     it; raises ``ValueError`` naming ``where``, the field and the value. PEFT checks some of these late (a
@@ -97,6 +158,7 @@ def validate_config(config, where: str) -> None:
     if not isinstance(pattern, dict) or not all(isinstance(k, str) and _is_int(v) and v > 0
                                                 for k, v in pattern.items()):
         bad("n_frequency_pattern", "a dict of module-name patterns to positive ints")
+    check_unimplemented_fields(config, where)
 
 
 def _n_frequency_for(config, module_name: str) -> int:
@@ -394,6 +456,11 @@ def accelerate(model: nn.Module, enabled: bool = True) -> nn.Module:
 
     >>> peft_model = fourierft.accelerate(peft.get_peft_model(base, peft.FourierFTConfig(...)))
     """
+    if enabled:  # a config with math fourierft does not implement is refused before anything switches
+        for module in model.modules():
+            if isinstance(module, PeftFourierFTModel):
+                for name, config in module.peft_config.items():
+                    validate_config(config, f"fourierft.accelerate (adapter {name!r})")
     found = 0
     for module in model.modules():
         if isinstance(module, PeftFourierFTModel):  # the tuner: mixed-adapter batches, all-or-nothing safe merge
@@ -460,6 +527,8 @@ def check_checkpoint(model: nn.Module, model_id: Union[str, os.PathLike],
             raise ValueError(f"{config_file}: not a JSON adapter config ({error})") from error
         if not isinstance(raw, dict):
             raise ValueError(f"{config_file}: not a JSON adapter config (a {type(raw).__name__}, not an object)")
+        if raw.get("peft_type") == PeftType.FOURIERFT.value:
+            check_config_file_fields(raw, config_file)
     try:
         config = peft.PeftConfig.from_pretrained(directory)
     except (TypeError, ValueError, KeyError) as error:

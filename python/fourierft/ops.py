@@ -93,7 +93,7 @@ def linear_path(path: str) -> contextlib.AbstractContextManager:
     (matrix-free: the CPU's blocked pipeline, elsewhere row FFTs around sparse products; the spectrum's gradient by
     correlating the rows' spectra), ``"dense"`` (``delta_W`` built for the call and applied by GEMMs: one with
     ``W + delta_W`` for float32/float64 models, a second one in the model's dtype beside the base GEMM for
-    bfloat16/float16; the spectrum's gradient from ``g^T x``; ``"merged"`` is its former name), ``"folded"`` (CPU:
+    bfloat16/float16; the spectrum's gradient from ``g^T x``), ``"folded"`` (CPU:
     the coefficients folded onto two real half-spectrum matrices and applied by two GEMMs between row FFTs, the route
     for large ``n``; elsewhere ``"dense"``) or ``"auto"`` (the cost model, per call, per gradient and per device;
     the default). Process-wide while active, restored afterwards; for benchmarks and tests, which hold every route to

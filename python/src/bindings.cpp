@@ -123,10 +123,10 @@ PYBIND11_MODULE(_C, m) {
       [](const std::string& path) {
         if (path == "auto") fourierft::set_linear_path(fourierft::LinearPath::Auto);
         else if (path == "spectral") fourierft::set_linear_path(fourierft::LinearPath::Spectral);
-        else if (path == "dense" || path == "merged") fourierft::set_linear_path(fourierft::LinearPath::Dense);
+        else if (path == "dense") fourierft::set_linear_path(fourierft::LinearPath::Dense);
         else if (path == "folded") fourierft::set_linear_path(fourierft::LinearPath::Folded);
-        else throw py::value_error("fourierft: linear path must be 'auto', 'spectral', 'dense' (or its former name "
-                                   "'merged') or 'folded', got '" + path + "'");
+        else throw py::value_error("fourierft: linear path must be 'auto', 'spectral', 'dense' or 'folded', got '" +
+                                   path + "'");
       },
       py::arg("path"),
       "Which route fourierft.linear takes: 'auto' (the cost model), 'spectral', 'dense' or 'folded'.");
@@ -154,6 +154,29 @@ PYBIND11_MODULE(_C, m) {
       py::arg("n_frequency"),
       "Inference with a frozen spectrum: what the layer caches ('weight': W + delta_W, 'delta': delta_W in the "
       "model's dtype, 'none').");
+  m.def(
+      "plan_layer_call",
+      [](const at::Device& device, at::ScalarType dtype, at::ScalarType spectrum_dtype, int64_t tokens,
+         int64_t out_features, int64_t in_features, int64_t n_frequency, bool training, bool single_adapter,
+         bool plain_base, at::ScalarType weight_dtype, bool same_device, bool delta_cached, bool may_cache) {
+        const fourierft::LayerCall call{device.type(), dtype, tokens, out_features, in_features, n_frequency, training,
+                                        spectrum_dtype};
+        const fourierft::LayerFacts facts{single_adapter, plain_base,   weight_dtype,
+                                          same_device,    delta_cached, may_cache};
+        const auto plan = fourierft::plan_layer_call(call, facts);
+        switch (plan.kind) {
+          case fourierft::LayerPlan::Kind::Fused: return std::string("fused");
+          case fourierft::LayerPlan::Kind::FusedMergedWeight: return std::string("fused+weight");
+          case fourierft::LayerPlan::Kind::FusedDelta: return std::string("fused+delta");
+          default: return path_name(plan.adapter_route);
+        }
+      },
+      py::arg("device"), py::arg("dtype"), py::arg("spectrum_dtype"), py::arg("tokens"), py::arg("out_features"),
+      py::arg("in_features"), py::arg("n_frequency"), py::arg("training"), py::arg("single_adapter"),
+      py::arg("plain_base"), py::arg("weight_dtype"), py::arg("same_device"), py::arg("delta_cached"),
+      py::arg("may_cache"),
+      "fourierft::plan_layer_call: 'fused' (one fourierft.linear), 'fused+weight' / 'fused+delta' (inference with "
+      "the cached W + delta_W / delta_W), or the per-adapter route 'spectral' / 'dense'.");
   m.def(
       "adapter_path",
       [](const at::Device& device, at::ScalarType dtype, int64_t tokens, int64_t out_features, int64_t in_features,

@@ -112,10 +112,12 @@ class LinearFunction : public torch::autograd::Function<LinearFunction> {
     ctx->saved_data["has_bias"] = has_bias;
     const auto maybe_bias = has_bias ? std::optional<at::Tensor>(bias) : std::nullopt;
     // set_keep_delta: the dense forward's operand, kept for grad_x (one weight-sized tensor until the backward).
-    const LayerCall call{x.device().type(), x.scalar_type(), x.numel() / std::max<int64_t>(in_features, 1),
-                         out_features, in_features, spectrum.size(0), true};
-    if (x.requires_grad() && x.numel() > 0 &&
-        keep_dense_operand(call, dense_capable(x.scalar_type(), spectrum.scalar_type()))) {
+    // (Not while tracing with symbolic shapes: the route depends on the token count.)
+    const bool may_keep = keep_delta() && x.requires_grad() &&
+                          !x.unsafeGetTensorImpl()->has_symbolic_sizes_strides() && x.numel() > 0;
+    if (may_keep && keep_dense_operand(LayerCall{x.device().type(), x.scalar_type(), x.numel() / in_features,
+                                                 out_features, in_features, spectrum.size(0), true,
+                                                 spectrum.scalar_type()})) {
       auto [y, operand] = linear_dense_forward_op().call(x, weight, maybe_bias, spectrum, indices, out_features,
                                                           in_features, scaling);
       ctx->save_for_backward({keep_x ? x : at::Tensor(), weight, spectrum, indices, operand});

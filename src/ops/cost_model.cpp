@@ -22,7 +22,6 @@
 
 namespace fourierft {
 
-using detail::LinearRoute;
 using detail::RoutePass;
 
 namespace {
@@ -141,10 +140,10 @@ double gpu_spectral_apply_ns(const LayerCall& call, int64_t in_len, int64_t out_
 }
 
 // What a route adds to the layer's own GEMMs on the GPU, in one pass.
-double gpu_route_ns(const LayerCall& call, LinearRoute route, RoutePass pass) {
+double gpu_route_ns(const LayerCall& call, LinearPath route, RoutePass pass) {
   const double t = static_cast<double>(std::max<int64_t>(call.tokens, 1));
   const double d1 = static_cast<double>(call.out_features), d2 = static_cast<double>(call.in_features);
-  if (route == LinearRoute::Pipeline) {
+  if (route == LinearPath::Spectral) {
     return pass == RoutePass::Forward ? gpu_spectral_apply_ns(call, call.in_features, call.out_features)
                                       : gpu_spectral_apply_ns(call, call.out_features, call.in_features);
   }
@@ -167,6 +166,14 @@ double gpu_grad_spectrum_ns(const LayerCall& call, bool dense) {
 }
 
 bool on_cpu(const LayerCall& call) { return call.device == c10::DeviceType::CPU; }
+
+// The fused CPU kernels run (not the ATen implementation): their routes include Folded and their backward decides
+// the spectrum gradient first.
+bool fused_cpu(const LayerCall& call) { return on_cpu(call) && !detail::generic_kernels_on_cpu(); }
+
+bool dense_dtypes(const LayerCall& call) {
+  return call.spectrum_dtype == at::ScalarType::Undefined || detail::dense_capable(call.dtype, call.spectrum_dtype);
+}
 }  // namespace
 
 void set_linear_path(LinearPath path) { forced_linear_path.store(path); }
@@ -174,6 +181,7 @@ LinearPath linear_path() { return forced_linear_path.load(); }
 void set_inference_cache(bool enabled) { inference_cache_enabled.store(enabled); }
 void set_keep_delta(bool enabled) { keep_delta_enabled.store(enabled); }
 bool keep_delta() { return keep_delta_enabled.load(); }
+
 bool inference_cache() { return inference_cache_enabled.load(); }
 
 InferenceCache inference_cache_for(const LayerCall& call) {
@@ -200,8 +208,28 @@ InferenceCache inference_cache_for(const LayerCall& call) {
   // synchronisations. (W + delta_W would need W's fingerprint per call: a full read and a synchronisation.)
   const double cached = gpu_gemm_ns(call.dtype, static_cast<double>(std::max<int64_t>(call.tokens, 1)),
                                     static_cast<double>(call.in_features), static_cast<double>(call.out_features));
-  return cached < gpu_route_ns(call, LinearRoute::Pipeline, RoutePass::Forward) ? InferenceCache::Delta
+  return cached < gpu_route_ns(call, LinearPath::Spectral, RoutePass::Forward) ? InferenceCache::Delta
                                                                                  : InferenceCache::None;
+}
+
+LayerPlan plan_layer_call(const LayerCall& call, const LayerFacts& facts) {
+  const auto x = call.dtype, spectrum = call.spectrum_dtype == at::ScalarType::Undefined ? x : call.spectrum_dtype;
+  const bool full = (x == at::kFloat || x == at::kDouble) && spectrum == x;
+  const bool half = (x == at::kHalf || x == at::kBFloat16) && spectrum == at::kFloat;
+  LayerPlan plan;
+  if (facts.single_adapter && facts.plain_base && facts.same_device && facts.weight_dtype == x && (full || half)) {
+    switch (call.training || !facts.may_cache ? InferenceCache::None : inference_cache_for(call)) {
+      case InferenceCache::MergedWeight: plan.kind = LayerPlan::Kind::FusedMergedWeight; break;
+      case InferenceCache::Delta: plan.kind = LayerPlan::Kind::FusedDelta; break;
+      case InferenceCache::None: plan.kind = LayerPlan::Kind::Fused; break;
+    }
+    return plan;
+  }
+  // PEFT's composition: the adapter runs in the spectrum's dtype on its device.
+  LayerCall adapter = call;
+  adapter.dtype = spectrum;
+  plan.adapter_route = adapter_path(adapter, facts.delta_cached);
+  return plan;
 }
 
 LinearPath adapter_path(const LayerCall& call, bool delta_cached) {
@@ -234,35 +262,36 @@ LinearPath adapter_path(const LayerCall& call, bool delta_cached) {
   return spectral <= dense ? LinearPath::Spectral : LinearPath::Dense;
 }
 
-namespace {
-LinearPath public_path(LinearRoute route) {
-  switch (route) {
-    case LinearRoute::Pipeline: return LinearPath::Spectral;
-    case LinearRoute::Merged: return LinearPath::Dense;
-    case LinearRoute::Folded: return LinearPath::Folded;
-  }
-  return LinearPath::Spectral;
-}
-}  // namespace
-
-LinearRoutes linear_routes(const LayerCall& call) {
+LinearRoutes linear_backward_routes(const LayerCall& call, bool need_grad_x, bool need_grad_spectrum) {
   LinearRoutes routes;
-  routes.forward = public_path(detail::linear_route(call, RoutePass::Forward));
-  if (!on_cpu(call) && routes.forward == LinearPath::Folded) routes.forward = LinearPath::Dense;
-  if (!call.training) return routes;
-  if (on_cpu(call)) {  // linear_backward_cpu: the spectrum gradient first, grad_x beside a correlation or alone
-    const bool dense_c = detail::linear_grad_spectrum_is_dense(call, true);
-    routes.grad_spectrum = dense_c ? LinearPath::Folded : LinearPath::Spectral;
-    routes.grad_x =
-        public_path(detail::linear_route(call, dense_c ? RoutePass::GradX : RoutePass::GradXBesideCorrelation));
+  if (fused_cpu(call)) {  // linear_backward_cpu: the spectrum gradient first, grad_x beside a correlation or alone
+    const bool folded_c = need_grad_spectrum && detail::linear_grad_spectrum_is_dense(call, true);
+    const bool correlate = need_grad_spectrum && !folded_c;
+    routes.grad_spectrum = folded_c ? LinearPath::Folded : LinearPath::Spectral;
+    if (need_grad_x) {
+      routes.grad_x = detail::linear_route(call, correlate ? RoutePass::GradXBesideCorrelation : RoutePass::GradX);
+    }
     return routes;
   }
-  // linear_backward_generic: grad_x first, the spectrum gradient knowing whether g's transforms are made anyway.
-  const auto grad_x = detail::linear_route(call, RoutePass::GradX);
-  routes.grad_x = grad_x == LinearRoute::Pipeline ? LinearPath::Spectral : LinearPath::Dense;
-  routes.grad_spectrum = detail::linear_grad_spectrum_is_dense(call, grad_x == LinearRoute::Pipeline)
-                             ? LinearPath::Dense
-                             : LinearPath::Spectral;
+  // linear_backward_generic: grad_x first (densely wherever the route is not spectral and the dtypes allow it), then
+  // the spectrum gradient, knowing whether g's row transforms are made for grad_x anyway.
+  if (need_grad_x && dense_dtypes(call) && detail::linear_route(call, RoutePass::GradX) != LinearPath::Spectral) {
+    routes.grad_x = LinearPath::Dense;
+  }
+  const bool grad_x_is_spectral = need_grad_x && routes.grad_x == LinearPath::Spectral;
+  if (need_grad_spectrum && detail::linear_grad_spectrum_is_dense(call, grad_x_is_spectral)) {
+    routes.grad_spectrum = LinearPath::Dense;
+  }
+  return routes;
+}
+
+LinearRoutes linear_routes(const LayerCall& call) {
+  LinearRoutes routes = call.training ? linear_backward_routes(call, true, true) : LinearRoutes{};
+  routes.forward = detail::linear_route(call, RoutePass::Forward);
+  if (!fused_cpu(call) && routes.forward != LinearPath::Spectral) {
+    // The ATen implementation has no folded route, and runs PEFT's composition where the dtypes exclude the dense one.
+    routes.forward = dense_dtypes(call) ? LinearPath::Dense : LinearPath::Spectral;
+  }
   return routes;
 }
 
@@ -324,24 +353,24 @@ RouteCosts cpu_route_costs(const LayerCall& call, RoutePass pass) {
 RouteCosts linear_route_costs(const LayerCall& call, RoutePass pass) {
   if (on_cpu(call)) return cpu_route_costs(call, pass);
   RouteCosts costs;
-  costs.spectral = gpu_route_ns(call, LinearRoute::Pipeline, pass);
-  costs.dense = gpu_route_ns(call, LinearRoute::Merged, pass);
+  costs.spectral = gpu_route_ns(call, LinearPath::Spectral, pass);
+  costs.dense = gpu_route_ns(call, LinearPath::Dense, pass);
   return costs;
 }
 
-LinearRoute linear_route(const LayerCall& call, RoutePass pass) {
+LinearPath linear_route(const LayerCall& call, RoutePass pass) {
   switch (forced_linear_path.load(std::memory_order_relaxed)) {
-    case LinearPath::Spectral: return LinearRoute::Pipeline;
-    case LinearPath::Dense: return LinearRoute::Merged;
-    case LinearPath::Folded: return LinearRoute::Folded;
+    case LinearPath::Spectral: return LinearPath::Spectral;
+    case LinearPath::Dense: return LinearPath::Dense;
+    case LinearPath::Folded: return LinearPath::Folded;
     case LinearPath::Auto: break;
   }
   const auto costs = linear_route_costs(call, pass);
   if (on_cpu(call)) {
-    if (costs.spectral <= costs.dense && costs.spectral <= costs.folded) return LinearRoute::Pipeline;
-    return costs.dense < costs.folded ? LinearRoute::Merged : LinearRoute::Folded;
+    if (costs.spectral <= costs.dense && costs.spectral <= costs.folded) return LinearPath::Spectral;
+    return costs.dense < costs.folded ? LinearPath::Dense : LinearPath::Folded;
   }
-  return costs.spectral < costs.dense ? LinearRoute::Pipeline : LinearRoute::Merged;
+  return costs.spectral < costs.dense ? LinearPath::Spectral : LinearPath::Dense;
 }
 
 RouteCosts grad_spectrum_costs(const LayerCall& call, bool grad_x_is_spectral) {
@@ -364,13 +393,6 @@ RouteCosts grad_spectrum_costs(const LayerCall& call, bool grad_x_is_spectral) {
   return costs;
 }
 
-bool keep_dense_operand(const LayerCall& call, bool dtypes_dense_capable) {
-  if (!keep_delta_enabled.load(std::memory_order_relaxed) || !call.training || !dtypes_dense_capable) return false;
-  if (on_cpu(call) && !generic_kernels_on_cpu()) return false;  // the fused CPU kernels have their own routes
-  // The ATen implementation takes every route but the spectral one densely (it has no folded route).
-  return linear_route(call, RoutePass::Forward) != LinearRoute::Pipeline &&
-         linear_route(call, RoutePass::GradX) != LinearRoute::Pipeline;
-}
 
 bool linear_grad_spectrum_is_dense(const LayerCall& call, bool grad_x_is_spectral) {
   switch (forced_linear_path.load(std::memory_order_relaxed)) {
@@ -381,6 +403,12 @@ bool linear_grad_spectrum_is_dense(const LayerCall& call, bool grad_x_is_spectra
   }
   const auto costs = grad_spectrum_costs(call, grad_x_is_spectral);
   return costs.dense < costs.spectral;
+}
+bool keep_dense_operand(const LayerCall& call) {
+  if (!keep_delta_enabled.load(std::memory_order_relaxed) || !call.training) return false;
+  if (fused_cpu(call)) return false;  // the fused CPU kernels have their own routes
+  const auto routes = linear_routes(call);
+  return routes.forward == LinearPath::Dense && routes.grad_x == LinearPath::Dense;
 }
 }  // namespace detail
 

@@ -289,9 +289,9 @@ at::Tensor linear_generic(const at::Tensor& x, const at::Tensor& weight, const s
   std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
   out_shape.back() = out_features;
   if (rows == 0) return at::linear(x, weight, bias).to(result_dtype);
-  const LayerCall call{x.device().type(), x.scalar_type(), rows, out_features, in_features, spectrum.size(0), false};
-  if (dense_capable(x.scalar_type(), spectrum.scalar_type()) &&
-      linear_route(call, RoutePass::Forward) != LinearRoute::Pipeline) {
+  const LayerCall call{x.device().type(), x.scalar_type(), rows, out_features, in_features, spectrum.size(0), false,
+                       spectrum.scalar_type()};
+  if (linear_routes(call).forward == LinearPath::Dense) {
     const auto plan = index_plan(indices, out_features, in_features);
     return dense_forward(x2d, weight, bias, spectrum, *plan, scaling).first.view(out_shape);
   }
@@ -342,7 +342,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_gener
   }
   const bool same = x.scalar_type() == spectrum.scalar_type();
   const LayerCall call{grad_out.device().type(), x.scalar_type(), rows, out_features, in_features, spectrum.size(0),
-                       true};
+                       true, spectrum.scalar_type()};
+  const auto routes = linear_backward_routes(call, need_grad_x, need_grad_spectrum);
   // The forward's dense operand, when it was kept (set_keep_delta), replaces rebuilding delta_W.
   const bool kept = dense_operand.has_value() && dense_operand->defined();
   TORCH_CHECK(!kept || (dense_operand->sizes() == weight.sizes() && dense_operand->scalar_type() == x.scalar_type() &&
@@ -350,11 +351,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_gener
               "fourierft._linear_backward: dense_operand must be _linear_dense_forward's second result for this call "
               "(shape ", weight.sizes(), ", dtype ", x.scalar_type(), "), got shape ", dense_operand->sizes(),
               " and dtype ", dense_operand->scalar_type());
-  const bool dense_grad_x =
-      need_grad_x && (kept || (dense_capable(x.scalar_type(), spectrum.scalar_type()) &&
-                               linear_route(call, RoutePass::GradX) != LinearRoute::Pipeline));
-  const bool dense_grad_c =
-      need_grad_spectrum && linear_grad_spectrum_is_dense(call, /*grad_x_is_spectral=*/need_grad_x && !dense_grad_x);
+  const bool dense_grad_x = need_grad_x && (kept || routes.grad_x == LinearPath::Dense);
+  const bool dense_grad_c = need_grad_spectrum && routes.grad_spectrum == LinearPath::Dense;
   if (dense_grad_x || dense_grad_c) {
     const auto plan = index_plan(indices, out_features, in_features);
     if (dense_grad_x) {

@@ -141,27 +141,21 @@ std::size_t index_plan_cache_size();
 SparsePattern build_sparse_pattern(const IndexPlan& plan, SparseUse use, at::ScalarType real);
 
 // ---- cost_model.cpp ----------------------------------------------------------------------------
-/// How fourierft::linear computes x delta_W^T (forward) or g delta_W (the backward's grad_x):
-///   Pipeline: the blocked spectral pipeline (tokens x n gathers between row FFTs), the base GEMM accumulating;
-///   Merged:   the dense route (LinearPath::Dense): delta_W built for the call (an irfft2 of d1 x d2), one GEMM with
-///             W + delta_W, or (half-precision models, ATen implementation) x delta_W^T beside the base GEMM;
-///   Folded:   the coefficients folded onto two real half-spectrum matrices, two GEMMs of tokens x h1 x h2
-///             between row FFTs (spectral_linear_cpu.cpp), the base GEMM accumulating.
-enum class LinearRoute { Pipeline, Merged, Folded };
 /// Which product the route computes: the forward's x delta_W^T, the backward's g delta_W alone, or g delta_W
 /// beside a correlation for grad_c (which transforms g's rows anyway, so the pipeline costs less extra).
 enum class RoutePass { Forward, GradX, GradXBesideCorrelation };
-/// The cheapest route by the cost model for `call` on its device, or the one set_linear_path forces (Spectral:
-/// Pipeline; Dense: Merged). Off the CPU, Folded is never chosen (the ATen implementation has no folded route).
-LinearRoute linear_route(const LayerCall& call, RoutePass pass);
+/// How fourierft::linear computes x delta_W^T (forward) or g delta_W (the backward's grad_x), for `call` on its
+/// device: the cheapest of Spectral, Dense and (CPU) Folded by the cost model, or the one set_linear_path forces. Off
+/// the CPU, Folded is never chosen (the ATen implementation has no folded route).
+LinearPath linear_route(const LayerCall& call, RoutePass pass);
 /// fourierft::linear's backward: the spectrum gradient by GEMMs (CPU: the folded route's A = Re G^T Re X,
 /// B = Im G^T Im X; elsewhere g^T x and its rfft2) instead of correlating the rows' spectra. `grad_x_is_spectral`:
 /// g's row transforms are made for grad_x anyway. Spectral forces the correlation, Dense and Folded the GEMMs.
 bool linear_grad_spectrum_is_dense(const LayerCall& call, bool grad_x_is_spectral);
 /// fourierft::linear keeps the forward's dense operand for the backward's grad_x (set_keep_delta) in this training call:
-/// the option is on, the ATen implementation runs (not the CPU's fused kernels), the dtypes allow the dense route, and
-/// the routes of the forward and of grad_x are both dense.
-bool keep_dense_operand(const LayerCall& call, bool dtypes_dense_capable);
+/// the option is on, the ATen implementation runs (not the CPU's fused kernels), and linear_routes takes the dense
+/// route for the forward and grad_x (which needs the call's dtypes to allow it).
+bool keep_dense_operand(const LayerCall& call);
 /// The estimates (ns per call) the two decisions above compare: what each route adds to the layer's own GEMMs in
 /// one pass (folded: CPU only, infinite elsewhere); for the spectrum gradient, `dense` is the GEMM route (CPU: the
 /// folded GEMMs) and `folded` is unused. Independent of set_linear_path.

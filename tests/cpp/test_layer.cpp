@@ -7,13 +7,13 @@
 using fourierft::AdapterOptions;
 using fourierft::FourierFTLinear;
 using fourierft::FourierFTLinearOptions;
-using fourierft::ForwardPath;
+using fourierft::LinearPath;
 using fourierft::testing::reference_delta_weight;
 using fourierft::testing::relative_error;
 
 namespace {
 
-FourierFTLinear make_layer(int64_t in, int64_t out, int64_t n, ForwardPath path = ForwardPath::Auto,
+FourierFTLinear make_layer(int64_t in, int64_t out, int64_t n, LinearPath path = LinearPath::Auto,
                            double scaling = 150.0) {
   FourierFTLinear layer(torch::nn::LinearOptions(in, out),
                         FourierFTLinearOptions().forward_path(path));
@@ -41,7 +41,7 @@ TEST(FourierFTLinear, SharesTheBaseWeightsWithoutCopy) {
 
 TEST(FourierFTLinear, ForwardEqualsBasePlusDenseFormulaOnEveryPath) {
   torch::manual_seed(0);
-  for (auto path : {ForwardPath::Spectral, ForwardPath::Dense, ForwardPath::Auto}) {
+  for (auto path : {LinearPath::Spectral, LinearPath::Dense, LinearPath::Auto}) {
     auto layer = make_layer(48, 40, 200, path);
     const auto x = torch::randn({2, 7, 48});
     const auto& state = layer->adapter_state("default");
@@ -54,8 +54,8 @@ TEST(FourierFTLinear, ForwardEqualsBasePlusDenseFormulaOnEveryPath) {
 
 TEST(FourierFTLinear, PathsAgreeInTraining) {
   torch::manual_seed(1);
-  auto spectral = make_layer(64, 32, 500, ForwardPath::Spectral);
-  auto dense = make_layer(64, 32, 500, ForwardPath::Dense);
+  auto spectral = make_layer(64, 32, 500, LinearPath::Spectral);
+  auto dense = make_layer(64, 32, 500, LinearPath::Dense);
   torch::NoGradGuard no_grad;
   dense->base_layer->weight.copy_(spectral->base_layer->weight);
   dense->base_layer->bias.copy_(spectral->base_layer->bias);
@@ -76,12 +76,12 @@ TEST(FourierFTLinear, PathsAgreeInTraining) {
 TEST(FourierFTLinear, SeveralAdaptersTakeTheCostModelsAdapterPath) {
   torch::manual_seed(4);
   for (const auto& [in, out, n, tokens] : std::vector<std::array<int64_t, 4>>{{768, 768, 1000, 64}, {16, 16, 256, 4096}}) {
-    auto layer = make_layer(in, out, n, ForwardPath::Auto, 3.0);
+    auto layer = make_layer(in, out, n, LinearPath::Auto, 3.0);
     layer->update_layer("other", AdapterOptions().n_frequency(n / 2).scaling(2.0).random_loc_seed(5));
     layer->set_adapter(std::vector<std::string>{"default", "other"});
     const fourierft::LayerCall call{c10::DeviceType::CPU, at::kFloat, tokens, out, in, n, true};
     const auto expected = fourierft::adapter_path(call, false);
-    EXPECT_EQ(layer->resolve_path("default", tokens) == ForwardPath::Spectral, expected == fourierft::LinearPath::Spectral);
+    EXPECT_EQ(layer->resolve_path("default", tokens) == LinearPath::Spectral, expected == fourierft::LinearPath::Spectral);
     const auto x = torch::randn({tokens, in});
     torch::Tensor reference = layer->base_layer(x).to(torch::kDouble);
     for (const char* name : {"default", "other"}) {
@@ -134,7 +134,7 @@ TEST(CostModel, RoutesAreTheCheapestEstimates) {
 // on the dense route keeps delta_W in bf16 and never serves it after the spectrum's values change.
 TEST(FourierFTLinear, HalfPrecisionModelAndItsInferenceCache) {
   torch::manual_seed(6);
-  auto layer = make_layer(48, 40, 300, ForwardPath::Auto, 20.0);
+  auto layer = make_layer(48, 40, 300, LinearPath::Auto, 20.0);
   layer->base_layer->to(torch::kBFloat16);
   auto& spectrum = layer->fourierft_spectrum->at("default");
   const auto x = torch::randn({2, 9, 48}).to(torch::kBFloat16);
@@ -162,7 +162,7 @@ TEST(FourierFTLinear, HalfPrecisionModelAndItsInferenceCache) {
 }
 
 TEST(FourierFTLinear, DenseCacheFollowsSpectrumUpdates) {
-  auto layer = make_layer(24, 20, 60, ForwardPath::Dense);
+  auto layer = make_layer(24, 20, 60, LinearPath::Dense);
   torch::NoGradGuard no_grad;
   const auto x = torch::randn({3, 24});
   const auto before = layer(x);
@@ -221,7 +221,7 @@ TEST(FourierFTLinear, SetAdapterControlsGradAndTwoActiveAdaptersAdd) {
 
 TEST(FourierFTLinear, MergeUnmergeRoundTrip) {
   torch::manual_seed(3);
-  for (auto path : {ForwardPath::Spectral, ForwardPath::Dense}) {
+  for (auto path : {LinearPath::Spectral, LinearPath::Dense}) {
     auto layer = make_layer(32, 24, 100, path);
     const auto w0 = layer->base_layer->weight.detach().clone();
     const auto x = torch::randn({6, 32});

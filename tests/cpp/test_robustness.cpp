@@ -10,7 +10,7 @@
 #include <thread>
 
 using fourierft::AdapterOptions;
-using fourierft::ForwardPath;
+using fourierft::LinearPath;
 using fourierft::FourierFTConfig;
 using fourierft::testing::reference_delta_weight;
 using fourierft::testing::reference_forward;
@@ -20,7 +20,7 @@ namespace {
 
 
 TEST(Robustness, EmptyBatchesAnyShapeAndDtypeOnEveryPath) {
-  for (const auto path : {ForwardPath::Dense, ForwardPath::Spectral}) {
+  for (const auto path : {LinearPath::Dense, LinearPath::Spectral}) {
     for (const auto dtype : {torch::kFloat, torch::kDouble, torch::kBFloat16, torch::kHalf}) {
       SCOPED_TRACE(c10::toString(dtype));
       torch::manual_seed(0);

@@ -16,7 +16,7 @@ inline torch::Tensor reference_forward(fourierft::Linear& layer, const torch::Te
          xd.matmul(delta.t());
 }
 
-inline fourierft::Linear frozen_layer(fourierft::ForwardPath path) {
+inline fourierft::Linear frozen_layer(fourierft::LinearPath path) {
   torch::manual_seed(3);
   fourierft::Linear layer(torch::nn::LinearOptions(24, 20), fourierft::FourierFTLinearOptions().forward_path(path));
   layer->update_layer("default", fourierft::AdapterOptions().n_frequency(60).scaling(20.0));

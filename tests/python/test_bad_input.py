@@ -3,9 +3,11 @@ case raises a ValueError that names what was wrong, and leaves the model exactly
 values), module tree, adapter lists, active adapter, requires_grad and outputs. The cases PEFT fails part-way
 through (a layer too small for n_frequency) need the tuner's rollback; the rest need validation before anything
 changes; removing either makes these tests fail."""
+import dataclasses
 import json
 import math
 import shutil
+import typing
 
 import pytest
 import torch
@@ -255,3 +257,51 @@ def test_strict_loader_takes_the_n_frequency_peft_gives_each_module(pattern, tmp
     x = torch.randn(4, 8)
     with torch.no_grad():
         assert torch.allclose(loaded(x), plain(x), atol=1e-6)
+
+
+# ---- config fields fourierft does not implement (a newer PEFT's) -------------------------------------------
+
+@dataclasses.dataclass
+class NewerFourierFTConfig(peft.FourierFTConfig):
+    """FourierFTConfig as a newer PEFT may define it: fields that change the math (a PEFT pull request adds these
+    two), defaulting to the values that leave it unchanged."""
+    alpha: typing.Optional[float] = None
+    ifft2_norm: str = "backward"
+    sharpen: float = 0.0
+
+
+@pytest.mark.parametrize("field,value", [("alpha", 2.0), ("ifft2_norm", "ortho"), ("sharpen", 0.5)])
+def test_get_peft_model_refuses_fields_that_change_the_math(field, value):
+    base = tiny_bert()
+    before = snapshot(base)
+    newer = NewerFourierFTConfig(target_modules=["query"], n_frequency=50, **{field: value})
+    for make in (lambda: fourierft.get_peft_model(base, newer), lambda: peft.get_peft_model(base, newer)):
+        with pytest.raises(ValueError, match=rf"{field}={value!r} is a FourierFTConfig field fourierft does not "
+                                             rf"implement.*PEFT {peft.__version__}"):
+            make()
+        assert_unchanged(base, before)
+    # At the values that leave the math as it is, the same config builds a model equal to PEFT's own.
+    fourierft.get_peft_model(tiny_bert(), NewerFourierFTConfig(target_modules=["query"], n_frequency=50))
+
+
+def test_accelerate_refuses_a_plain_peft_model_with_such_a_field():
+    with fourierft.registered(False):
+        plain = peft.get_peft_model(tiny_bert(), NewerFourierFTConfig(target_modules=["query"], n_frequency=50,
+                                                                      ifft2_norm="forward"))
+    with pytest.raises(ValueError, match=r"fourierft.accelerate \(adapter 'default'\).*ifft2_norm='forward'"):
+        fourierft.accelerate(plain)
+    assert not any(fourierft.is_accelerated(m) for m in plain.modules())
+
+
+@pytest.mark.parametrize("field,value,refused", [("ifft2_norm", "ortho", True), ("alpha", 3.0, True),
+                                                 ("some_new_field", 1, True), ("ifft2_norm", "backward", False),
+                                                 ("alpha", None, False)])
+def test_loading_an_adapter_saved_by_a_newer_peft(saved, field, value, refused):
+    """adapter_config.json keys the installed PEFT does not know (it drops them when it loads): refused unless they
+    are alpha/ifft2_norm at the values that leave the math unchanged."""
+    file = damage_config(saved, **{field: value})
+    if refused:
+        for message in load_both_ways(saved):
+            assert str(file) in message and f"{field}={value!r} is not a field of the installed PEFT" in message
+    else:
+        fourierft.FourierFTModel.from_pretrained(tiny_bert(), saved)

@@ -220,8 +220,9 @@ def test_forced_routes_are_what_linear_routes_reports():
     with fourierft.ops.linear_path("folded"):  # no folded route off the CPU
         assert set(fourierft.ops.linear_routes("cuda", torch.bfloat16, 8, 64, 64, 10).values()) == {"dense"}
         assert set(fourierft.ops.linear_routes("cpu", torch.float32, 8, 64, 64, 10).values()) == {"folded"}
-    with fourierft.ops.linear_path("merged"):  # the dense route's former name
-        assert fourierft._C.linear_path() == "dense"
+    with pytest.raises(ValueError, match="'auto', 'spectral', 'dense' or 'folded', got 'merged'"):
+        fourierft.ops.linear_path("merged").__enter__()  # one name per route: no aliases
+    assert fourierft._C.linear_path() == "auto"
 
 
 

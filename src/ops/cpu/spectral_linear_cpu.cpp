@@ -761,8 +761,8 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   if (rows == 0) return at::linear(x, weight, bias);
   const int64_t n = spectrum.size(0);
   const LayerCall call{c10::DeviceType::CPU, x.scalar_type(), rows, out_features, in_features, n, false};
-  const auto route = linear_route(call, RoutePass::Forward);
-  if (route == LinearRoute::Merged) {
+  const auto route = linear_routes(call).forward;
+  if (route == LinearPath::Dense) {
     return at::linear(x2d, merged_weight(weight, spectrum, indices, out_features, in_features, scaling), bias)
         .view(out_shape);
   }
@@ -771,7 +771,7 @@ at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::
   const int64_t* u = idx.const_data_ptr<int64_t>();
   const int64_t* v = u + n;
   const auto b = bias.has_value() && bias->defined() ? bias->to(x.scalar_type()).contiguous() : at::Tensor();
-  if (route == LinearRoute::Folded) {
+  if (route == LinearPath::Folded) {
     const auto folded = folded_coefficients(coeff, u, v, out_features, in_features, /*output_is_rows=*/true,
                                             0.5 * scaling / static_cast<double>(in_features));
     auto y = folded_apply(half_spectra(x2d), folded, /*output_is_rows=*/true, out_features);
@@ -838,28 +838,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
   // The spectrum's gradient by the folded route's GEMMs, or by correlation inside the pipeline's pass over g and
   // x (then grad_x by another route saves only about half of that pass).
   const LayerCall call{c10::DeviceType::CPU, x.scalar_type(), rows, out_features, in_features, n, true};
-  const bool folded_grad_c = need_grad_spectrum && linear_grad_spectrum_is_dense(call, /*grad_x_is_spectral=*/true);
+  const auto routes = linear_backward_routes(call, need_grad_x, need_grad_spectrum);
+  const bool folded_grad_c = routes.grad_spectrum == LinearPath::Folded;
   const bool correlate = need_grad_spectrum && !folded_grad_c;
-  const auto route =
-      need_grad_x ? linear_route(call, correlate ? RoutePass::GradXBesideCorrelation : RoutePass::GradX)
-                  : LinearRoute::Pipeline;
+  const auto route = routes.grad_x;
   std::pair<at::Tensor, at::Tensor> g_spec;
-  if (folded_grad_c || (need_grad_x && route == LinearRoute::Folded)) g_spec = half_spectra(g2d);
+  if (folded_grad_c || (need_grad_x && route == LinearPath::Folded)) g_spec = half_spectra(g2d);
   if (folded_grad_c) {
     grad_spectrum =
         folded_grad_spectrum(g_spec, half_spectra(x2d), u, v, out_features, in_features, scaling, spectrum);
   }
   at::Tensor gx2d;
-  if (need_grad_x && route == LinearRoute::Merged) {
+  if (need_grad_x && route == LinearPath::Dense) {
     grad_x = g2d.mm(merged_weight(weight, spectrum, indices, out_features, in_features, scaling));
-  } else if (need_grad_x && route == LinearRoute::Folded) {
+  } else if (need_grad_x && route == LinearPath::Folded) {
     const auto folded = folded_coefficients(coeff, u, v, out_features, in_features, /*output_is_rows=*/false,
                                             0.5 * scaling / static_cast<double>(out_features));
     gx2d = folded_apply(g_spec, folded, /*output_is_rows=*/false, in_features);
   } else if (need_grad_x) {
     gx2d = at::empty({rows, in_features}, g2d.options());
   }
-  const bool pipeline_grad_x = need_grad_x && route == LinearRoute::Pipeline;
+  const bool pipeline_grad_x = need_grad_x && route == LinearPath::Spectral;
   if (pipeline_grad_x || correlate) {
     AT_DISPATCH_FLOATING_TYPES(g2d.scalar_type(), "fourierft_linear_backward", [&] {
       at::Tensor pipeline_gx = pipeline_grad_x ? gx2d : at::Tensor();
