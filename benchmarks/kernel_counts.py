@@ -99,11 +99,14 @@ def peft_counts(kind: str, out_features: int, in_features: int) -> dict:
             "train_ops": dict(counted.launches)}
 
 
-def ours_counts(out_features: int, in_features: int) -> dict:
+def ours_counts(out_features: int, in_features: int, route: str = "auto") -> dict:
     """fourierft's layer: the training step as its ops' CUDA kernels (forward and backward of ops.linear, the route
-    the cost model picks); inference through the Python layer."""
-    routes = fourierft.ops.linear_routes("cuda", torch.bfloat16, TOKENS, out_features, in_features, N_FREQUENCY)
-    with fake_cuda():
+    the cost model picks, or `route` forced: "dense", or "kept" for the dense route with fourierft.ops.keep_delta);
+    inference through the Python layer."""
+    kept = route == "kept"
+    with fourierft.ops.linear_path("dense" if kept else route):
+        routes = fourierft.ops.linear_routes("cuda", torch.bfloat16, TOKENS, out_features, in_features, N_FREQUENCY)
+    with fake_cuda(), fourierft.ops.linear_path("dense" if kept else route):
         x, w = cuda_tensor(TOKENS, in_features, dtype=torch.bfloat16), cuda_tensor(out_features, in_features,
                                                                                     dtype=torch.bfloat16)
         c, idx = cuda_tensor(N_FREQUENCY), cuda_tensor(2, N_FREQUENCY, dtype=torch.long)
@@ -111,8 +114,13 @@ def ours_counts(out_features: int, in_features: int) -> dict:
         args = (c, idx, out_features, in_features, 150.0)
 
         def step():
-            call_cuda(torch.ops.fourierft.linear.default, x, w, None, *args)
-            return call_cuda(torch.ops.fourierft._linear_backward.default, g, x, w, *args, True, False, False, True)
+            operand = None
+            if kept:  # what fourierft.ops.linear's autograd runs under keep_delta on the dense route
+                _, operand = call_cuda(torch.ops.fourierft._linear_dense_forward.default, x, w, None, *args)
+            else:
+                call_cuda(torch.ops.fourierft.linear.default, x, w, None, *args)
+            return call_cuda(torch.ops.fourierft._linear_backward.default, g, x, w, *args, True, False, False, True,
+                             operand)
 
         with counting() as warm:
             step()
@@ -136,7 +144,8 @@ def ours_counts(out_features: int, in_features: int) -> dict:
 
 
 COLUMNS = [("frozen", "frozen layer"), ("lora", f"PEFT LoRA r={LORA_RANK}"), ("fourierft", "PEFT FourierFT"),
-           ("ours", "fourierft")]
+           ("ours", "fourierft (cost model's route)"), ("ours_dense", "fourierft dense"),
+           ("ours_kept", "fourierft dense + keep_delta")]
 
 
 def compute() -> dict:
@@ -144,8 +153,11 @@ def compute() -> dict:
     for name, (out_features, in_features) in SHAPES_3B.items():
         row = {"shape": name, "out_features": out_features, "in_features": in_features}
         for kind, _ in COLUMNS:
-            row[kind] = ours_counts(out_features, in_features) if kind == "ours" else \
-                peft_counts(kind, out_features, in_features)
+            if kind.startswith("ours"):
+                row[kind] = ours_counts(out_features, in_features, {"ours": "auto", "ours_dense": "dense",
+                                                                     "ours_kept": "kept"}[kind])
+            else:
+                row[kind] = peft_counts(kind, out_features, in_features)
         records.append(row)
     return {"tokens": TOKENS, "n_frequency": N_FREQUENCY, "lora_rank": LORA_RANK, "model_dtype": "bfloat16",
             "torch": torch.__version__, "peft": peft.__version__, "records": records}
@@ -159,7 +171,8 @@ def table(data: dict) -> str:
         for kind, _ in COLUMNS:
             c = r[kind]
             sync = lambda k: f" +{c[k]} sync" if c[k] else ""  # noqa: E731
-            cells.append(f"{c['train_launches']}{sync('train_syncs')} / {c['inference_launches']}"
+            route = f" ({c['routes']['forward']})" if kind == "ours" else ""
+            cells.append(f"{c['train_launches']}{sync('train_syncs')}{route} / {c['inference_launches']}"
                          f"{sync('inference_syncs')}")
         lines.append(f"| {r['shape']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -99,15 +99,19 @@ constexpr double kGpuFloatGemmNsPerMultiplyAdd = 3.0e-5;
 constexpr double kGpuDoubleGemmNsPerMultiplyAdd = 6.0e-5;
 constexpr double kGpuNsPerByte = 1.0 / 4300.0;
 constexpr double kGpuFftNsPerPoint = 7.2e-3;
-// Per kernel launch (~5 us with the host's dispatch), and per host synchronisation: the sparse spectral route
-// sorts its n entries into a CSR pattern (unique), whose size the host must read (about two per pass).
-constexpr double kGpuLaunchNs = 5000.0;
-constexpr double kGpuSyncNs = 20000.0;
+// The host's side, fitted to 80 layer measurements on the H200 (frozen layers, PEFT's LoRA r=32 and FourierFT, an
+// earlier fourierft composition; ../shared/DESIGN.md section 7): ~14 us per kernel launch plus ~4 us per dispatched
+// ATen op (views included). Launches are asynchronous, so a pass costs the larger of its device time and its host
+// time. The launches and ops of each pass below are what the ATen implementation dispatches (counted on fake CUDA
+// tensors; tests/python/test_fake_cuda.py pins the launches), without the base layer's own GEMM.
+constexpr double kGpuHostNsPerLaunch = 14000.0;
+constexpr double kGpuHostNsPerOp = 4000.0;
 // The spectral route per pass (two row transforms, the sparse product over the rows' interleaved half spectra,
 // conversions), per row and point of both widths. Its one measurement is of the ATen composition it replaces
 // ([tokens, n] gathers, atomics): 8.1 ms for a 3072 x 3072 forward + backward at 16384 tokens where the frozen
 // layer took 0.97 ms, i.e. ~0.024 ns per point and pass, three times the bare transforms. Taken as is until the
-// sparse route is measured: an upper bound, so the GPU prefers the measured dense route at training sizes.
+// sparse route is measured: an upper bound, so the GPU prefers the measured dense route at training sizes. Its
+// sparse patterns are built once per indices tensor (index_plan.cpp): no synchronisation per call.
 constexpr double kGpuSpectralNsPerPoint = 0.024;
 // Per stored entry of the sparse operator and row (the n-dependent part; at most 4n entries per pass; not
 // measured: taken so that 1000 coefficients cost a sixth of a pass at width 3072).
@@ -115,54 +119,70 @@ constexpr double kGpuSparseNsPerEntry = 1.0e-4;
 
 bool half_precision(at::ScalarType dtype) { return dtype == at::kHalf || dtype == at::kBFloat16; }
 
-double gpu_gemm_ns(at::ScalarType dtype, double m, double k, double n) {
+// Device and host time of some GPU work, in ns; it costs the larger of the two.
+struct GpuCost {
+  double device = 0.0, host = 0.0;
+  double wall() const { return std::max(device, host); }
+};
+GpuCost operator+(const GpuCost& a, const GpuCost& b) { return {a.device + b.device, a.host + b.host}; }
+GpuCost device_work(double ns, int launches, int ops) {
+  return {ns, launches * kGpuHostNsPerLaunch + ops * kGpuHostNsPerOp};
+}
+
+GpuCost gpu_gemm(at::ScalarType dtype, double m, double k, double n) {
   const double rate = dtype == at::kDouble  ? kGpuDoubleGemmNsPerMultiplyAdd
                       : dtype == at::kFloat ? kGpuFloatGemmNsPerMultiplyAdd
                                             : kGpuHalfGemmNsPerMultiplyAdd;
   const double bytes = static_cast<double>(c10::elementSize(dtype)) * (m * k + k * n + m * n);
-  return std::max(rate * m * k * n, kGpuNsPerByte * bytes) + kGpuLaunchNs;
+  return device_work(std::max(rate * m * k * n, kGpuNsPerByte * bytes), 1, 2);
 }
 
-// delta_W from the n coefficients: zero and scatter the doubled Hermitian half spectrum, an irfft2 (two passes of
-// transforms over d1 x d2 points), then, for a half-precision model, the cast (read 4 bytes, write 2 per entry).
-double gpu_delta_build_ns(const LayerCall& call) {
+// delta_W from the n coefficients: zero the doubled Hermitian half spectrum, scale and scatter the coefficients, an
+// irfft2 (two passes of transforms over d1 x d2 points), then, for a half-precision model, the cast (read 4 bytes,
+// write 2 per entry): 5 launches.
+GpuCost gpu_delta_build(const LayerCall& call) {
   const double points = static_cast<double>(call.out_features) * static_cast<double>(call.in_features);
-  return 2.0 * kGpuFftNsPerPoint * points + kGpuNsPerByte * points * (half_precision(call.dtype) ? 14.0 : 12.0) +
-         6 * kGpuLaunchNs;
+  return device_work(2.0 * kGpuFftNsPerPoint * points +
+                         kGpuNsPerByte * points * (half_precision(call.dtype) ? 14.0 : 12.0),
+                     5, 10);
 }
 
-// One pass of the spectral route over the call's rows (input width `in_len`, output `out_len`).
-double gpu_spectral_apply_ns(const LayerCall& call, int64_t in_len, int64_t out_len) {
+// One pass of the spectral route over the call's rows (input width `in_len`, output `out_len`): 10 launches.
+GpuCost gpu_spectral_apply(const LayerCall& call, int64_t in_len, int64_t out_len) {
   const double t = static_cast<double>(std::max<int64_t>(call.tokens, 1));
   const double widths = static_cast<double>(in_len + out_len);
-  return kGpuSpectralNsPerPoint * t * widths + kGpuSparseNsPerEntry * t * 4.0 * call.n_frequency + 2 * kGpuSyncNs +
-         10 * kGpuLaunchNs;
+  return device_work(kGpuSpectralNsPerPoint * t * widths + kGpuSparseNsPerEntry * t * 4.0 * call.n_frequency, 10,
+                     22);
 }
 
 // What a route adds to the layer's own GEMMs on the GPU, in one pass.
-double gpu_route_ns(const LayerCall& call, LinearPath route, RoutePass pass) {
+GpuCost gpu_route(const LayerCall& call, LinearPath route, RoutePass pass) {
   const double t = static_cast<double>(std::max<int64_t>(call.tokens, 1));
   const double d1 = static_cast<double>(call.out_features), d2 = static_cast<double>(call.in_features);
   if (route == LinearPath::Spectral) {
-    return pass == RoutePass::Forward ? gpu_spectral_apply_ns(call, call.in_features, call.out_features)
-                                      : gpu_spectral_apply_ns(call, call.out_features, call.in_features);
+    return pass == RoutePass::Forward ? gpu_spectral_apply(call, call.in_features, call.out_features)
+                                      : gpu_spectral_apply(call, call.out_features, call.in_features);
   }
-  // Dense: delta_W is built in every pass (never kept from the forward for the backward: a weight-sized tensor per
-  // layer). A half-precision model adds one GEMM of its own dtype; float32/float64 fold delta_W into W (one add
-  // over d1 x d2) and the layer's GEMM does the rest.
-  const double apply = half_precision(call.dtype) ? gpu_gemm_ns(call.dtype, t, d2, d1)
-                                                  : kGpuNsPerByte * d1 * d2 * 12.0 + kGpuLaunchNs;
-  return gpu_delta_build_ns(call) + apply;
+  // Dense: delta_W is built in every pass (unless set_keep_delta keeps the forward's, which the route choice does
+  // not count on). A half-precision model adds one GEMM of its own dtype; float32/float64 fold delta_W into W (one
+  // add over d1 x d2) and the layer's GEMM does the rest.
+  const GpuCost apply = half_precision(call.dtype) ? gpu_gemm(call.dtype, t, d2, d1)
+                                                   : device_work(kGpuNsPerByte * d1 * d2 * 12.0, 1, 1);
+  return gpu_delta_build(call) + apply;
 }
 
-// The spectrum's gradient: densely, G = g^T x (one GEMM of the model's dtype, float32 accumulation) and an rfft2
-// of G read at the n entries; spectrally, the rows' transforms of x and g and one sampled product over 2n entries.
-double gpu_grad_spectrum_ns(const LayerCall& call, bool dense) {
+// The spectrum's gradient: densely, G = g^T x (one GEMM of the model's dtype, float32 accumulation), an rfft2 of G
+// (transforms over d1 x d2 points, as delta_W's) read at the n entries and scaled (4 launches with the GEMM);
+// spectrally, the rows' transforms of x and g and one sampled product over 2n entries (9 launches).
+GpuCost gpu_grad_spectrum(const LayerCall& call, bool dense) {
   const double t = static_cast<double>(std::max<int64_t>(call.tokens, 1));
   const double d1 = static_cast<double>(call.out_features), d2 = static_cast<double>(call.in_features);
-  if (dense) return gpu_gemm_ns(call.dtype, d1, t, d2) + gpu_delta_build_ns(call);
-  return kGpuSpectralNsPerPoint * t * (d1 + d2) + kGpuSparseNsPerEntry * t * 2.0 * call.n_frequency +
-         2 * kGpuSyncNs + 10 * kGpuLaunchNs;
+  if (dense) {
+    return gpu_gemm(call.dtype, d1, t, d2) +
+           device_work(2.0 * kGpuFftNsPerPoint * d1 * d2 + kGpuNsPerByte * d1 * d2 * 12.0, 3, 11);
+  }
+  return device_work(kGpuSpectralNsPerPoint * t * (d1 + d2) + kGpuSparseNsPerEntry * t * 2.0 * call.n_frequency, 9,
+                     27);
 }
 
 bool on_cpu(const LayerCall& call) { return call.device == c10::DeviceType::CPU; }
@@ -206,10 +226,12 @@ InferenceCache inference_cache_for(const LayerCall& call) {
   // On a GPU a cached delta_W in the model's dtype, applied by a second GEMM beside the base's, costs one more
   // read of a weight-sized matrix per call; the spectral forward costs two row transforms and host
   // synchronisations. (W + delta_W would need W's fingerprint per call: a full read and a synchronisation.)
-  const double cached = gpu_gemm_ns(call.dtype, static_cast<double>(std::max<int64_t>(call.tokens, 1)),
-                                    static_cast<double>(call.in_features), static_cast<double>(call.out_features));
-  return cached < gpu_route_ns(call, LinearPath::Spectral, RoutePass::Forward) ? InferenceCache::Delta
-                                                                                 : InferenceCache::None;
+  const double t = static_cast<double>(std::max<int64_t>(call.tokens, 1));
+  const GpuCost cached = gpu_gemm(call.dtype, t, static_cast<double>(call.in_features),
+                                  static_cast<double>(call.out_features)) +
+                         device_work(kGpuNsPerByte * t * static_cast<double>(call.out_features) * 6.0, 1, 1);  // add
+  return cached.wall() < gpu_route(call, LinearPath::Spectral, RoutePass::Forward).wall() ? InferenceCache::Delta
+                                                                                           : InferenceCache::None;
 }
 
 LayerPlan plan_layer_call(const LayerCall& call, const LayerFacts& facts) {
@@ -251,15 +273,15 @@ LinearPath adapter_path(const LayerCall& call, bool delta_cached) {
   // The adapter runs in the spectrum's dtype (PEFT's composition casts x to it), float32 unless float64.
   LayerCall adapter = call;
   if (adapter.dtype != at::kDouble) adapter.dtype = at::kFloat;
-  const double gemm = gpu_gemm_ns(adapter.dtype, t, d2, d1);
-  double spectral = gpu_spectral_apply_ns(adapter, call.in_features, call.out_features);
-  double dense = gemm + (delta_cached ? 0.0 : gpu_delta_build_ns(adapter));
+  const GpuCost gemm = gpu_gemm(adapter.dtype, t, d2, d1);
+  GpuCost spectral = gpu_spectral_apply(adapter, call.in_features, call.out_features);
+  GpuCost dense = delta_cached ? gemm : gemm + gpu_delta_build(adapter);
   if (call.training) {  // the backward of each: grad_x by the same route, grad_c by its own
-    spectral += gpu_spectral_apply_ns(adapter, call.out_features, call.in_features) +
-                gpu_grad_spectrum_ns(adapter, false);
-    dense += gemm + gpu_grad_spectrum_ns(adapter, true);
+    spectral = spectral + gpu_spectral_apply(adapter, call.out_features, call.in_features) +
+               gpu_grad_spectrum(adapter, false);
+    dense = dense + gemm + gpu_grad_spectrum(adapter, true);
   }
-  return spectral <= dense ? LinearPath::Spectral : LinearPath::Dense;
+  return spectral.wall() <= dense.wall() ? LinearPath::Spectral : LinearPath::Dense;
 }
 
 LinearRoutes linear_backward_routes(const LayerCall& call, bool need_grad_x, bool need_grad_spectrum) {
@@ -353,8 +375,8 @@ RouteCosts cpu_route_costs(const LayerCall& call, RoutePass pass) {
 RouteCosts linear_route_costs(const LayerCall& call, RoutePass pass) {
   if (on_cpu(call)) return cpu_route_costs(call, pass);
   RouteCosts costs;
-  costs.spectral = gpu_route_ns(call, LinearPath::Spectral, pass);
-  costs.dense = gpu_route_ns(call, LinearPath::Dense, pass);
+  costs.spectral = gpu_route(call, LinearPath::Spectral, pass).wall();
+  costs.dense = gpu_route(call, LinearPath::Dense, pass).wall();
   return costs;
 }
 
@@ -384,12 +406,13 @@ RouteCosts grad_spectrum_costs(const LayerCall& call, bool grad_x_is_spectral) {
     costs.spectral = t * static_cast<double>(call.n_frequency) * kCorrelateNsPerCoefficient;
     return costs;
   }
-  costs.spectral = gpu_grad_spectrum_ns(call, false);
+  auto spectral = gpu_grad_spectrum(call, false);
   if (grad_x_is_spectral) {  // g's row transform is shared with a spectral grad_x
-    costs.spectral -= 0.5 * kGpuSpectralNsPerPoint * static_cast<double>(std::max<int64_t>(call.tokens, 1)) *
-                      static_cast<double>(call.out_features);
+    spectral.device -= 0.5 * kGpuSpectralNsPerPoint * static_cast<double>(std::max<int64_t>(call.tokens, 1)) *
+                       static_cast<double>(call.out_features);
   }
-  costs.dense = gpu_grad_spectrum_ns(call, true);
+  costs.spectral = spectral.wall();
+  costs.dense = gpu_grad_spectrum(call, true).wall();
   return costs;
 }
 
