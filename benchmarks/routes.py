@@ -8,7 +8,7 @@ src/ops/cost_model.cpp).
 The tables sit between `<!-- routes.py:NAME -->` and `<!-- /routes.py -->` in docs/gpu.md (the 3B model's routes
 on CUDA and the estimates behind them) and docs/python.md (where the CPU leaves the spectral route, and what a
 frozen layer keeps there for inference);
-tests/python/test_docs.py runs the --check, so a change of the cost model that moves a number fails the tests
+tests/python/integration/test_docs.py runs the --check, so a change of the cost model that moves a number fails the tests
 until the docs are rewritten.
 """
 from __future__ import annotations

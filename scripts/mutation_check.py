@@ -1,9 +1,12 @@
 """The mutation check: breaks the library on purpose, one mutation at a time, and fails if the tests meant to guard
 each change still pass ("a survivor"). A test earns its place by being able to fail; this keeps them honest.
 
-    .venv/bin/python scripts/mutation_check.py            # every mutation (what scripts/test.sh runs; about 5 min
-                                                          # on 2 cores: ~7 s per Python one, 14-23 s per C++ one,
-                                                          # which rebuilds the library or tool)
+    .venv/bin/python scripts/mutation_check.py            # every mutation (about 6 min on 2 cores: ~6 s per Python
+                                                          # one, 12-23 s per C++ one, which rebuilds the library or
+                                                          # tool)
+    .venv/bin/python scripts/mutation_check.py --ci       # CI's table (scripts/test.sh): every Python mutation and
+                                                          # the C++ ones marked ci=True (the rest rebuild for ~15 s
+                                                          # each; run the full table after changing C++)
     .venv/bin/python scripts/mutation_check.py --python   # the Python mutations only (no rebuild)
     .venv/bin/python scripts/mutation_check.py --list     # the table
     .venv/bin/python scripts/mutation_check.py --only "cost model"   # the mutations whose name contains the text
@@ -41,6 +44,7 @@ class Mutation:
     new: str
     pytest: tuple[str, ...] = ()
     gtest: str = ""  # a --gtest_filter for build/tests/fourierft_tests
+    ci: bool = False  # a C++ mutation that --ci (CI's table) runs too; every Python one does
 
     @property
     def language(self) -> str:
@@ -67,7 +71,7 @@ MUTATIONS = [
              "python/fourierft/layer.py",
              "    return not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1)",
              "    return True",
-             pytest=("tests/python/test_fsdp_caches.py",)),
+             pytest=("tests/python/integration/test_fsdp_caches.py",)),
     Mutation("W + delta_W cache ignores W's fingerprint", "python/fourierft/layer.py",
              "            if (w_stamp == stamp and merged.dtype == weight.dtype",
              "            if (True and merged.dtype == weight.dtype",
@@ -109,7 +113,7 @@ MUTATIONS = [
              "from .model import (",
              "import peft as _peft\n_peft.PeftModel.load_adapter = lambda self, *args, **kwargs: None\n"
              "from .model import (",
-             pytest=("tests/python/test_trainer.py",)),
+             pytest=("tests/python/integration/test_trainer.py",)),
     Mutation("param_groups puts everything in one group", "python/fourierft/optim.py",
              '        if "fourierft_spectrum" in name:',
              '        if True:',
@@ -131,21 +135,21 @@ MUTATIONS = [
              "    return at::linear(x2d, weight, bias).addmm_(x2d, delta.t()).view(out_shape);",
              "    return at::linear(x2d, weight, bias).view(out_shape);",
              pytest=("tests/python/test_routes.py::test_every_route_matches_float64",),
-             gtest="FourierFTLinear.HalfPrecision*"),
+             gtest="FourierFTLinear.HalfPrecision*", ci=True),
     Mutation("spectrum gradient reads the rfft2 of g^T x as row-major (the CUDA crash)", "src/ops/generic.cpp",
              "  const auto spec = at::fft_rfft2(outer, c10::nullopt, {0, 1});",
              "  const auto spec = at::fft_rfft2(outer, c10::nullopt, {0, 1}).view({-1}).view(\n"
              "      {plan.out_features, plan.in_features / 2 + 1});",
-             pytest=("tests/python/test_fake_cuda.py::test_spectrum_gradient_of_a_wide_layer_no_longer_crashes",)),
+             pytest=("tests/python/test_fake_cuda.py::test_spectrum_gradient_of_a_wide_layer_no_longer_crashes",), ci=True),
     Mutation("index plans rebuilt on every call", "src/ops/index_plan.cpp",
-             "            e.version == version) {",
+             "            e.version == version, ci=True) {",
              "            e.version == version && false) {",
              pytest=("tests/python/test_fake_cuda.py::test_training_step_launches_and_syncs_are_pinned",
                      "tests/python/test_fake_cuda.py::test_spectral_patterns_are_built_once_per_indices_tensor")),
     Mutation("keep_delta: the backward rebuilds delta_W although the forward kept it", "src/ops/generic.cpp",
              "      auto operand = kept ? *dense_operand : dense_delta(spectrum, *plan, scaling, x.scalar_type());",
              "      auto operand = dense_delta(spectrum, *plan, scaling, x.scalar_type());",
-             pytest=("tests/python/test_fake_cuda.py::test_training_step_launches_and_syncs_are_pinned",)),
+             pytest=("tests/python/test_fake_cuda.py::test_training_step_launches_and_syncs_are_pinned",), ci=True),
     Mutation("keep_delta: the forward keeps nothing", "src/ops/cost_model.cpp",
              "  if (!keep_delta_enabled.load(std::memory_order_relaxed) || !call.training || !dtypes_dense_capable) return false;",
              "  return false;",
@@ -153,7 +157,7 @@ MUTATIONS = [
     Mutation("C++ delta_W cache never compares values", "src/layer.cpp",
              "    if (entry.values.sizes() != spectrum.sizes() || !torch::equal(entry.values, spectrum)) return {};",
              "",
-             gtest="FourierFTLinear.*:Threads*:*Cache*"),
+             gtest="FourierFTLinear.*:Threads*:*Cache*", ci=True),
     Mutation("C++ forward adds only the first of several active adapters", "src/layer.cpp",
              "    result = result + adapter_forward(name, x).to(result.scalar_type());\n  }",
              "    result = result + adapter_forward(name, x).to(result.scalar_type());\n    break;\n  }",
@@ -163,7 +167,7 @@ MUTATIONS = [
              "        if (change != plan.changes.end()) tensor = merged(info.name, tensor, change->second, config);",
              "        if (change != plan.changes.end() && options.dtype == \"auto\") {\n"
              "          tensor = merged(info.name, tensor, change->second, config);\n        }",
-             pytest=("tests/python/test_merge_cli.py::test_dtype_option_casts_and_updates_the_config",)),
+             pytest=("tests/python/integration/test_merge_cli.py::test_dtype_option_casts_and_updates_the_config",)),
     Mutation("C++ unload() unmerges first", "src/model.cpp",
              "  for (auto& [name, layer] : all_layers()) layer->clear_adapters();",
              "  for (auto& [name, layer] : all_layers()) {\n    if (layer->merged()) layer->unmerge();\n"
@@ -178,12 +182,12 @@ MUTATIONS = [
              "  return costs.spectral < costs.dense ? LinearPath::Spectral : LinearPath::Dense;",
              "  return costs.spectral > costs.dense ? LinearPath::Spectral : LinearPath::Dense;",
              pytest=("tests/python/test_routes.py::test_route_estimates_are_what_the_routes_are_picked_by",),
-             gtest="CostModel.*"),
+             gtest="CostModel.*", ci=True),
     Mutation("GPU cost model forgets the host's cost per launch (the docs' tables move)",
              "src/ops/cost_model.cpp",
              "constexpr double kGpuHostNsPerLaunch = 14000.0;",
              "constexpr double kGpuHostNsPerLaunch = 0.0;",
-             pytest=("tests/python/test_docs.py::test_cost_model_tables_are_what_the_cost_model_says",)),
+             pytest=("tests/python/integration/test_docs.py::test_cost_model_tables_are_what_the_cost_model_says",)),
 ]
 
 
@@ -257,7 +261,7 @@ def check_cpp(mutation: Mutation, site: pathlib.Path) -> bool:
     source.write_text(apply(original, mutation))
     tool = tool_target(mutation)
     env = pytest_env(site)
-    if tool:  # the tests run build/'s tool (tests/python/test_merge_cli.py reads FOURIERFT_MERGE)
+    if tool:  # the tests run build/'s tool (tests/python/integration/test_merge_cli.py reads FOURIERFT_MERGE)
         env[tool.replace("-", "_").upper()] = str(ROOT / "build" / tool)
     try:
         rebuild(*([tool] if tool else []))
@@ -281,8 +285,11 @@ def main() -> int:
     parser.add_argument("--python", action="store_true", help="only the Python mutations (no rebuild)")
     parser.add_argument("--list", action="store_true", help="print the table and exit")
     parser.add_argument("--only", metavar="TEXT", help="only the mutations whose name contains TEXT")
+    parser.add_argument("--ci", action="store_true",
+                        help="CI's table (scripts/test.sh): every Python mutation and the C++ ones marked ci=True")
     args = parser.parse_args()
     chosen = [m for m in MUTATIONS if (not args.python or m.language == "python")
+              and (not args.ci or m.language == "python" or m.ci)
               and (args.only is None or args.only in m.name)]
     if not chosen:
         raise SystemExit(f"no mutation matches --only {args.only!r} (see --list)")

@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
-# Installs and builds everything (scripts/bootstrap.sh), then runs every test, fastest and most basic first:
-#   1. ctest: the C++ unit tests (GoogleTest against the float64 dense formula and PEFT's generated tables), the
-#      examples, the tools, the sanitizer runs;
-#   2. pytest tests/python: the Python package against PEFT (parity, gradcheck, opcheck, the fake-CUDA path, PEFT's own
-#      FourierFT suite, transformers.Trainer, DDP/FSDP, the docs);
-#   3. the mutation check (scripts/mutation_check.py): the library broken on purpose, one mutation at a time; each
-#      must make its tests fail. The C++ ones rebuild build/'s library or tool per mutation and restore it.
+# Installs and builds everything (scripts/bootstrap.sh), then runs every test, fast unit tests first:
+#   1. unit tests: the C++ GoogleTest suite (ctest entries named Suite.Test, against the float64 dense formula and
+#      PEFT's generated tables), then the Python package's (tests/python: ops, layers, routes, caches, the fake-CUDA
+#      path, bad input, against PEFT and float64);
+#   2. integration suites: the C++ tools, examples, sanitizer and fuzz runs (ctest's lower-case entries), then
+#      tests/python/integration (PEFT's own FourierFT suite, transformers models and Trainer, DDP/FSDP with two gloo
+#      processes, the merge CLI, the demo, the docs and README);
+#   3. the mutation check's CI table (scripts/mutation_check.py --ci: every Python mutation and the C++ ones marked
+#      for CI; `scripts/mutation_check.py` runs all of them): the library broken on purpose, one mutation at a time,
+#      each of which must make its tests fail.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/bootstrap.sh
-ctest --test-dir build --output-on-failure -j2
-HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q -p no:cacheprovider tests/python
-.venv/bin/python scripts/mutation_check.py
+export HF_HUB_OFFLINE=1
+ctest --test-dir build --output-on-failure -j2 -R '^[A-Z]'
+.venv/bin/python -m pytest -q -p no:cacheprovider tests/python --ignore=tests/python/integration
+ctest --test-dir build --output-on-failure -j2 -R '^[a-z]'
+.venv/bin/python -m pytest -q -p no:cacheprovider tests/python/integration
+.venv/bin/python scripts/mutation_check.py --ci

@@ -26,6 +26,15 @@ BASE_ADAPTER = "__base__"
 _CACHE = "_fourierft_cache"
 
 
+@torch._dynamo.assume_constant_result
+def _fused_when_compiled(device, dtype, spectrum_dtype, weight_dtype, out_features, in_features, n_frequency,
+                         same_device) -> bool:
+    """plan_layer_call's fused-or-not answer for a compiled graph (no caches there; the tokens do not change it):
+    constant for the graph, so torch.compile traces it without a break."""
+    return _C.plan_layer_call(device, dtype, spectrum_dtype, 1, out_features, in_features, n_frequency, True, True,
+                              True, weight_dtype, same_device, False, False) == "fused"
+
+
 def _caching_allowed() -> bool:
     """Inference caches are on (``fourierft.ops.inference_cache``) and this is not one rank of several: under FSDP a
     layer's parameters are shards or temporarily gathered copies, and a weight-sized cache built from them would keep
@@ -249,11 +258,14 @@ class FourierFTKernels:
         ``W + delta_W`` (CPU) or ``delta_W`` in the model's dtype beside the base GEMM (GPU), so that nothing of size
         out x in is recomputed per call; None where the plan is PEFT's per-adapter composition (dtypes or devices
         the op does not fuse)."""
-        training = torch.is_grad_enabled() and (spectrum.requires_grad or weight.requires_grad)
-        may_cache = not training and not torch.compiler.is_compiling() and _caching_allowed()
-        plan = _C.plan_layer_call(x.device, x.dtype, spectrum.dtype, x.numel() // max(x.shape[-1], 1),
-                                  self.out_features, self.in_features, spectrum.numel(), training, True, True,
-                                  weight.dtype, x.device == spectrum.device == weight.device, False, may_cache)
+        if torch.compiler.is_compiling():  # no caches in a compiled graph; the op decides its routes at run time
+            if not _fused_when_compiled(x.device, x.dtype, spectrum.dtype, weight.dtype, self.out_features,
+                                        self.in_features, spectrum.numel(),
+                                        x.device == spectrum.device == weight.device):
+                return None
+            plan = "fused"
+        else:
+            plan = self._plan(x, spectrum, weight)
         if plan == "fused+weight":  # one GEMM with the cached W + delta_W (CPU, float32/float64)
             return nn.functional.linear(x, self._merged_weight(adapter, spectrum, weight), bias)
         if plan == "fused+delta":  # the base GEMM and one with delta_W cached in the model's dtype (GPUs)
@@ -266,6 +278,13 @@ class FourierFTKernels:
             indices = self.indices[adapter] = indices.to(spectrum.device)
         return ops.linear(x, weight, bias, spectrum, indices, self.out_features, self.in_features,
                           self.fourierft_scaling[adapter])
+
+    def _plan(self, x: torch.Tensor, spectrum: torch.Tensor, weight: torch.Tensor) -> str:
+        training = torch.is_grad_enabled() and (spectrum.requires_grad or weight.requires_grad)
+        may_cache = not training and _caching_allowed()
+        return _C.plan_layer_call(x.device, x.dtype, spectrum.dtype, x.numel() // max(x.shape[-1], 1),
+                                  self.out_features, self.in_features, spectrum.numel(), training, True, True,
+                                  weight.dtype, x.device == spectrum.device == weight.device, False, may_cache)
 
     def _mixed_batch_forward(self, x: torch.Tensor, *args: Any, adapter_names: list[str], **kwargs: Any):
         """Each row ``i`` of the batch through adapter ``adapter_names[i]`` (``"__base__"``: none)."""

@@ -1,4 +1,4 @@
-// Used by tests/python/test_checkpoint_peft.py: builds the C++ twin of tests/data/make_peft_twin.py,
+// Used by tests/python/integration/test_checkpoint_peft.py: builds the C++ twin of tests/data/make_peft_twin.py,
 // loads the base weights, adds a FourierFT adapter (random spectra, a changed head), saves it with
 // save_pretrained to argv[1], and writes a fixed input and this model's output to argv[1]/io.safetensors.
 #include <fourierft/fourierft.h>

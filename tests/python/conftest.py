@@ -3,6 +3,7 @@ scripts/bootstrap.sh into .venv) and the real peft/transformers packages, offlin
 import importlib.resources
 import os
 import pathlib
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -14,6 +15,9 @@ import torch  # noqa: E402
 import fourierft  # noqa: E402,F401  (registers torch.ops.fourierft.*)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+# The shared helpers of the suite (reference.py, models.py, fake_cuda.py, this conftest) import by name from the
+# integration suites in tests/python/integration/ too.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 import copy
 import datetime
 import gc
+import pathlib
 import subprocess
 import sys
 
@@ -11,7 +12,8 @@ import torch
 import torch.distributed as dist
 
 import fourierft
-from models import plain_peft_model
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # models.py, run as a script too
+from models import plain_peft_model  # noqa: E402
 
 
 class Block(torch.nn.Module):

@@ -10,7 +10,7 @@ import peft
 import torch
 from safetensors.torch import load_file
 
-ROOT = pathlib.Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[3]
 DATA = ROOT / "tests" / "data" / "peft_twin"
 TOOL = ROOT / "build" / "tests" / "fourierft_save_twin_adapter"
 

@@ -14,7 +14,7 @@ import peft
 import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
+ROOT = HERE.parents[2]
 SUITE = ROOT / "build" / "peft-src" / f"peft-{peft.__version__}"
 
 # Tests that need the Hugging Face hub (a model or config download): offline they fail in every mode,
