@@ -422,6 +422,11 @@ void DeltaCache::store(const std::string& name, const torch::Tensor& spectrum, d
   entries_[name] = std::move(entry);
 }
 
+std::size_t DeltaCache::size() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return entries_.size();
+}
+
 void DeltaCache::erase(const std::string& name) {
   std::lock_guard<std::mutex> lock(mutex_);
   entries_.erase(name);

@@ -441,6 +441,10 @@ std::pair<int64_t, int64_t> FourierFTModel::get_nb_trainable_parameters() const 
   return {trainable, total};
 }
 
+void FourierFTModel::clear_caches() {
+  for (auto& [name, layer] : all_layers()) layer->clear_caches();
+}
+
 void FourierFTModel::print_trainable_parameters(std::ostream& out) const {
   const auto [trainable, total] = get_nb_trainable_parameters();
   std::ostringstream percent;

@@ -124,6 +124,8 @@ class DeltaCache {
              std::optional<uint64_t> weight_stamp = std::nullopt);
   void erase(const std::string& name);
   void clear();
+  /// Entries held (each one weight-sized tensor).
+  std::size_t size() const;
 
  private:
   struct Entry {
@@ -179,6 +181,12 @@ class FourierFTLayer {
   /// Drops every adapter, leaving the base weights exactly as they are (merged deltas stay in
   /// them). Used by merge_and_unload / unload.
   void clear_adapters();
+
+  /// Drops the inference caches (delta_W, W + delta_W: one weight-sized tensor each); they are rebuilt on demand.
+  /// train(true) on the module does it too.
+  void clear_caches() { delta_cache_.clear(); }
+  /// How many weight-sized tensors the caches hold now.
+  std::size_t cached_tensors() const { return delta_cache_.size(); }
 
   /// enable_adapters(false): forward returns the base output (a merged layer is unmerged at the
   /// next forward, as in PEFT) and every spectrum is frozen; enable_adapters(true) undoes it.
@@ -257,6 +265,11 @@ class FourierFTLinearImpl : public torch::nn::Cloneable<FourierFTLinearImpl>, pu
   explicit FourierFTLinearImpl(const torch::nn::LinearOptions& base_options,
                                FourierFTLinearOptions options = {});
 
+  /// torch::nn::Module::train; going back to training drops the inference caches (a step uses none).
+  void train(bool on = true) override {
+    if (on) clear_caches();
+    torch::nn::Cloneable<FourierFTLinearImpl>::train(on);
+  }
   void reset() override;
   void pretty_print(std::ostream& stream) const override;
 

@@ -32,6 +32,11 @@ class LinearImpl : public torch::nn::Cloneable<LinearImpl>, public FourierFTLaye
   /// Registers `weight` and `bias` and initialises them exactly as torch::nn::Linear does (same random
   /// draws). The `fourierft_spectrum` dict is registered with the first adapter and dropped with the
   /// last, so a layer without adapters saves and loads exactly like torch::nn::Linear.
+  /// torch::nn::Module::train; going back to training drops the inference caches (a step uses none).
+  void train(bool on = true) override {
+    if (on) clear_caches();
+    torch::nn::Cloneable<LinearImpl>::train(on);
+  }
   void reset() override;
   void reset_parameters();
   void pretty_print(std::ostream& stream) const override;

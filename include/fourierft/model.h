@@ -108,6 +108,9 @@ class FourierFTModel {
   /// 0.21's unload()), with the active adapter's trained modules_to_save kept.
   std::shared_ptr<torch::nn::Module> unload();
 
+  /// Drops every adapted layer's inference caches (each a weight-sized tensor); they are rebuilt on demand.
+  void clear_caches();
+
   /// Parameters that require grad (what an optimizer should get).
   std::vector<torch::Tensor> trainable_parameters() const;
   /// (trainable, all) parameter counts, as PEFT's get_nb_trainable_parameters.

@@ -172,6 +172,30 @@ TEST(FourierFTLinear, DenseCacheFollowsSpectrumUpdates) {
   EXPECT_LE(relative_error(layer(x) - base, 2 * (before - base)), 1e-5);
 }
 
+TEST(FourierFTLinear, CachesAreDroppedByClearCachesAndByTrain) {
+  // A frozen float32 layer with many tokens: the plan keeps W + delta_W (CPU) between inference calls.
+  auto layer = make_layer(24, 20, 60, LinearPath::Auto);
+  layer->fourierft_spectrum->at("default").requires_grad_(false);
+  const auto x = torch::randn({4096, 24});
+  torch::Tensor first;
+  {
+    torch::NoGradGuard no_grad;
+    first = layer(x);
+  }
+  ASSERT_EQ(layer->cached_tensors(), 1u);
+  layer->clear_caches();
+  EXPECT_EQ(layer->cached_tensors(), 0u);
+  {
+    torch::NoGradGuard no_grad;
+    EXPECT_TRUE(torch::allclose(layer(x), first, 1e-5, 1e-5));  // rebuilt, same values
+  }
+  EXPECT_EQ(layer->cached_tensors(), 1u);
+  layer->eval();
+  EXPECT_EQ(layer->cached_tensors(), 1u);
+  layer->train();
+  EXPECT_EQ(layer->cached_tensors(), 0u);
+}
+
 TEST(FourierFTLinear, ZeroInitIsIdentity) {
   FourierFTLinear layer(torch::nn::LinearOptions(16, 8));
   layer->update_layer("default", AdapterOptions().n_frequency(20).init_weights(true));
