@@ -42,6 +42,18 @@ def relative(got, want):
     return ((got.double() - want).norm() / want.norm().clamp_min(1e-30)).item()
 
 
+def linear_inputs(out_features, in_features, n, leading, model_dtype, spectrum_dtype):
+    """indices, weight, bias, spectrum and a non-contiguous input (a transposed view) of fourierft.ops.linear, seeded
+    by n; spectrum and input require grad."""
+    torch.manual_seed(n)
+    indices = fourierft.ops.entry_indices(out_features, in_features, n, 11)
+    w = (torch.randn(out_features, in_features) / in_features**0.5).to(model_dtype)
+    b = torch.randn(out_features).to(model_dtype)
+    c = torch.randn(n).to(spectrum_dtype).requires_grad_(True)
+    x = torch.randn(in_features, *leading).to(model_dtype).movedim(0, -1).requires_grad_(True)
+    return indices, w, b, c, x
+
+
 MODEL_DTYPES = [(torch.float32, torch.float32, 1e-5), (torch.float64, torch.float64, 1e-10),
                 (torch.bfloat16, torch.float32, 1e-2), (torch.float16, torch.float32, 1e-2)]
 
@@ -55,12 +67,7 @@ def test_every_route_matches_float64(kernels, route, model_dtype, spectrum_dtype
     """Output, grad_x and grad_c of fourierft.ops.linear against float64 on the same (rounded) inputs: float32 models
     within 1e-5 relative, bfloat16/float16 within 1e-2 (the adapter's GEMMs run in the model's dtype). n = 1, odd
     widths, n = in x out (63 = 7 x 9), x non-contiguous (a transposed view)."""
-    torch.manual_seed(n)
-    indices = fourierft.ops.entry_indices(out_features, in_features, n, 11)
-    w = (torch.randn(out_features, in_features) / in_features**0.5).to(model_dtype)
-    b = torch.randn(out_features).to(model_dtype)
-    c = torch.randn(n).to(spectrum_dtype).requires_grad_(True)
-    x = torch.randn(in_features, *leading).to(model_dtype).movedim(0, -1).requires_grad_(True)
+    indices, w, b, c, x = linear_inputs(out_features, in_features, n, leading, model_dtype, spectrum_dtype)
     assert not x.is_contiguous()
     with fourierft.ops.linear_path(route):
         y = fourierft.ops.linear(x, w, b, c, indices, out_features, in_features, 20.0)
@@ -82,12 +89,7 @@ def test_kept_dense_operand_matches_float64_and_is_kept(route, model_dtype, spec
     and grad_c against float64, and the operand is among the saved tensors (one more weight-sized tensor) only with
     the option on and the dense route taken (forced here; on CUDA the cost model takes it at training sizes:
     test_fake_cuda.py)."""
-    torch.manual_seed(n)
-    indices = fourierft.ops.entry_indices(out_features, in_features, n, 11)
-    w = (torch.randn(out_features, in_features) / in_features**0.5).to(model_dtype)
-    b = torch.randn(out_features).to(model_dtype)
-    c = torch.randn(n).to(spectrum_dtype).requires_grad_(True)
-    x = torch.randn(in_features, *leading).to(model_dtype).movedim(0, -1).requires_grad_(True)
+    indices, w, b, c, x = linear_inputs(out_features, in_features, n, leading, model_dtype, spectrum_dtype)
     results = {}
     for keep in (False, True):
         saved = []

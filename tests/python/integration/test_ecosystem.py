@@ -4,7 +4,6 @@ import copy
 import datetime
 import gc
 import pathlib
-import subprocess
 import sys
 
 import pytest
@@ -13,6 +12,7 @@ import torch.distributed as dist
 
 import fourierft
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # models.py, run as a script too
+from distributed import run_workers  # noqa: E402
 from models import plain_peft_model  # noqa: E402
 
 
@@ -93,16 +93,8 @@ if __name__ == "__main__":  # one DDP worker: python test_ecosystem.py RANK WORL
 
 
 def test_ddp_two_gloo_processes_equal_one_process_on_the_full_batch(tmp_path):
-    # Two plain processes, a file rendezvous (no port to race for) and a time limit: the test fails, never hangs.
     out = tmp_path / "ddp.pt"
-    workers = [subprocess.Popen([sys.executable, __file__, str(rank), "2", str(tmp_path / "rendezvous"), str(out)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in range(2)]
-    try:
-        outputs = [w.communicate(timeout=240)[0] for w in workers]
-    finally:
-        for w in workers:
-            w.kill()
-    assert all(w.returncode == 0 for w in workers), outputs
+    run_workers(__file__, lambda rank: ("2", tmp_path / "rendezvous", out))
     single = adapted()
     x, y = _batch()
     _train(single, x, y)

@@ -5,7 +5,6 @@ equal one process's. The same model in one process does build its cache (so the 
 import datetime
 import gc
 import json
-import subprocess
 import sys
 
 import torch
@@ -69,15 +68,10 @@ def test_no_rank_keeps_a_cache_after_an_eval_pass_under_fsdp(tmp_path):
     single = adapted()
     want = eval_pass(single)
     assert cache_entries(single) == 2, "the single-process control builds no cache: the check below could not fail"
+    from distributed import run_workers  # (the workers, this file run as a script, do not need it)
+
     out = tmp_path / "report"
-    workers = [subprocess.Popen([sys.executable, __file__, str(rank), str(tmp_path / "rendezvous"), str(out)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in range(2)]
-    try:
-        outputs = [w.communicate(timeout=240)[0] for w in workers]
-    finally:
-        for w in workers:
-            w.kill()
-    assert all(w.returncode == 0 for w in workers), outputs
+    run_workers(__file__, lambda rank: (tmp_path / "rendezvous", out))
     for rank in range(2):
         report = json.loads((tmp_path / f"report.{rank}").read_text())
         for engine in ("fsdp2", "fsdp1"):
