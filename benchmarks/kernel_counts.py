@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT / "tests" / "python"))
 
 import fourierft  # noqa: E402
 import peft  # noqa: E402
-from fake_cuda import call_cuda, counting, cuda_tensor, fake_cuda, to_fake_cuda  # noqa: E402
+from fake_cuda import call_cuda, counting, cuda_tensor, fake_cuda, fake_peft_linear, to_fake  # noqa: E402
 from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily  # noqa: E402
 
 JSON_PATH = ROOT / "docs" / "kernel-counts.json"
@@ -42,7 +42,7 @@ N_FREQUENCY = 1000
 LORA_RANK = 32
 
 
-def _peft_layer(kind: str, out_features: int, in_features: int, device: str):
+def _peft_layer(kind: str, out_features: int, in_features: int):
     """One nn.Linear adapted by plain PEFT (kind "lora" or "fourierft") or left frozen ("frozen"), built on meta."""
     with unset_fake_temporarily():
         net = torch.nn.Sequential(torch.nn.Linear(in_features, out_features, bias=False, device="meta"))
@@ -51,32 +51,17 @@ def _peft_layer(kind: str, out_features: int, in_features: int, device: str):
             return net, net[0]
         config = (peft.LoraConfig(target_modules=["0"], r=LORA_RANK, lora_alpha=2 * LORA_RANK) if kind == "lora" else
                   peft.FourierFTConfig(target_modules=["0"], n_frequency=N_FREQUENCY, scaling=150.0))
-        with fourierft.registered(kind == "fourierft-ours"):
+        with fourierft.registered(False):
             model = peft.get_peft_model(net, config)
     return model, model.base_model.model[0]
-
-
-def _as_fake(module, device: str, float32_names=("lora_", "fourierft_spectrum")):
-    """Every parameter a fake tensor on `device`: bfloat16, except the adapters' (PEFT keeps them in float32)."""
-    for name, p in list(module.named_parameters()):
-        owner = module.get_submodule(name.rpartition(".")[0]) if "." in name else module
-        leaf = name.rpartition(".")[2]
-        dtype = torch.float32 if any(k in name for k in float32_names) else torch.bfloat16
-        owner._parameters[leaf] = torch.nn.Parameter(torch.empty(p.shape, dtype=dtype, device=device),
-                                                     requires_grad=p.requires_grad)
-    for owner in module.modules():
-        indices = owner.__dict__.get("indices")
-        if isinstance(indices, dict):
-            for k, t in list(indices.items()):
-                indices[k] = torch.empty(t.shape, dtype=t.dtype, device=device)
-    return module
 
 
 def peft_counts(kind: str, out_features: int, in_features: int) -> dict:
     """Training step and inference call of a plain-PEFT (or frozen) layer through autograd on fake CPU tensors."""
     with FakeTensorMode():
-        _, layer = _peft_layer(kind, out_features, in_features, "cpu")
-        _as_fake(layer, "cpu")
+        _, layer = _peft_layer(kind, out_features, in_features)
+        # bfloat16 base, float32 adapters (PEFT's default on a half-precision model)
+        to_fake(layer, torch.bfloat16, device="cpu", float32=("lora_", "fourierft_spectrum"))
         x = torch.empty(TOKENS, in_features, dtype=torch.bfloat16, requires_grad=True)
         g = torch.empty(TOKENS, out_features, dtype=torch.bfloat16)
 
@@ -126,13 +111,7 @@ def ours_counts(out_features: int, in_features: int, route: str = "auto") -> dic
             step()
         with counting() as counted:
             step()
-        with unset_fake_temporarily():
-            net = torch.nn.Sequential(torch.nn.Linear(in_features, out_features, bias=False, device="meta"))
-            model = fourierft.get_peft_model(net, fourierft.FourierFTConfig(target_modules=["0"],
-                                                                            n_frequency=N_FREQUENCY, scaling=150.0))
-        to_fake_cuda(model, torch.bfloat16)
-        layer = model.base_model.model[0]
-        layer.fourierft_spectrum["default"] = torch.nn.Parameter(cuda_tensor(N_FREQUENCY), requires_grad=False)
+        _, layer = fake_peft_linear(out_features, in_features, N_FREQUENCY, torch.bfloat16, bias=False)
         xi = cuda_tensor(4, TOKENS // 4, in_features, dtype=torch.bfloat16)
         with torch.no_grad(), counting():
             layer(xi)  # builds the inference cache

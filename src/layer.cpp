@@ -333,13 +333,7 @@ torch::Tensor FourierFTLayer::dense_delta(const std::string& name, const Adapter
   const auto& spectrum = spectra().at(name);
   const bool frozen = !(torch::GradMode::is_enabled() && spectrum.requires_grad());
   if (!frozen) return get_delta_weight(name);
-  auto delta = delta_cache_.find(name, spectrum, state.scaling);
-  if (!delta.defined()) {
-    torch::NoGradGuard no_grad;
-    delta = get_delta_weight(name);
-    delta_cache_.store(name, spectrum, state.scaling, delta);
-  }
-  return delta;
+  return delta_cache_.find_or_build(name, spectrum, state.scaling, [&] { return get_delta_weight(name); });
 }
 
 torch::Tensor FourierFTLayer::adapter_forward(const std::string& name, const torch::Tensor& x) {
@@ -420,6 +414,19 @@ void DeltaCache::store(const std::string& name, const torch::Tensor& spectrum, d
   entry.delta = std::move(delta);
   std::lock_guard<std::mutex> lock(mutex_);
   entries_[name] = std::move(entry);
+}
+
+torch::Tensor DeltaCache::find_or_build(const std::string& name, const torch::Tensor& spectrum, double scaling,
+                                        const std::function<torch::Tensor()>& build,
+                                        std::optional<uint64_t> weight_stamp) {
+  auto cached = find(name, spectrum, scaling, weight_stamp);
+  if (cached.defined()) return cached;
+  {
+    torch::NoGradGuard no_grad;
+    cached = build();
+  }
+  store(name, spectrum, scaling, cached, weight_stamp);
+  return cached;
 }
 
 std::size_t DeltaCache::size() const {
@@ -503,31 +510,18 @@ const std::string* FourierFTLayer::single_active_adapter() const {
 }
 
 torch::Tensor FourierFTLayer::cached_merged_weight(const std::string& name, const AdapterState& state) {
-  const std::string key = name + "\x1fweight";
-  const auto& spectrum = spectra().at(name);
   const auto& weight = base_weight();
-  const uint64_t stamp = fingerprint(weight);  // W changes behind its version counter (merge, .data() writes)
-  auto merged = delta_cache_.find(key, spectrum, state.scaling, stamp);
-  if (!merged.defined() || merged.scalar_type() != weight.scalar_type()) {
-    torch::NoGradGuard no_grad;
-    merged = get_delta_weight(name).to(weight.scalar_type()).add_(weight);
-    delta_cache_.store(key, spectrum, state.scaling, merged, stamp);
-  }
-  return merged;
+  // W changes behind its version counter (merge, .data() writes): its fingerprint (values, dtype, shape) is keyed too.
+  return delta_cache_.find_or_build(name + "\x1fweight", spectra().at(name), state.scaling,
+                                    [&] { return get_delta_weight(name).to(weight.scalar_type()).add_(weight); },
+                                    fingerprint(weight));
 }
 
 torch::Tensor FourierFTLayer::cached_model_delta(const std::string& name, const AdapterState& state,
                                                  at::ScalarType dtype) {
   // Keyed apart from the spectrum-dtype delta_W of the dense adapter path (same values, another dtype).
-  const std::string key = name + "\x1f" + c10::toString(dtype);
-  const auto& spectrum = spectra().at(name);
-  auto delta = delta_cache_.find(key, spectrum, state.scaling);
-  if (!delta.defined()) {
-    torch::NoGradGuard no_grad;
-    delta = get_delta_weight(name).to(dtype);
-    delta_cache_.store(key, spectrum, state.scaling, delta);
-  }
-  return delta;
+  return delta_cache_.find_or_build(name + "\x1f" + c10::toString(dtype), spectra().at(name), state.scaling,
+                                    [&] { return get_delta_weight(name).to(dtype); });
 }
 
 torch::Tensor FourierFTLayer::adapted_forward(

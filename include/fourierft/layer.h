@@ -122,6 +122,10 @@ class DeltaCache {
                      std::optional<uint64_t> weight_stamp = std::nullopt) const;
   void store(const std::string& name, const torch::Tensor& spectrum, double scaling, torch::Tensor delta,
              std::optional<uint64_t> weight_stamp = std::nullopt);
+  /// find, or else `build()` (under no_grad) and store.
+  torch::Tensor find_or_build(const std::string& name, const torch::Tensor& spectrum, double scaling,
+                              const std::function<torch::Tensor()>& build,
+                              std::optional<uint64_t> weight_stamp = std::nullopt);
   void erase(const std::string& name);
   void clear();
   /// Entries held (each one weight-sized tensor).

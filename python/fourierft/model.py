@@ -71,6 +71,8 @@ IMPLEMENTED_FIELDS = frozenset({"n_frequency", "scaling", "random_loc_seed", "fa
 _MATH_FIELDS = {"alpha": None, "ifft2_norm": "backward"}
 #: The PEFT versions whose FourierFT fourierft reproduces (pyproject.toml's range).
 SUPPORTED_PEFT = ">=0.17,<0.22"
+#: A field with no value that leaves the math unchanged.
+_NO_NEUTRAL = object()
 
 
 def _base_fields() -> set:
@@ -84,9 +86,6 @@ def _refuse_field(where: str, field: str, value, neutral, saved_elsewhere: bool 
                      f"{peft.__version__}; fourierft reproduces PEFT {SUPPORTED_PEFT}"
                      + (f", where {field}={neutral!r}" if neutral is not _NO_NEUTRAL else "")
                      + "). Remove it or use a fourierft release that supports it.")
-
-
-_NO_NEUTRAL = object()
 
 
 def check_unimplemented_fields(config, where: str) -> None:

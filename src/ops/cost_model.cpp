@@ -381,12 +381,8 @@ RouteCosts linear_route_costs(const LayerCall& call, RoutePass pass) {
 }
 
 LinearPath linear_route(const LayerCall& call, RoutePass pass) {
-  switch (forced_linear_path.load(std::memory_order_relaxed)) {
-    case LinearPath::Spectral: return LinearPath::Spectral;
-    case LinearPath::Dense: return LinearPath::Dense;
-    case LinearPath::Folded: return LinearPath::Folded;
-    case LinearPath::Auto: break;
-  }
+  const auto forced = forced_linear_path.load(std::memory_order_relaxed);
+  if (forced != LinearPath::Auto) return forced;
   const auto costs = linear_route_costs(call, pass);
   if (on_cpu(call)) {
     if (costs.spectral <= costs.dense && costs.spectral <= costs.folded) return LinearPath::Spectral;

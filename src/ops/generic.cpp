@@ -176,16 +176,20 @@ at::Tensor dense_grad_spectrum(const at::Tensor& outer, const IndexPlan& plan, d
       .to(spectrum_dtype);
 }
 
-// The dense route's forward over x's rows: the output, and the dense operand it applied (W + delta_W when x has the
-// spectrum's dtype: one GEMM; else delta_W in the model's dtype beside the base GEMM, float32 accumulation).
+// The dense route's operand for a model of dtype `x_dtype`: W + delta_W when x has the spectrum's dtype (one GEMM
+// applies the whole layer), else delta_W in the model's dtype (applied beside the base GEMM, float32 accumulation).
+at::Tensor dense_operand_of(at::ScalarType x_dtype, const at::Tensor& weight, const at::Tensor& spectrum,
+                            const IndexPlan& plan, double scaling) {
+  auto operand = dense_delta(spectrum, plan, scaling, x_dtype);
+  return x_dtype == spectrum.scalar_type() ? operand.add_(weight) : operand;
+}
+
+// The dense route's forward over x's rows: the output, and the dense operand it applied.
 std::pair<at::Tensor, at::Tensor> dense_forward(const at::Tensor& x2d, const at::Tensor& weight,
                                                 const std::optional<at::Tensor>& bias, const at::Tensor& spectrum,
                                                 const IndexPlan& plan, double scaling) {
-  auto operand = dense_delta(spectrum, plan, scaling, x2d.scalar_type());
-  if (x2d.scalar_type() == spectrum.scalar_type()) {
-    operand.add_(weight);
-    return {at::linear(x2d, operand, bias), operand};
-  }
+  const auto operand = dense_operand_of(x2d.scalar_type(), weight, spectrum, plan, scaling);
+  if (x2d.scalar_type() == spectrum.scalar_type()) return {at::linear(x2d, operand, bias), operand};
   return {at::linear(x2d, weight, bias).addmm_(x2d, operand.t()), operand};
 }
 
@@ -356,8 +360,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_gener
   if (dense_grad_x || dense_grad_c) {
     const auto plan = index_plan(indices, out_features, in_features);
     if (dense_grad_x) {
-      auto operand = kept ? *dense_operand : dense_delta(spectrum, *plan, scaling, x.scalar_type());
-      if (same && !kept) operand.add_(weight);
+      const auto operand =
+          kept ? *dense_operand : dense_operand_of(x.scalar_type(), weight, spectrum, *plan, scaling);
       grad_x = dense_input_grad(g2d, weight, operand, same).view(grad_x_shape);
     }
     if (dense_grad_c) {

@@ -30,7 +30,7 @@ from collections import Counter as Tally
 from typing import Iterator
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensorMode, unset_fake_temporarily
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -39,9 +39,8 @@ CUDA = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
 
 # Host synchronisations: the host reads a result (a size or a value) before it can go on.
 SYNC_OPS = {
-    aten._unique2, aten.unique_dim, aten.unique_consecutive, aten._unique, aten.nonzero, aten.nonzero_static,
-    aten.masked_select, aten._local_scalar_dense, aten.equal, aten.is_nonzero, aten.repeat_interleave,
-    aten.bincount, aten.histc,
+    aten._unique2, aten.unique_dim, aten.unique_consecutive, aten._unique, aten.nonzero, aten.masked_select,
+    aten._local_scalar_dense, aten.equal, aten.is_nonzero, aten.repeat_interleave, aten.bincount,
 }
 # Ops that dispatch but launch no kernel: allocations without initialisation and sparse tensor construction.
 NO_KERNEL_OPS = {
@@ -184,23 +183,50 @@ def call_cuda(op, *args):
     return op.redispatch(CUDA, *args)
 
 
-def to_fake_cuda(module: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
+def to_fake(module: torch.nn.Module, dtype: torch.dtype | None = None, device: str = "cuda",
+            float32: tuple[str, ...] = ()) -> torch.nn.Module:
     """``module`` (built on any device, e.g. ``"meta"``) with every parameter and buffer replaced by an uninitialised
-    fake CUDA tensor of its shape (and ``dtype``, if given, for floating point ones); call inside :func:`fake_cuda`.
-    ``Module.to``/``to_empty`` cannot swap real parameters for fake ones, and initialisers need a CUDA generator."""
-    for owner in module.modules():
+    fake tensor on ``device`` of its shape, floating point ones in ``dtype`` if given, except parameters whose name
+    contains one of ``float32`` (PEFT keeps adapters in float32 on a half-precision model); PEFT's FourierFT entry
+    indices (a plain dict) too. Call inside a FakeTensorMode. ``Module.to``/``to_empty`` cannot swap real parameters
+    for fake ones, and initialisers need a CUDA generator."""
+    def dtype_of(t: torch.Tensor, name: str) -> torch.dtype:
+        if not t.is_floating_point():
+            return t.dtype
+        return torch.float32 if any(k in name for k in float32) else (dtype or t.dtype)
+
+    for prefix, owner in module.named_modules():
         for name, p in list(owner._parameters.items()):
             if p is not None:
-                dt = dtype if dtype is not None and p.is_floating_point() else p.dtype
-                owner._parameters[name] = torch.nn.Parameter(torch.empty(p.shape, dtype=dt, device="cuda"),
-                                                             requires_grad=p.requires_grad)
+                full = f"{prefix}.{name}" if prefix else name
+                owner._parameters[name] = torch.nn.Parameter(
+                    torch.empty(p.shape, dtype=dtype_of(p, full), device=device), requires_grad=p.requires_grad)
         for name, b in list(owner._buffers.items()):
             if b is not None:
-                dt = dtype if dtype is not None and b.is_floating_point() else b.dtype
-                owner._buffers[name] = torch.empty(b.shape, dtype=dt, device="cuda")
-        # PEFT's FourierFT layers keep their entry indices in a plain dict.
+                owner._buffers[name] = torch.empty(b.shape, dtype=dtype_of(b, ""), device=device)
         indices = owner.__dict__.get("indices")
         if isinstance(indices, dict):
             for name, t in list(indices.items()):
-                indices[name] = torch.empty(t.shape, dtype=t.dtype, device="cuda")
+                indices[name] = torch.empty(t.shape, dtype=t.dtype, device=device)
     return module
+
+
+def fake_peft_linear(out_features=3072, in_features=3072, n=1000, dtype=torch.bfloat16, adapters=("default",),
+                     bias=True, scaling=150.0):
+    """A PEFT model of one nn.Linear (fourierft's layer) with fake CUDA parameters: the model dtype ``dtype``, PEFT's
+    float32 spectra, frozen. Built on "meta" (PEFT moves new adapters with .to(device), which aborts on fake CUDA, and
+    compares index tensors when adapters are added, which needs values), then swapped to fake CUDA; call inside
+    :func:`fake_cuda`. Returns (model, layer)."""
+    import fourierft
+
+    with unset_fake_temporarily():
+        net = torch.nn.Sequential(torch.nn.Linear(in_features, out_features, bias=bias, device="meta"))
+        config = fourierft.FourierFTConfig(target_modules=["0"], n_frequency=n, scaling=scaling)
+        model = fourierft.get_peft_model(net, config, adapter_name=adapters[0])
+        for name in adapters[1:]:
+            model.add_adapter(name, config)
+    to_fake(model, dtype, float32=("fourierft_spectrum",))
+    layer = model.base_model.model[0]
+    for spectrum in layer.fourierft_spectrum.values():
+        spectrum.requires_grad_(False)
+    return model, layer

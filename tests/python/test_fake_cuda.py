@@ -8,10 +8,9 @@ tests/python/fake_cuda.py.
 """
 import pytest
 import torch
-from torch._subclasses.fake_tensor import unset_fake_temporarily
 
 import fourierft
-from fake_cuda import call_cuda, counting, cuda_tensor, fake_cuda, to_fake_cuda
+from fake_cuda import call_cuda, counting, cuda_tensor, fake_cuda, fake_peft_linear
 
 ops = torch.ops.fourierft
 SCALING = 150.0
@@ -175,21 +174,6 @@ def test_spectral_patterns_are_built_once_per_indices_tensor():
 
 
 # ---- the Python layer ---------------------------------------------------------------------------------------------
-def fake_peft_linear(out_features=3072, in_features=3072, n=1000, dtype=torch.bfloat16, adapters=("default",)):
-    """A PEFT model of one nn.Linear (fourierft's layer) with fake CUDA parameters: the model dtype `dtype`, PEFT's
-    float32 spectra. Built on "meta" (PEFT moves new adapters with .to(device), which aborts on fake CUDA), then
-    swapped to fake CUDA; call inside fake_cuda()."""
-    with unset_fake_temporarily():  # PEFT compares index tensors when adapters are added: values needed
-        net = torch.nn.Sequential(torch.nn.Linear(in_features, out_features, device="meta"))
-        config = fourierft.FourierFTConfig(target_modules=["0"], n_frequency=n, scaling=SCALING)
-        model = fourierft.get_peft_model(net, config, adapter_name=adapters[0])
-        for name in adapters[1:]:
-            model.add_adapter(name, config)
-    to_fake_cuda(model, dtype)
-    layer = model.base_model.model[0]
-    for name in adapters:  # PEFT keeps the adapter in float32 on a half-precision model
-        layer.fourierft_spectrum[name] = torch.nn.Parameter(torch.empty(n, device="cuda"), requires_grad=False)
-    return model, layer
 
 
 def test_layer_inference_launches_base_gemm_plus_one_and_never_syncs():
