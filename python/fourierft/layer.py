@@ -16,6 +16,8 @@ from torch.nn.modules import module as _module
 
 from . import _C
 from . import ops
+from . import quantized
+from peft.tuners.tuners_utils import check_adapters_to_merge
 
 __all__ = ["FourierFTLinear", "FourierFTKernels", "BASE_ADAPTER", "clear_caches", "mixed_adapter_output",
            "share_entry_indices"]
@@ -185,7 +187,8 @@ class FourierFTKernels:
         if torch.compiler.is_compiling():
             return ops.spectral_linear(x, spectrum, indices, self.out_features, self.in_features, scaling)
         training = torch.is_grad_enabled() and spectrum.requires_grad
-        caching = not training and _caching_allowed()
+        # no cache over a quantized base: delta_W would be 2-8x the quantized weight it serves
+        caching = not training and _caching_allowed() and quantized.quantization_of(self.get_base_layer()) is None
         delta = self._cached_delta(adapter, spectrum) if caching else None
         route = _C.plan_layer_call(x.device, x.dtype, spectrum.dtype, x.numel() // max(x.shape[-1], 1),
                                    self.out_features, self.in_features, spectrum.numel(), training, False, False,
@@ -302,6 +305,36 @@ class FourierFTLinear(FourierFTKernels, PeftFourierFTLinear):
         tensor, so a resident adapter costs only its spectrum."""
         super().update_layer(adapter_name, n_frequency, config=config, **kwargs)
         share_entry_indices(self, adapter_name)
+
+    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+        """PEFT's ``merge``; over a bitsandbytes-quantized base (which PEFT cannot merge into), the weight is
+        dequantized, ``delta_W`` of every adapter added in float32 and the sum quantized again with the layer's own
+        settings (``fourierft.quantized``)."""
+        base = self.get_base_layer()
+        if quantized.quantization_of(base) is None:
+            return super().merge(safe_merge=safe_merge, adapter_names=adapter_names)
+        names = [a for a in check_adapters_to_merge(self, adapter_names) if a in self.fourierft_spectrum]
+        if not names:
+            return None
+        with torch.no_grad():
+            quantized.merge_into(base, [self.get_delta_weight(a) for a in names],
+                                 f"{type(base).__name__} (adapters {', '.join(names)})", safe_merge)
+        self.merged_adapters.extend(names)
+        self.clear_caches()
+        return None
+
+    def unmerge(self) -> None:
+        """PEFT's ``unmerge``; over a quantized base, the merged ``delta_W`` are subtracted and the weight quantized
+        again (with a warning: not bit-identical to the weight before the merge)."""
+        base = self.get_base_layer()
+        if quantized.quantization_of(base) is None or not self.merged:
+            return super().unmerge()
+        names = [a for a in reversed(self.merged_adapters) if a in self.fourierft_spectrum]
+        with torch.no_grad():
+            quantized.unmerge_from(base, [self.get_delta_weight(a) for a in names])
+        self.merged_adapters.clear()
+        self.clear_caches()
+        return None
 
 
 def mixed_adapter_output(layer, x: torch.Tensor, adapter_names) -> torch.Tensor:

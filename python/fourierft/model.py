@@ -36,6 +36,7 @@ from peft.utils.other import AuxiliaryTrainingWrapper, transpose
 from torch import nn
 
 from . import _C
+from . import quantized
 from .layer import BASE_ADAPTER, FourierFTKernels, FourierFTLinear
 
 __all__ = ["FourierFTModel", "get_peft_model", "load_adapter", "register", "registered", "is_registered",
@@ -260,7 +261,8 @@ class FourierFTModel(PeftFourierFTModel):
             todo = [a for a in names if a in module.fourierft_spectrum and a not in module.merged_adapters]
             if not todo:
                 continue
-            weight = module.get_base_layer().weight
+            base = module.get_base_layer()
+            weight = quantized.dequantized_weight(base) if quantized.quantization_of(base) else base.weight
             with torch.no_grad():
                 merged = weight.detach().clone()
                 for adapter in todo:
@@ -551,15 +553,15 @@ def check_checkpoint(model: nn.Module, model_id: Union[str, os.PathLike],
             module = modules.get(path)
             if isinstance(module, BaseTunerLayer):
                 module = module.get_base_layer()
-            weight = getattr(module, "weight", None)
-            if module is None or weight is None or weight.dim() != 2:
+            shape = _linear_shape(module)
+            if shape is None:
                 raise ValueError(f"{file}: spectrum {key!r} is for module {path!r}, which the model "
                                  f"({type(inner).__name__}) has no linear layer at")
-            size = weight.shape[0] * weight.shape[1]
+            size = shape[0] * shape[1]
             if tensor.dim() != 1 or not tensor.is_floating_point() or not 1 <= tensor.numel() <= size:
                 raise ValueError(f"{file}: spectrum {key!r} has shape {list(tensor.shape)} and dtype {tensor.dtype}; "
                                  f"expected 1-D floating point with 1..{size} values for {path!r} "
-                                 f"(weight {list(weight.shape)})")
+                                 f"({shape[0]} x {shape[1]})")
             if config.target_modules not in (None, "all-linear") and not check_target_module_exists(config, path):
                 raise ValueError(f"{file}: spectrum {key!r} is for module {path!r}, which {config_file} does not "
                                  f"target (target_modules={_describe_targets(config.target_modules)}, "
@@ -580,6 +582,17 @@ def check_checkpoint(model: nn.Module, model_id: Union[str, os.PathLike],
                 raise ValueError(f"{file}: tensor {key!r} has shape {list(tensor.shape)}, the model's {name!r} "
                                  f"has {list(param.shape)}")
     return tensors
+
+
+def _linear_shape(module: Optional[nn.Module]) -> Optional[tuple[int, int]]:
+    """``(out, in)`` of a linear module from ``out_features``/``in_features`` (a quantized weight's shape is its packed
+    storage's, not out x in); a transformers ``Conv1D`` or other 2-D weight by its shape; None if not linear."""
+    if isinstance(module, nn.Linear):
+        return module.out_features, module.in_features
+    weight = getattr(module, "weight", None)
+    if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+        return tuple(weight.shape)
+    return None
 
 
 def _describe_targets(targets) -> str:
