@@ -96,6 +96,22 @@ at::ScalarType output_dtype(const std::string& wanted, at::ScalarType original) 
   return at::kBFloat16;
 }
 
+// The tensors a bitsandbytes-quantized layer saves beside its weight (transformers' save_pretrained of a 4-bit or
+// 8-bit model): "<weight>.absmax", "<weight>.quant_map", "<weight>.nested_*", "<weight>.quant_state.bitsandbytes__*"
+// (4-bit), "<layer>.SCB" and "<layer>.weight_format" (8-bit). Empty for a float weight.
+std::vector<std::string> bitsandbytes_tensors(const std::map<std::string, st::TensorInfo>& base,
+                                              const std::string& weight) {
+  const std::string layer = weight.substr(0, weight.size() - std::string("weight").size());
+  std::vector<std::string> found;
+  for (auto it = base.lower_bound(weight + "."); it != base.end() && it->first.rfind(weight + ".", 0) == 0; ++it) {
+    found.push_back("'" + it->first + "'");
+  }
+  for (const char* name : {"SCB", "weight_format"}) {
+    if (base.count(layer + name)) found.push_back("'" + layer + name + "'");
+  }
+  return found;
+}
+
 Plan make_plan(const Options& options, const fourierft::FourierFTConfig& config, const st::File& adapter,
                const fs::path& adapter_file) {
   Plan plan;
@@ -151,6 +167,12 @@ Plan make_plan(const Options& options, const fourierft::FourierFTConfig& config,
       TORCH_CHECK_VALUE(it != base.end(), adapter_file.string(), ": spectrum '", key, "' adapts '", weight,
                         "', which the base checkpoint ", options.base.string(),
                         " does not have: is the adapter for another model?");
+      const auto quantization = bitsandbytes_tensors(base, weight);
+      TORCH_CHECK_VALUE(quantization.empty(), options.base.string(), ": '", weight,
+                        "' is quantized by bitsandbytes (", c10::Join(", ", quantization), " beside it, dtype ",
+                        it->second.dtype, "); fourierft-merge merges into float weights only. Merge in Python: "
+                        "merge_and_unload() re-quantizes the layer, or fourierft.quantized.dequantize(model, dtype) "
+                        "before it keeps float weights (docs/large-models.md)");
       const auto& shape = it->second.shape;
       TORCH_CHECK_VALUE(shape.size() == 2 && at::isFloatingType(it->second.dtype), options.base.string(), ": '",
                         weight, "' has shape ", c10::IntArrayRef(shape), " and dtype ", it->second.dtype,

@@ -23,6 +23,7 @@ from peft import FourierFTConfig  # noqa: E402
 from . import _C  # noqa: E402
 from . import ops  # noqa: E402
 from . import optim  # noqa: E402
+from . import quantized  # noqa: E402
 from . import serving  # noqa: E402
 from .layer import BASE_ADAPTER, FourierFTLinear, clear_caches  # noqa: E402
 from .serving import hotswap_adapter  # noqa: E402
@@ -53,6 +54,7 @@ __all__ = [
     "load_adapter",
     "ops",
     "optim",
+    "quantized",
     "register",
     "registered",
     "serving",

@@ -1,7 +1,7 @@
 """fourierft-merge (C++, no Python at run time) against PEFT's merge_and_unload + save_pretrained, on
 transformers checkpoints: LLaMA (sharded and not, float32 and bfloat16) and GPT-2 (Conv1D:
 fan_in_fan_out), with a modules_to_save head; and every kind of bad input: non-zero exit, a message
-naming the tensor and the numbers, and no output directory left behind."""
+naming the tensor and the numbers, and no output directory left behind (a bitsandbytes-quantized base among them)."""
 import json
 import os
 import pathlib
@@ -169,6 +169,23 @@ def bad_input_case(tmp_path, breakage):
     elif breakage == "broken adapter config":
         (adapter / "adapter_config.json").write_text('{"peft_type": "LORA"}')
         words = ["adapter_config.json"]
+    elif breakage in ("4-bit base", "8-bit base"):  # the tensors transformers saves for a bitsandbytes model
+        bnb = pytest.importorskip("bitsandbytes")
+        tensors = load_file(base / "model.safetensors")
+        for layer in (0, 1):
+            for proj in ("q_proj", "v_proj"):
+                prefix = f"model.layers.{layer}.self_attn.{proj}."
+                weight = tensors.pop(prefix + "weight")
+                quantized = (bnb.nn.Linear4bit(weight.shape[1], weight.shape[0], bias=False, quant_type="nf4")
+                             if breakage == "4-bit base" else
+                             bnb.nn.Linear8bitLt(weight.shape[1], weight.shape[0], bias=False, has_fp16_weights=False))
+                quantized.load_state_dict({"weight": weight})
+                for name, value in quantized.to("cpu").state_dict().items():
+                    tensors[prefix + name] = value.contiguous()
+        save_file(tensors, base / "model.safetensors", metadata={"format": "pt"})
+        words = ["model.layers.0.self_attn.q_proj.weight' is quantized by bitsandbytes", "merge_and_unload()",
+                 "fourierft.quantized.dequantize"]
+        words.append("q_proj.weight.absmax" if breakage == "4-bit base" else "q_proj.SCB")
     elif breakage == "existing output":
         out.mkdir()
         (out / "keep.txt").write_text("mine")
@@ -178,7 +195,7 @@ def bad_input_case(tmp_path, breakage):
 
 @pytest.mark.parametrize("breakage", ["adapter for another model", "missing base tensor", "head shape mismatch",
                                       "spectrum too long", "truncated base", "broken adapter config",
-                                      "existing output"])
+                                      "existing output", "4-bit base", "8-bit base"])
 def test_bad_input_fails_cleanly(tmp_path, breakage):
     base, adapter, out, words = bad_input_case(tmp_path, breakage)
     before = sorted(p.name for p in tmp_path.iterdir())
