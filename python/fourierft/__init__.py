@@ -21,6 +21,7 @@ import torch as _torch  # noqa: E402,F401  (loads LibTorch before the extension 
 from peft import FourierFTConfig  # noqa: E402
 
 from . import _C  # noqa: E402
+from . import distributed  # noqa: E402
 from . import ops  # noqa: E402
 from . import optim  # noqa: E402
 from . import quantized  # noqa: E402
@@ -46,6 +47,7 @@ __all__ = [
     "accelerate",
     "check_checkpoint",
     "clear_caches",
+    "distributed",
     "cmake_prefix_path",
     "get_peft_model",
     "hotswap_adapter",

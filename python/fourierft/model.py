@@ -36,6 +36,7 @@ from peft.utils.other import AuxiliaryTrainingWrapper, transpose
 from torch import nn
 
 from . import _C
+from . import distributed
 from . import quantized
 from .layer import BASE_ADAPTER, FourierFTKernels, FourierFTLinear
 
@@ -273,18 +274,20 @@ class FourierFTModel(PeftFourierFTModel):
                         "broken; nothing was merged (safe_merge checks every layer before changing any)")
 
     def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
-        """PEFT's ``merge_adapter``; unknown names raise, and with ``safe_merge`` every layer is checked before any
-        is merged."""
+        """PEFT's ``merge_adapter``; unknown names raise, a model sharded by FSDP is refused, and with ``safe_merge``
+        every layer is checked before any is merged."""
         self._check_adapter_names(adapter_names, "merge_adapter")
+        distributed.check_not_sharded(self.model, "merge_adapter")
         if safe_merge:
             self._check_safe_merge(adapter_names)
         super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
 
     def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False,
                          adapter_names: Optional[list[str]] = None) -> nn.Module:
-        """PEFT's ``merge_and_unload``; unknown names raise, and with ``safe_merge`` every layer is checked before
-        any is merged."""
+        """PEFT's ``merge_and_unload``; unknown names raise, a model sharded by FSDP is refused, and with
+        ``safe_merge`` every layer is checked before any is merged."""
         self._check_adapter_names(adapter_names, "merge_and_unload")
+        distributed.check_not_sharded(self.model, "merge_and_unload")
         if safe_merge:
             self._check_safe_merge(adapter_names)
         return super().merge_and_unload(progressbar=progressbar, safe_merge=safe_merge, adapter_names=adapter_names)
