@@ -242,6 +242,14 @@ class FourierFTModel(PeftFourierFTModel):
                 self.targeted_parameter_names[:] = targeted[1]
             raise
 
+    def train(self, mode: bool = True):
+        """``nn.Module.train``; going back to training also puts 4-bit layers that bitsandbytes repacked for its CPU
+        inference kernel back into its standard layout (``fourierft.quantized.standard_layout``): bitsandbytes 0.50
+        cannot train a repacked layer, and a CPU model evaluated before or during training would fail."""
+        if mode:
+            quantized.standard_layout(self.model)
+        return super().train(mode)
+
     def _check_adapter_names(self, adapter_names: Optional[list[str]], what: str) -> None:
         """Unknown names raise before anything is merged (PEFT's merge skips them silently)."""
         if adapter_names is None:

@@ -19,7 +19,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-__all__ = ["quantization_of", "dequantized_weight", "set_weight", "dequantize"]
+__all__ = ["quantization_of", "dequantized_weight", "set_weight", "dequantize", "standard_layout"]
 
 
 def quantization_of(layer: nn.Module) -> Optional[str]:
@@ -45,6 +45,45 @@ def _unpacked_cpu_codes(data: torch.Tensor) -> torch.Tensor:
     return codes.reshape(rows // 32, half, 32, 2).transpose(1, 2).reshape(rows, 2 * half)
 
 
+def _is_cpu_packed(layer: nn.Module) -> bool:
+    return quantization_of(layer) == "4bit" and getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
+
+
+def _cpu_packed_weight(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(codes [out, in], absmax [out, in/blocksize] float32)`` of a 4-bit weight in bitsandbytes' CPU layout."""
+    state = layer.weight.quant_state
+    codes = _unpacked_cpu_codes(layer.weight.data.view(torch.uint8))
+    return codes, state.absmax.float().T.contiguous()
+
+
+def standard_layout(model: nn.Module) -> int:
+    """Puts every 4-bit layer of ``model`` that bitsandbytes repacked for its CPU kernel (at an eval forward on a CPU
+    with AVX512-BF16) back into bitsandbytes' standard layout, exactly: the same codes and the block scales the layer
+    computes with (as float32, without double quantization, which the repacking dissolved). bitsandbytes 0.50 cannot
+    train a repacked layer (its backward is missing) and saves it lossily; ``train()`` of a fourierft model calls this.
+    Returns how many layers were converted."""
+    from bitsandbytes.functional import QuantState
+
+    converted = 0
+    for layer in model.modules():
+        if not _is_cpu_packed(layer):
+            continue
+        state = layer.weight.quant_state
+        codes, absmax = _cpu_packed_weight(layer)
+        pairs = codes.reshape(-1, 2).to(torch.uint8)
+        data = ((pairs[:, 0] << 4) | pairs[:, 1]).reshape(getattr(state, "original_qshape", (-1, 1)))
+        if getattr(state, "original_storage_type", None) is not None:
+            data = data.view(state.original_storage_type)
+        standard = QuantState(absmax=absmax.reshape(-1), shape=state.shape, code=state.code,
+                              blocksize=state.blocksize, quant_type=state.quant_type,
+                              dtype=getattr(state, "original_dtype", state.dtype))
+        layer.weight.data = data
+        layer.weight.quant_state = standard
+        layer.quant_state = standard
+        converted += 1
+    return converted
+
+
 def dequantized_weight(layer: nn.Module) -> torch.Tensor:
     """The ``[out_features, in_features]`` float32 weight a quantized layer computes with now, whatever layout it is
     in (bitsandbytes' standard layout, its CPU-repacked one, 8-bit scales on the weight or on the layer's state).
@@ -55,12 +94,11 @@ def dequantized_weight(layer: nn.Module) -> torch.Tensor:
     weight = layer.weight
     if kind == "4bit":
         state = weight.quant_state
-        if getattr(state, "packing_format_for_cpu", False):
-            # absmax is [in/blocksize, out] bf16 here, double quantization already undone
-            codes = _unpacked_cpu_codes(weight.data.view(torch.uint8))
+        if getattr(state, "packing_format_for_cpu", False):  # double quantization already undone there
+            codes, absmax = _cpu_packed_weight(layer)
             rows, cols = codes.shape
             values = state.code.float()[codes.long()].reshape(rows, cols // state.blocksize, state.blocksize)
-            return (values * state.absmax.float().T.reshape(rows, -1, 1)).reshape(rows, cols)
+            return (values * absmax.reshape(rows, -1, 1)).reshape(rows, cols)
         return bnb.functional.dequantize_4bit(weight.data, state).float().reshape(layer.out_features,
                                                                                    layer.in_features)
     if kind == "8bit":

