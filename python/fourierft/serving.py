@@ -20,14 +20,11 @@ import peft
 import torch
 
 # The layer owns the per-row math; this module builds on the layer and the model (imports run one way:
-# layer <- model <- serving).
+# layer <- checkpoint <- serving).
 from .layer import mixed_adapter_output, share_entry_indices  # noqa: F401  (re-exported)
-from .model import check_checkpoint
+from .checkpoint import PREFIX as _PREFIX, SPECTRUM as _SPECTRUM, check_checkpoint
 
 __all__ = ["mixed_adapter_output", "hotswap_adapter"]
-
-_SPECTRUM = "fourierft_spectrum"
-_PREFIX = "base_model.model."
 
 
 def hotswap_adapter(model: peft.PeftModel, model_id: Union[str, os.PathLike], adapter_name: str = "default") -> None:

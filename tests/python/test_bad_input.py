@@ -233,7 +233,7 @@ def test_strict_loader_takes_the_n_frequency_peft_gives_each_module(pattern, tmp
     """The strict check's n_frequency per module is what PEFT's tuner gave that module (read from the layers plain
     PEFT builds), including PEFT's fallback to the full module name as a pattern key; and every adapter PEFT saved
     loads through fourierft.FourierFTModel.from_pretrained."""
-    from fourierft.model import _n_frequency_for
+    from fourierft.config import n_frequency_for as _n_frequency_for
 
     def base():
         torch.manual_seed(0)
