@@ -102,8 +102,13 @@ def test_training_forward_and_gradients_match_float64(kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_inference_adds_to_the_quantized_output_and_keeps_no_cache(kind):
-    model = fourierft.get_peft_model(quantized_net(kind), config())
-    x = torch.randn(4, 3, IN)
+    # many tokens and a large n: where the layer over a float base keeps an inference cache (the control below)
+    control = fourierft.get_peft_model(float_net(), config(n_frequency=4000)).eval()
+    x = torch.randn(8, 64, IN)
+    with torch.no_grad():
+        control(x)
+    assert "_fourierft_cache" in control.base_model.model.q.__dict__, "the control keeps no cache: the test cannot fail"
+    model = fourierft.get_peft_model(quantized_net(kind), config(n_frequency=4000))
     with torch.no_grad():
         train_mode = model(x)
     model.eval()
