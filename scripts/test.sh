@@ -11,10 +11,16 @@
 #      each of which must make its tests fail.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-bash scripts/bootstrap.sh
+stage() {  # prints how long the previous stage took, then runs this one
+  printf '[test.sh] %4ds  %s\n' "$SECONDS" "$1" >&2
+  shift
+  "$@"
+}
+stage "bootstrap" bash scripts/bootstrap.sh
 export HF_HUB_OFFLINE=1
-ctest --test-dir build --output-on-failure -j2 -R '^[A-Z]'
-.venv/bin/python -m pytest -q -p no:cacheprovider tests/python --ignore=tests/python/integration
-ctest --test-dir build --output-on-failure -j2 -R '^[a-z]'
-.venv/bin/python -m pytest -q -p no:cacheprovider tests/python/integration
-.venv/bin/python scripts/mutation_check.py --ci
+stage "C++ unit tests" ctest --test-dir build --output-on-failure -j2 -R '^[A-Z]'
+stage "Python unit tests" .venv/bin/python -m pytest -q -p no:cacheprovider tests/python --ignore=tests/python/integration
+stage "C++ integration" ctest --test-dir build --output-on-failure -j2 -R '^[a-z]'
+stage "Python integration" .venv/bin/python -m pytest -q -p no:cacheprovider tests/python/integration
+stage "mutation check (CI table)" .venv/bin/python scripts/mutation_check.py --ci
+printf '[test.sh] %4ds  done\n' "$SECONDS" >&2
