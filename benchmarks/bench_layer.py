@@ -25,7 +25,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import peft
@@ -34,6 +33,7 @@ from peft.tuners.lora.layer import Linear as LoraLinear
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 import fourierft  # noqa: E402,F401  (registers torch.ops.fourierft.*)
+from timing import rotated_rounds  # noqa: E402
 ops = torch.ops.fourierft
 
 
@@ -62,24 +62,6 @@ def make_variants(in_features: int, out_features: int, n: int, with_peft: bool =
 
 def trainable(layer):
     return [p for p in layer.parameters() if p.requires_grad]
-
-
-def time_step(layer, x, grad_out, faults=None):
-    """Seconds for one forward + backward; appends the step's minor page faults to `faults` if given. On a GPU
-    the device is synchronised before and after (the step's kernels, not their launches, are timed)."""
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
-    sync()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    start = time.perf_counter()
-    layer(x).backward(grad_out)
-    sync()
-    elapsed = time.perf_counter() - start
-    if faults is not None:
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-    x.grad = None
-    for p in trainable(layer):
-        p.grad = None
-    return elapsed
 
 
 # glibc's malloc hands blocks above a moving threshold (128 KiB, raised as such blocks are freed) to mmap and
@@ -116,24 +98,23 @@ def measure(in_features, out_features, n, tokens, reps, seconds, with_peft=True,
     variants = make_variants(in_features, out_features, n, with_peft, device, dtype)
     x = torch.randn(tokens, in_features, device=device, dtype=dtype, requires_grad=True)
     grad_out = torch.randn(tokens, out_features, device=device, dtype=dtype)
-    times = {name: [] for name in variants}
     faults = {name: [] for name in variants}
-    for name, layer in variants.items():  # warm-up
-        time_step(layer, x, grad_out)
+    last_faults = [resource.getrusage(resource.RUSAGE_SELF).ru_minflt]
+
+    def after(name):  # drop the step's gradients; count its minor page faults (since the previous call ended)
+        x.grad = None
+        for p in trainable(variants[name]):
+            p.grad = None
+        now = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        faults[name].append(now - last_faults[0])
+        last_faults[0] = now
+
     # PEFT FourierFT runs in its own pass: its dense out x in complex temporaries evict the caches and return
     # pages to the OS, which slowed whatever ran next by up to 15% (measured at width 256 and 2048, 128 tokens)
     # and would not happen in a model without PEFT's layers.
-    interleaved = [(name, layer) for name, layer in variants.items() if name != "PEFT FourierFT"]
-    start = time.perf_counter()
-    rounds = 0
-    while rounds < reps or (time.perf_counter() - start < seconds and rounds < 500):
-        shift = rounds % len(interleaved)
-        for name, layer in interleaved[shift:] + interleaved[:shift]:
-            times[name].append(time_step(layer, x, grad_out, faults[name]))
-        rounds += 1
-    if "PEFT FourierFT" in variants:
-        for _ in range(reps):
-            times["PEFT FourierFT"].append(time_step(variants["PEFT FourierFT"], x, grad_out))
+    steps = {name: (lambda layer=layer: layer(x).backward(grad_out)) for name, layer in variants.items()}
+    times = rotated_rounds(steps, reps=reps, seconds=seconds, device=x.device, apart=["PEFT FourierFT"], after=after)
+    faults = {name: counts[1:] for name, counts in faults.items()}  # without the warm-up step's
     memory = {name: saved_bytes(layer, x) for name, layer in variants.items()}
     return times, memory, faults
 

@@ -16,19 +16,13 @@ import math
 import pathlib
 import statistics
 import sys
-import time
 
 import torch
 
+from timing import rotated_rounds
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 LENGTHS = (1024, 2048, 3072, 4096, 5504, 6144, 8192, 11008)
-
-
-def time_once(fn, reps: int) -> float:
-    began = time.perf_counter()
-    for _ in range(reps):
-        fn()
-    return (time.perf_counter() - began) / reps
 
 
 def main(argv=None) -> int:
@@ -44,14 +38,10 @@ def main(argv=None) -> int:
     for n in LENGTHS:
         calls[(n, "r2c")] = lambda n=n: torch.fft.rfft(inputs[n], dim=1)
         calls[(n, "c2r")] = lambda n=n: torch.fft.irfft(spectra[n], n=n, dim=1)
-    keys = list(calls)
-    for key in keys:  # warm-up: plans, allocations
-        time_once(calls[key], 3)
-    seconds = {key: [] for key in keys}
-    for round_ in range(args.rounds):
-        shift = round_ % len(keys)
-        for key in keys[shift:] + keys[:shift]:
-            seconds[key].append(time_once(calls[key], 5))
+    # five transforms per timed call; the first call of each (plans, allocations) untimed
+    fives = {key: (lambda call=call: [call() for _ in range(5)]) for key, call in calls.items()}
+    seconds = {key: [t / 5 for t in times]
+               for key, times in rotated_rounds(fives, reps=args.rounds, max_rounds=args.rounds).items()}
     rows = []
     for n in LENGTHS:
         entry = {"length": n, "factors": factorise(n)}
@@ -61,7 +51,7 @@ def main(argv=None) -> int:
             entry[f"{kind}_ns_per_point"] = median * 1e9 / (args.rows * n)
             entry[f"{kind}_ns_per_point_log2"] = median * 1e9 / (args.rows * n * math.log2(n))
         rows.append(entry)
-    lines = [f"| length | factors | rfft ns/point | irfft ns/point | rfft ns/(point log2 n) | irfft ns/(point log2 n) |",
+    lines = ["| length | factors | rfft ns/point | irfft ns/point | rfft ns/(point log2 n) | irfft ns/(point log2 n) |",
              "|---:|---|---:|---:|---:|---:|"]
     for e in rows:
         lines.append(f"| {e['length']} | {e['factors']} | {e['r2c_ns_per_point']:.2f} | {e['c2r_ns_per_point']:.2f} | "

@@ -21,7 +21,6 @@ import json
 import pathlib
 import statistics
 import sys
-import time
 
 import torch
 from torch import nn
@@ -35,6 +34,7 @@ import fourierft
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_layer import median_interval, paired_ratios  # noqa: E402
+from timing import rotated_rounds  # noqa: E402
 
 SHAPES_3B = {"q/o": (3072, 3072), "k/v": (1024, 3072), "gate/up": (8192, 3072), "down": (3072, 8192)}
 SMOKE_SHAPES = {"tiny": (48, 40), "wide": (96, 64)}
@@ -88,14 +88,6 @@ def infer(layer, x):
         layer(x)
 
 
-def timed(call, device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    call()
-    sync(device)
-    return time.perf_counter() - start
-
-
 def peak_bytes(call, device):
     if device.type != "cuda":
         return None
@@ -109,22 +101,9 @@ def peak_bytes(call, device):
 
 def measure(variants, calls, device, reps, seconds):
     """Per-call seconds of every variant: INTERLEAVED in rotated rounds (at least `reps`, more until `seconds`,
-    at most 500), the others in their own passes of as many calls."""
-    for call in calls.values():  # warm-up: plans, caches, allocator
-        call()
-        call()
-    times = {name: [] for name in variants}
-    interleaved = [name for name in INTERLEAVED if name in variants]
-    start, rounds = time.perf_counter(), 0
-    while rounds < reps or (time.perf_counter() - start < seconds and rounds < 500):
-        shift = rounds % len(interleaved)
-        for name in interleaved[shift:] + interleaved[:shift]:
-            times[name].append(timed(calls[name], device))
-        rounds += 1
-    for name in variants:
-        if name not in interleaved:
-            times[name] = [timed(calls[name], device) for _ in range(rounds)]
-    return times
+    at most 500), the others in their own passes of as many calls (benchmarks/timing.py)."""
+    return rotated_rounds({name: calls[name] for name in variants}, reps=reps, seconds=seconds, device=device,
+                          apart=[name for name in variants if name not in INTERLEAVED], warmup=2)
 
 
 def summarise(times):

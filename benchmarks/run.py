@@ -46,6 +46,7 @@ import peft  # noqa: E402
 import transformers  # noqa: E402
 from fourierft.examples.data import minilm_path  # noqa: E402
 from peft.tuners.fourierft.layer import FourierFTLinear as PeftFourierFTLinear  # noqa: E402
+from timing import rotated_rounds  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -130,24 +131,11 @@ def train_step(model, optimizer, ids, labels):
 
 
 def interleaved(fns: dict, reps: int, warmup: int = 2) -> dict:
-    """Median seconds per call of each function, repetitions interleaved so that machine noise hits every variant
-    alike; PEFT FourierFT's variants run in a pass of their own after the others: their dense out x in complex
-    temporaries evict the caches and return pages to the OS, which slowed whichever variant ran next (up to 15%
-    per layer, benchmarks/bench_layer.py) and would not happen in a model without PEFT's layers."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in fns}
-
-    def timed(names):
-        for _ in range(reps):
-            for name in names:
-                began = time.perf_counter()
-                fns[name]()
-                times[name].append(time.perf_counter() - began)
-
-    timed([k for k in fns if not k.startswith("PEFT FourierFT")])
-    timed([k for k in fns if k.startswith("PEFT FourierFT")])
+    """Median seconds per call of each function, in rotated rounds so that machine noise hits every variant alike
+    (benchmarks/timing.py); PEFT FourierFT's variants run in a pass of their own after the others: their dense
+    out x in complex temporaries evict the caches and return pages to the OS, which slowed whichever variant ran
+    next (up to 15% per layer, benchmarks/bench_layer.py) and would not happen in a model without PEFT's layers."""
+    times = rotated_rounds(fns, reps=reps, warmup=warmup, apart=[k for k in fns if k.startswith("PEFT FourierFT")])
     return {k: statistics.median(v) for k, v in times.items()}
 
 

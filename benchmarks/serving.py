@@ -19,13 +19,13 @@ import argparse
 import json
 import pathlib
 import statistics
-import time
 
 import peft
 import torch
 import transformers
 
 import fourierft
+from timing import rotated_rounds
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HIDDEN, LAYERS, ROWS, TOKENS, ADAPTERS, RESIDENT = 1024, 2, 64, 128, 64, 1000
@@ -40,21 +40,10 @@ def base_model() -> torch.nn.Module:
 
 
 def rounds(fns: dict, reps: int, device: str) -> dict:
-    """Per-round seconds of every configuration: one call each per round, the order rotated, after a warm-up."""
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    names = list(fns)
-    times = {name: [] for name in names}
+    """Per-round seconds of every configuration: one call each per round, the order rotated, after a warm-up
+    (benchmarks/timing.py), without autograd."""
     with torch.no_grad():
-        for name in names:
-            fns[name]()
-        for r in range(reps):
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                sync()
-                start = time.perf_counter()
-                fns[name]()
-                sync()
-                times[name].append(time.perf_counter() - start)
-    return times
+        return rotated_rounds(fns, reps=reps, max_rounds=reps, device=device)
 
 
 def ratio(numerator: list, denominator: list) -> float:

@@ -23,9 +23,11 @@ Needs scripts/bootstrap.sh to have run (the .venv, the package, build/).
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import dataclasses
 import os
 import pathlib
+import queue
 import shutil
 import subprocess
 import sys
@@ -311,6 +313,8 @@ def main() -> int:
     parser.add_argument("--python", action="store_true", help="only the Python mutations (no rebuild)")
     parser.add_argument("--list", action="store_true", help="print the table and exit")
     parser.add_argument("--only", metavar="TEXT", help="only the mutations whose name contains TEXT")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="Python mutations checked at once (default: 2, or 1 on one core)")
     parser.add_argument("--ci", action="store_true",
                         help="CI's table (scripts/test.sh): every Python mutation and the C++ ones marked ci=True")
     args = parser.parse_args()
@@ -330,18 +334,38 @@ def main() -> int:
     for m in chosen:  # every snippet is where the table says, before anything runs
         apply((ROOT / m.file).read_text(), m)
     survivors = []
+
+    def report(m: Mutation, survived: bool, began: float) -> None:
+        verdict = "SURVIVED" if survived else "caught"
+        print(f"{verdict:8} {time.perf_counter() - began:5.1f} s  {m.file}: {m.name}", flush=True)
+        if survived:
+            survivors.append(m)
+
     with tempfile.TemporaryDirectory(prefix="fourierft-mutants-") as tmp:
-        site = package_copy(pathlib.Path(tmp))
+        # Python mutations run args.jobs at a time, each on a package copy of its own; C++ ones one at a time after
+        sites = queue.Queue()
+        for job in range(args.jobs):
+            sites.put(package_copy(pathlib.Path(tmp) / f"job{job}"))
+        site = sites.queue[0]
         if not run(pytest_command(("tests/python/test_optim.py",)), env=pytest_env(site)):
             raise SystemExit("the unmutated package copy fails its tests: nothing to compare against")
+
+        def check_on_a_free_copy(m: Mutation):
+            began, copy = time.perf_counter(), sites.get()
+            try:
+                return m, check_python(m, copy), began
+            finally:
+                sites.put(copy)
+
         try:
+            with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+                python = [pool.submit(check_on_a_free_copy, m) for m in chosen if m.language == "python"]
+                for future in concurrent.futures.as_completed(python):
+                    report(*future.result())
             for m in chosen:
-                began = time.perf_counter()
-                survived = check_python(m, site) if m.language == "python" else check_cpp(m, site)
-                verdict = "SURVIVED" if survived else "caught"
-                print(f"{verdict:8} {time.perf_counter() - began:5.1f} s  {m.file}: {m.name}", flush=True)
-                if survived:
-                    survivors.append(m)
+                if m.language == "cpp":
+                    began = time.perf_counter()
+                    report(m, check_cpp(m, site), began)
         finally:
             if any(m.language == "cpp" for m in chosen):
                 began = time.perf_counter()

@@ -21,6 +21,6 @@ export HF_HUB_OFFLINE=1
 stage "C++ unit tests" ctest --test-dir build --output-on-failure -j2 -R '^[A-Z]'
 stage "Python unit tests" .venv/bin/python -m pytest -q -p no:cacheprovider tests/python --ignore=tests/python/integration
 stage "C++ integration" ctest --test-dir build --output-on-failure -j2 -R '^[a-z]'
-stage "Python integration" .venv/bin/python -m pytest -q -p no:cacheprovider tests/python/integration
+stage "Python integration" .venv/bin/python -m pytest -q -p no:cacheprovider --durations=8 tests/python/integration
 stage "mutation check (CI table)" .venv/bin/python scripts/mutation_check.py --ci
 printf '[test.sh] %4ds  done\n' "$SECONDS" >&2

@@ -1,5 +1,8 @@
 #include <fourierft/io.h>
 #include <fourierft/model.h>
+#include <fourierft/peft_names.h>
+
+#include "progress.h"
 
 #include <torch/nn/modules/linear.h>
 #include <torch/torch.h>
@@ -40,16 +43,6 @@ std::string with_thousands(int64_t value) {
   std::string digits = std::to_string(value);
   for (int i = static_cast<int>(digits.size()) - 3; i > 0; i -= 3) digits.insert(i, ",");
   return digits;
-}
-
-// A minimal stderr progress bar in the spirit of tqdm.
-void progress(const char* what, size_t done, size_t total) {
-  const int width = 30;
-  const int filled = total ? static_cast<int>(width * done / total) : width;
-  std::fprintf(stderr, "\r%s: %3d%%|%s%s| %zu/%zu", what, total ? static_cast<int>(100 * done / total) : 100,
-               std::string(filled, '#').c_str(), std::string(width - filled, ' ').c_str(), done, total);
-  if (done == total) std::fprintf(stderr, "\n");
-  std::fflush(stderr);
 }
 
 }  // namespace
@@ -100,7 +93,7 @@ std::vector<FourierFTModel::Planned> FourierFTModel::plan_injection(const Fourie
                         "fourierft::FourierFTLinear are supported.");
     }
     if (auto* wrapper = dynamic_cast<FourierFTLinearImpl*>(module)) {
-      // DESIGN.md section 3: parent->replace_module("fc", FourierFTLinear(fc)) changes only the registry;
+      // README.md, "Which modules can be adapted": parent->replace_module("fc", FourierFTLinear(fc)) changes only the registry;
       // the parent's member holder still points at the base layer, so its forward would never reach the
       // adapter. Such a base has one more owner than a wrapper's own: its member holder, its registry
       // entry and the named_modules() listing being walked here.
@@ -322,7 +315,7 @@ std::shared_ptr<torch::nn::Module> FourierFTModel::merge_and_unload(
   const auto layers = all_layers();
   for (size_t i = 0; i < layers.size(); ++i) {
     layers[i].second->clear_adapters();
-    if (progressbar) progress("Unloading and merging model", i + 1, layers.size());
+    if (progressbar) detail::progress_bar("Unloading and merging model", i + 1, layers.size());
   }
   drop_modules_to_save();  // the active adapter's trained values stay
   configs_.clear();
@@ -475,7 +468,7 @@ FourierFTModel::FourierFTModel(std::shared_ptr<torch::nn::Module> model) : model
 }
 
 namespace {
-const char* kKeyPrefix = "base_model.model.";
+namespace names = peft_names;
 
 // The checkpoint key PEFT gives each bias that bias="all" / "fourier_only" saves, as its wrapped model names
 // it: "<path>.base_layer.bias" for an adapted layer (one in `carriers`), "<path>.bias" for any other module
@@ -494,9 +487,11 @@ std::vector<BiasKey> bias_keys(const torch::nn::Module& model, const std::set<st
     const std::string& name = item.key();
     if (!(name == "bias" || (name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0))) continue;
     const std::string path = name.size() > 5 ? name.substr(0, name.size() - 5) : "";
-    const std::string prefix = kKeyPrefix + (path.empty() ? "" : path + ".");
     const bool carrier = carriers.count(path) > 0;
-    if (carrier || bias == "all") keys.push_back({prefix + (carrier ? "base_layer.bias" : "bias"), path, item.value(), carrier});
+    if (carrier || bias == "all") {
+      keys.push_back({carrier ? names::base_layer_key(path, "bias") : names::parameter_key(name), path, item.value(),
+                      carrier});
+    }
   }
   return keys;
 }
@@ -514,14 +509,14 @@ std::map<std::string, torch::Tensor> FourierFTModel::get_adapter_state_dict(cons
   for (const auto& [module_name, layer] : all_layers()) {
     if (!layer->adapter_names().empty()) carriers.insert(module_name);
     if (layer->has_adapter(adapter_name)) {
-      out[kKeyPrefix + module_name + ".fourierft_spectrum"] = layer->spectrum(adapter_name).detach();
+      out[names::spectrum_key(module_name)] = layer->spectrum(adapter_name).detach();
     }
   }
   for (const auto& [module_name, saved] : saved_modules_) {
     const auto copy = saved.per_adapter.find(adapter_name);
     if (copy == saved.per_adapter.end()) continue;
     for (size_t i = 0; i < saved.names.size(); ++i) {
-      out[kKeyPrefix + module_name + "." + saved.names[i]] =
+      out[names::parameter_key(module_name + "." + saved.names[i])] =
           (saved.owner == adapter_name ? saved.live[i] : copy->second[i]).detach();
     }
   }
@@ -535,12 +530,12 @@ std::map<std::string, torch::Tensor> FourierFTModel::get_adapter_state_dict(cons
       continue;
     }
     const auto& s = saved->second;  // PEFT's wrapper also holds the original and this adapter's copy
-    const std::string prefix = kKeyPrefix + b.path + ".";
     const size_t i = std::find(s.names.begin(), s.names.end(), "bias") - s.names.begin();
-    out[prefix + "original_module.bias"] = s.original[i].detach();
+    out[names::original_module_key(b.path, "bias")] = s.original[i].detach();
     const auto copy = s.per_adapter.find(adapter_name);
     if (copy != s.per_adapter.end()) {
-      out[prefix + "modules_to_save.bias"] = (s.owner == adapter_name ? s.live[i] : copy->second[i]).detach();
+      out[names::modules_to_save_key(b.path, "bias")] =
+          (s.owner == adapter_name ? s.live[i] : copy->second[i]).detach();
     }
   }
   return out;
@@ -593,7 +588,7 @@ void FourierFTModel::load_adapter(const std::string& dir, const std::string& ada
   const auto plan = plan_injection(config, adapter_name);
   std::set<std::string> expected;
   for (const auto& target : plan) {
-    const std::string key = kKeyPrefix + target.name + ".fourierft_spectrum";
+    const std::string key = names::spectrum_key(target.name);
     expected.insert(key);
     const auto it = file.tensors.find(key);
     if (it == file.tensors.end()) continue;
@@ -609,7 +604,7 @@ void FourierFTModel::load_adapter(const std::string& dir, const std::string& ada
       for (const auto& m : *config.modules_to_save()) {
         if (!names_module(item.key(), m)) continue;
         for (const auto& p : item.value()->named_parameters()) {
-          const std::string key = kKeyPrefix + item.key() + "." + p.key();
+          const std::string key = names::parameter_key(item.key() + "." + p.key());
           expected.insert(key);
           extra_params[key] = p.value();
           const auto it = file.tensors.find(key);
@@ -634,8 +629,8 @@ void FourierFTModel::load_adapter(const std::string& dir, const std::string& ada
     for (const auto& b : bias_keys(*model_, carriers, config.bias())) {
       biases[b.key] = b.param;
       if (!b.carrier) {
-        expected.insert(kKeyPrefix + b.path + ".original_module.bias");
-        expected.insert(kKeyPrefix + b.path + ".modules_to_save.bias");
+        expected.insert(names::original_module_key(b.path, "bias"));
+        expected.insert(names::modules_to_save_key(b.path, "bias"));
       }
     }
     for (const auto& [key, param] : biases) {
@@ -648,8 +643,7 @@ void FourierFTModel::load_adapter(const std::string& dir, const std::string& ada
   }
   std::vector<std::string> missing, unexpected;
   for (const auto& key : expected) {
-    const bool optional = key.size() > 12 && (key.find(".original_module.bias") != std::string::npos ||
-                                              key.find(".modules_to_save.bias") != std::string::npos);
+    const bool optional = names::parse_key(key, weights_path).kind == names::Key::Kind::WrapperCopy;
     if (!file.tensors.count(key) && !optional && !biases.count(key)) missing.push_back(key);
   }
   for (const auto& [key, tensor] : file.tensors) {
@@ -664,18 +658,19 @@ void FourierFTModel::load_adapter(const std::string& dir, const std::string& ada
   torch::NoGradGuard no_grad;
   for (const auto& target : plan) {
     auto spectrum = target.layer->spectrum(adapter_name);  // shares storage with the parameter
-    spectrum.copy_(file.tensors.at(kKeyPrefix + target.name + ".fourierft_spectrum"));
+    spectrum.copy_(file.tensors.at(names::spectrum_key(target.name)));
   }
   for (auto& [module_name, saved] : saved_modules_) {
     auto copy = saved.per_adapter.find(adapter_name);
     if (copy == saved.per_adapter.end()) continue;
     for (size_t i = 0; i < saved.names.size(); ++i) {
-      copy->second[i].copy_(file.tensors.at(kKeyPrefix + module_name + "." + saved.names[i]));
+      copy->second[i].copy_(file.tensors.at(names::parameter_key(module_name + "." + saved.names[i])));
     }
   }
   for (auto& [key, param] : biases) {
     const auto it = file.tensors.find(key);
-    if (it != file.tensors.end() && !saved_modules_.count(key.substr(0, key.size() - 5).substr(std::string(kKeyPrefix).size()))) {
+    const std::string bias = names::parse_key(key, weights_path).path;  // "<module>.bias"
+    if (it != file.tensors.end() && !saved_modules_.count(bias.substr(0, bias.size() - 5))) {
       param.copy_(it->second);
     }
   }

@@ -3,6 +3,7 @@
 // parameter count and the file sizes. Exit code 1 with the error message on a broken adapter.
 #include <fourierft/config.h>
 #include <fourierft/io.h>
+#include <fourierft/peft_names.h>
 
 #include <c10/util/Exception.h>
 
@@ -44,18 +45,19 @@ int main(int argc, char** argv) {
     if (config.task_type()) std::cout << "task type: " << *config.task_type() << "\n";
     int64_t spectra = 0, others = 0, layers = 0;
     std::cout << "layers:\n";
-    const std::string suffix = ".fourierft_spectrum";
+    namespace names = fourierft::peft_names;
+    const auto is_spectrum = [&](const std::string& key) {
+      return names::parse_key(key, weights_path).kind == names::Key::Kind::Spectrum;
+    };
     for (const auto& [key, tensor] : file.tensors) {
-      const bool spectrum = key.size() > suffix.size() && key.compare(key.size() - suffix.size(), suffix.size(), suffix) == 0;
-      if (!spectrum) continue;
-      std::string module = key.substr(0, key.size() - suffix.size());
-      if (module.rfind("base_model.model.", 0) == 0) module = module.substr(17);
-      std::cout << "  " << module << "  n_frequency=" << tensor.numel() << "  " << tensor.scalar_type() << "\n";
+      if (!is_spectrum(key)) continue;
+      std::cout << "  " << names::parse_key(key, weights_path).path << "  n_frequency=" << tensor.numel() << "  "
+                << tensor.scalar_type() << "\n";
       spectra += tensor.numel();
       ++layers;
     }
     for (const auto& [key, tensor] : file.tensors) {
-      if (key.find(suffix) != std::string::npos) continue;
+      if (is_spectrum(key)) continue;
       if (others == 0) std::cout << "other saved tensors (modules_to_save):\n";
       std::cout << "  " << key << "  " << tensor.sizes() << "  " << tensor.scalar_type() << "\n";
       others += tensor.numel();

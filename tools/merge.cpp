@@ -16,6 +16,9 @@
 #include <fourierft/config.h>
 #include <fourierft/io.h>
 #include <fourierft/ops.h>
+#include <fourierft/peft_names.h>
+
+#include "progress.h"  // src/progress.h
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
@@ -45,8 +48,6 @@ const char* kUsage =
     "                       [--dtype auto|float32|float16|bfloat16] [--quiet]\n"
     "  writes BASE_DIR's checkpoint with the FourierFT adapter merged into its weights to OUT_DIR\n"
     "  (same shards, index, config and tokenizer files), as PEFT's merge_and_unload + save_pretrained\n";
-const std::string kPrefix = "base_model.model.";
-const std::string kSpectrum = ".fourierft_spectrum";
 
 struct Options {
   fs::path base, adapter, out;
@@ -79,15 +80,6 @@ struct Plan {
   std::map<std::string, Change> changes;            // base tensor name -> change
   bool indexed = false;
 };
-
-void progress(size_t done, size_t total, const std::string& what) {
-  const int width = 30;
-  const int filled = total ? static_cast<int>(width * done / total) : width;
-  std::fprintf(stderr, "\rmerging: %3d%%|%s%s| %zu/%zu %-40.40s", total ? static_cast<int>(100 * done / total) : 100,
-               std::string(filled, '#').c_str(), std::string(width - filled, ' ').c_str(), done, total, what.c_str());
-  if (done == total) std::fprintf(stderr, "\n");
-  std::fflush(stderr);
-}
 
 at::ScalarType output_dtype(const std::string& wanted, at::ScalarType original) {
   if (wanted == "auto" || !at::isFloatingType(original)) return original;
@@ -158,11 +150,9 @@ Plan make_plan(const Options& options, const fourierft::FourierFTConfig& config,
   }
 
   for (const auto& [key, value] : adapter.tensors) {
-    TORCH_CHECK_VALUE(key.rfind(kPrefix, 0) == 0, adapter_file.string(), ": tensor '", key, "' does not start with '",
-                      kPrefix, "' (not a PEFT adapter file)");
-    std::string name = key.substr(kPrefix.size());
-    if (ends_with(name, kSpectrum)) {
-      const std::string weight = name.substr(0, name.size() - kSpectrum.size()) + ".weight";
+    const auto parsed = fourierft::peft_names::parse_key(key, adapter_file.string());
+    if (parsed.kind == fourierft::peft_names::Key::Kind::Spectrum) {
+      const std::string weight = parsed.path + ".weight";
       const auto it = base.find(weight);
       TORCH_CHECK_VALUE(it != base.end(), adapter_file.string(), ": spectrum '", key, "' adapts '", weight,
                         "', which the base checkpoint ", options.base.string(),
@@ -185,14 +175,11 @@ Plan make_plan(const Options& options, const fourierft::FourierFTConfig& config,
       plan.changes[weight].spectrum = value;
       continue;
     }
-    // PEFT's names for what merge_and_unload leaves in the model: an adapted layer's bias sits under
-    // "<path>.base_layer.bias"; a modules_to_save wrapper's "original_module" and "modules_to_save" copies
-    // duplicate the "<path>.<param>" entry that holds the adapter's values.
-    if (name.find(".original_module.") != std::string::npos || name.find(".modules_to_save.") != std::string::npos) {
-      continue;
-    }
-    const auto base_layer = name.find(".base_layer.");
-    if (base_layer != std::string::npos) name.erase(base_layer, std::string(".base_layer").size());
+    // What merge_and_unload leaves in the model: an adapted layer's bias ("<path>.base_layer.bias") and any other
+    // saved parameter under the base's name; a modules_to_save wrapper's copies duplicate the "<path>.<param>" entry
+    // that holds the adapter's values.
+    if (parsed.kind == fourierft::peft_names::Key::Kind::WrapperCopy) continue;
+    const std::string& name = parsed.path;
     const auto it = base.find(name);
     TORCH_CHECK_VALUE(it != base.end(), adapter_file.string(), ": tensor '", key, "' replaces '", name,
                       "', which the base checkpoint ", options.base.string(), " does not have");
@@ -266,7 +253,7 @@ int run(const Options& options) {
         tensor = tensor.to(info.dtype);
         writer.write(info.name, tensor);
         total_bytes += static_cast<uint64_t>(tensor.numel()) * tensor.element_size();
-        if (bar) progress(++done, total, info.name);
+        if (bar) fourierft::detail::progress_bar("merging", ++done, total, info.name);
       }
       writer.commit();
     }

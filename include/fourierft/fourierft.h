@@ -8,4 +8,5 @@
 #include <fourierft/layer.h>
 #include <fourierft/linear.h>
 #include <fourierft/model.h>
+#include <fourierft/peft_names.h>
 #include <fourierft/version.h>

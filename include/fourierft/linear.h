@@ -1,7 +1,7 @@
 // fourierft::Linear: a drop-in replacement for torch::nn::Linear that carries FourierFT adapters
 // in place.
 //
-// Why it exists (DESIGN.md section 3): a LibTorch parent module calls its children through member
+// Why it exists (README.md, "Which modules can be adapted"): a LibTorch parent module calls its children through member
 // holders (`fc1(x)`), so swapping a registered child with replace_module() changes nothing the
 // forward uses. A model written with fourierft::Linear instead of torch::nn::Linear keeps its
 // parameter names (`weight`, `bias`: pretrained state dicts load unchanged), initialises exactly

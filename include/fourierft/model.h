@@ -9,7 +9,7 @@
 //   ... train net (its forward now uses the adapters) ...
 //   peft.merge_and_unload();                       // plain weights, no adapters left
 //
-// Which layers can be adapted (DESIGN.md section 3): LibTorch parents call children through
+// Which layers can be adapted (README.md, "Which modules can be adapted"): LibTorch parents call children through
 // member holders, so a layer cannot be swapped for a wrapper after construction. Adapters are
 // therefore attached *in place* to layers that can carry them: fourierft::Linear (the drop-in for
 // torch::nn::Linear) and fourierft::FourierFTLinear. A matched plain torch::nn::Linear is refused

@@ -22,39 +22,26 @@ from torch import nn
 from . import _C
 from .config import check_config_file_fields, n_frequency_for, validate_config
 
-__all__ = ["SAFETENSORS_WEIGHTS_NAME", "PREFIX", "SPECTRUM", "peft_name", "spectrum_key", "check_checkpoint",
-           "check_loaded"]
+__all__ = ["SAFETENSORS_WEIGHTS_NAME", "PREFIX", "SPECTRUM", "peft_name", "spectrum_key", "parse_key",
+           "check_checkpoint", "check_loaded"]
 
 SAFETENSORS_WEIGHTS_NAME = "adapter_model.safetensors"
-#: What PEFT puts before a module path in an adapter file.
-PREFIX = "base_model.model."
-#: The attribute and checkpoint-name suffix of a FourierFT spectrum.
-SPECTRUM = "fourierft_spectrum"
-
-
-def spectrum_key(module_path: str) -> str:
-    """The checkpoint name of the spectrum of the module at ``module_path`` (PEFT's name, wrappers dropped)."""
-    return f"{PREFIX}{module_path}.{SPECTRUM}"
+# PEFT's names are the C++ core's (fourierft/peft_names.h), shared with the C++ model and the tools.
+#: What PEFT puts before a module path in an adapter file ("base_model.model.").
+PREFIX = _C.PEFT_PREFIX
+#: The attribute and checkpoint-name suffix of a FourierFT spectrum ("fourierft_spectrum").
+SPECTRUM = _C.PEFT_SPECTRUM
+#: ``spectrum_key(module_path)``: PEFT's name of the module's spectrum in an adapter file.
+spectrum_key = _C.peft_spectrum_key
+#: ``parse_key(key, file)``: ``(kind, path)``, kind ``"spectrum"`` (path: the module), ``"parameter"`` (path: the base
+#: model's parameter) or ``"wrapper_copy"`` (path: the parameter a modules_to_save wrapper copies).
+parse_key = _C.parse_peft_key
+#: ``peft_name(name)``: a module-tree name without the wrappers' segments, as PEFT writes it in a file.
+peft_name = _C.peft_module_name
 
 
 def _inner_model(model: nn.Module) -> nn.Module:
     return model.base_model.model if isinstance(model, peft.PeftModel) else model
-
-
-def peft_name(name: str) -> str:
-    """A parameter name as PEFT writes it in a checkpoint (wrappers' segments dropped)."""
-    parts = name.split(".")
-    out = []
-    i = 0
-    while i < len(parts):
-        if parts[i] in ("base_layer", "original_module"):
-            i += 1
-        elif parts[i] == "modules_to_save" and i + 1 < len(parts):
-            i += 2
-        else:
-            out.append(parts[i])
-            i += 1
-    return ".".join(out)
 
 
 def _adapter_dir(model_id, subfolder) -> str:
@@ -99,11 +86,8 @@ def check_checkpoint(model: nn.Module, model_id: Union[str, os.PathLike],
     modules = {peft_name(name): module for name, module in inner.named_modules()}
     params = {peft_name(name): p for name, p in inner.named_parameters() if f".{SPECTRUM}." not in f".{name}"}
     for key, tensor in tensors.items():
-        if not key.startswith(PREFIX):
-            raise ValueError(f"{file}: tensor {key!r} does not start with {PREFIX!r} (not a PEFT adapter file)")
-        name = key[len(PREFIX):]
-        if name.endswith("." + SPECTRUM):
-            path = name[: -len(SPECTRUM) - 1]
+        kind, path = parse_key(key, file)
+        if kind == "spectrum":
             module = modules.get(path)
             if isinstance(module, BaseTunerLayer):
                 module = module.get_base_layer()
@@ -124,11 +108,8 @@ def check_checkpoint(model: nn.Module, model_id: Union[str, os.PathLike],
             if tensor.numel() != expected_n:
                 raise ValueError(f"{file}: spectrum {key!r} has {tensor.numel()} values, but {config_file} gives "
                                  f"{path!r} n_frequency={expected_n}; the file and its config disagree")
-        else:
-            # PEFT's checkpoint names of biases (bias="all"/"fourier_only") keep its wrappers' segments, without
-            # the adapter name: "<path>.base_layer.bias", "<head>.original_module.bias", "<head>.modules_to_save.bias".
-            name = ".".join(part for part in name.split(".")
-                            if part not in ("base_layer", "original_module", "modules_to_save"))
+        else:  # a head's or a bias's tensor, or a modules_to_save wrapper's copy of one: the parameter it is for
+            name = path
             param = params.get(name)
             if param is None:
                 raise ValueError(f"{file}: tensor {key!r} matches no parameter of the model ({type(inner).__name__})")
@@ -162,7 +143,7 @@ def check_loaded(peft_model: peft.PeftModel, saved: Optional[dict[str, torch.Ten
     file = os.path.join(_adapter_dir(model_id, subfolder), SAFETENSORS_WEIGHTS_NAME)
     for name, module in peft_model.base_model.model.named_modules():
         if isinstance(module, PeftFourierFTLinear) and adapter_name in module.fourierft_spectrum:
-            key = f"{PREFIX}{peft_name(name)}.{SPECTRUM}"
+            key = spectrum_key(peft_name(name))
             if key not in saved:
                 raise ValueError(f"{file}: no spectrum for the targeted module {peft_name(name)!r} "
                                  f"(missing tensor {key!r}); the adapter was not loaded")

@@ -81,16 +81,30 @@ class FourierFTModel(PeftFourierFTModel):
             quantized.standard_layout(self.model)
         return super().train(mode)
 
-    def _check_adapter_names(self, adapter_names: Optional[list[str]], what: str) -> None:
-        """Unknown names raise before anything is merged (PEFT's merge skips them silently)."""
+    def _check_adapter_names(self, adapter_names, what: str, allow_str: bool = False,
+                             nothing: str = "nothing was merged") -> None:
+        """Unknown names raise before anything changes (PEFT's merges skip them silently, the tuner's set_adapter
+        makes every layer's active adapter a name no layer holds, set_requires_grad does nothing)."""
         if adapter_names is None:
             return
-        if isinstance(adapter_names, str) or not all(isinstance(n, str) for n in adapter_names):
+        names = [adapter_names] if allow_str and isinstance(adapter_names, str) else adapter_names
+        if isinstance(names, str) or not isinstance(names, (list, tuple, set)) or \
+                not all(isinstance(n, str) for n in names):
             raise ValueError(f"{what}: adapter_names must be a list of adapter names, got {adapter_names!r}")
-        unknown = [n for n in adapter_names if n not in self.peft_config]
+        unknown = [n for n in names if n not in self.peft_config]
         if unknown:
             raise ValueError(f"{what}: unknown adapter(s) {', '.join(map(repr, unknown))}; the model has "
-                             f"{', '.join(map(repr, self.peft_config))} (nothing was merged)")
+                             f"{', '.join(map(repr, self.peft_config))} ({nothing})")
+
+    def set_adapter(self, adapter_name, inference_mode: bool = False) -> None:
+        """PEFT's ``set_adapter``; unknown names raise and change nothing."""
+        self._check_adapter_names(adapter_name, "set_adapter", allow_str=True, nothing="the active adapter is unchanged")
+        return super().set_adapter(adapter_name, inference_mode=inference_mode)
+
+    def set_requires_grad(self, adapter_names, requires_grad: bool = True) -> None:
+        """PEFT's ``set_requires_grad``; unknown names raise and change nothing."""
+        self._check_adapter_names(adapter_names, "set_requires_grad", allow_str=True, nothing="nothing changed")
+        return super().set_requires_grad(adapter_names=adapter_names, requires_grad=requires_grad)
 
     def _check_safe_merge(self, adapter_names: Optional[list[str]]) -> None:
         """Raises, changing nothing, if merging would put NaN/inf into any layer's weights."""

@@ -22,7 +22,7 @@ import torch
 # The layer owns the per-row math; this module builds on the layer and the model (imports run one way:
 # layer <- checkpoint <- serving).
 from .layer import mixed_adapter_output, share_entry_indices  # noqa: F401  (re-exported)
-from .checkpoint import PREFIX as _PREFIX, SPECTRUM as _SPECTRUM, check_checkpoint
+from .checkpoint import PREFIX as _PREFIX, SPECTRUM as _SPECTRUM, check_checkpoint, parse_key
 
 __all__ = ["mixed_adapter_output", "hotswap_adapter"]
 
@@ -51,9 +51,10 @@ def hotswap_adapter(model: peft.PeftModel, model_id: Union[str, os.PathLike], ad
     state = model.state_dict(keep_vars=True)
     targets = {}
     for key, value in tensors.items():
-        name = key[len(_PREFIX):]
-        if name.endswith("." + _SPECTRUM):
-            live = f"{_PREFIX}{name}.{adapter_name}"
+        kind, _path = parse_key(key)
+        name = key[len(_PREFIX):]  # (check_checkpoint checked the prefix)
+        if kind == "spectrum":
+            live = f"{key}.{adapter_name}"
         else:
             # PEFT's names: a head's tensors as "<head>.<param>" (modules_to_save) and, with bias="all", also as
             # "<head>.modules_to_save.<param>" / "<head>.original_module.<param>"; an adapted layer's bias as

@@ -1,15 +1,17 @@
-// fourierft._C: the C++ core seen from Python. One implementation for both languages of
-//   - config validation and PEFT's adapter_config.json (FourierFTConfig),
-//   - PEFT's target-module matching (match_target_module),
-//   - the safetensors reader/writer of adapter checkpoints,
-//   - the cost model (routes per device, inference caches).
-// The kernels are not bound here: loading this module loads libfourierft.so, whose static
-// initialisers register them as torch.ops.fourierft.*.
+// fourierft._C: what the Python package needs from the C++ core:
+//   - the strict safetensors reader of adapter checkpoints (load_safetensors: checkpoint.py checks a file with it
+//     before PEFT reads it) and PEFT's checkpoint names (fourierft/peft_names.h),
+//   - the cost model (routes per device, the plan of a layer call, inference caches) and the kernels' switches,
+//   - the version the package was built as.
+// Config validation is not bound: the Python package checks PEFT's own FourierFTConfig (python/fourierft/config.py)
+// and the C++ API has fourierft::FourierFTConfig; both are held to PEFT by the tables in tests/data. The kernels are
+// not bound here either: loading this module loads libfourierft.so, whose static initialisers register them as
+// torch.ops.fourierft.*.
 #include <torch/csrc/utils/pybind.h>  // torch's pybind11 with the at::Tensor type casters
 
-#include <fourierft/config.h>
 #include <fourierft/io.h>
 #include <fourierft/ops.h>
+#include <fourierft/peft_names.h>
 #include <fourierft/version.h>
 
 #include <c10/util/Exception.h>
@@ -55,31 +57,9 @@ py::tuple file_to_python(fourierft::safetensors::File file) {
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "fourierft C++ core: config validation, target matching, safetensors I/O";
+  m.doc() = "fourierft C++ core: the strict safetensors reader, the cost model and the kernels' switches";
   m.attr("__version__") = FOURIERFT_VERSION;
   py::register_local_exception_translator(&translate_errors);
-
-  py::class_<fourierft::FourierFTConfig>(m, "CoreConfig",
-                                         "A validated C++ FourierFTConfig (see fourierft/config.h).")
-      .def_static(
-          "from_json",
-          [](const std::string& text, const std::string& source) {
-            return fourierft::FourierFTConfig::from_json_string(text, source);
-          },
-          py::arg("text"), py::arg("source") = "<config>",
-          "Parses and validates an adapter_config.json text (PEFT's format); raises ValueError.")
-      .def("to_json", &fourierft::FourierFTConfig::to_json_string,
-           "The adapter_config.json text PEFT writes for this config (sorted keys, indent 2).")
-      .def(
-          "match",
-          [](const fourierft::FourierFTConfig& config, const std::string& key, bool is_linear,
-             bool is_output_head) {
-            const auto result = fourierft::match_target_module(config, key, is_linear, is_output_head);
-            return py::make_tuple(result.matched, result.excluded, result.n_frequency);
-          },
-          py::arg("key"), py::arg("is_linear") = true, py::arg("is_output_head") = false,
-          "PEFT's check_target_module_exists + n_frequency_pattern for one module name: "
-          "(matched, excluded, n_frequency).");
 
   m.def(
       "load_safetensors",
@@ -92,28 +72,26 @@ PYBIND11_MODULE(_C, m) {
         return file_to_python(std::move(file));
       },
       py::arg("path"), "Reads a safetensors file with strict validation: (tensors, metadata).");
+  m.attr("PEFT_PREFIX") = fourierft::peft_names::kPrefix;
+  m.attr("PEFT_SPECTRUM") = fourierft::peft_names::kSpectrum;
+  m.def("peft_spectrum_key", &fourierft::peft_names::spectrum_key, py::arg("module_path"),
+        "PEFT's checkpoint name of a module's spectrum: 'base_model.model.<module_path>.fourierft_spectrum'.");
   m.def(
-      "parse_safetensors",
-      [](const py::bytes& data, const std::string& source) {
-        return file_to_python(fourierft::safetensors::parse(std::string(data), source));
+      "parse_peft_key",
+      [](const std::string& key, const std::string& file) {
+        const auto parsed = fourierft::peft_names::parse_key(key, file);
+        using Kind = fourierft::peft_names::Key::Kind;
+        const char* kind = parsed.kind == Kind::Spectrum ? "spectrum"
+                           : parsed.kind == Kind::WrapperCopy ? "wrapper_copy" : "parameter";
+        return py::make_tuple(kind, parsed.path);
       },
-      py::arg("data"), py::arg("source") = "<memory>", "Parses safetensors bytes: (tensors, metadata).");
-  m.def(
-      "save_safetensors",
-      [](const std::string& path, const std::map<std::string, at::Tensor>& tensors,
-         const std::map<std::string, std::string>& metadata) {
-        py::gil_scoped_release release;
-        fourierft::safetensors::save(path, tensors, metadata);
-      },
-      py::arg("path"), py::arg("tensors"), py::arg("metadata") = std::map<std::string, std::string>{},
-      "Writes a safetensors file atomically (temporary file + rename).");
-  m.def(
-      "write_file_atomically",
-      [](const std::string& path, const std::string& contents) {
-        py::gil_scoped_release release;
-        fourierft::safetensors::write_file_atomically(path, contents);
-      },
-      py::arg("path"), py::arg("contents"), "Atomically replaces `path` with `contents`.");
+      py::arg("key"), py::arg("file") = "<adapter file>",
+      "What a key of a PEFT adapter file names: ('spectrum', module path), ('parameter', the base model's "
+      "parameter name) or ('wrapper_copy', the parameter a modules_to_save wrapper copies); ValueError without "
+      "PEFT's prefix.");
+  m.def("peft_module_name", &fourierft::peft_names::peft_module_name, py::arg("name"),
+        "A module-tree name as PEFT writes it in a file (base_layer / original_module / modules_to_save.<adapter> "
+        "segments dropped).");
   m.def("set_generic_kernels", &fourierft::set_generic_kernels, py::arg("enabled"),
         "CPU tensors run the device-generic implementation (the one registered for CUDA) instead of the fused "
         "CPU kernels.");

@@ -6,8 +6,9 @@
 // Python layer (through fourierft._C) all ask these functions, so they cannot disagree.
 //
 // Two sets of constants: the CPU's, fitted on the 2-core x86 VM of docs/benchmarks.md, and the CUDA GPU's, from
-// the rates measured on an NVIDIA H200 (../shared/DESIGN.md section 7) where a rate was measured, and from the
-// data sheet where none was (said so beside each). Other accelerators take the GPU's.
+// rates measured on an NVIDIA H200 by an earlier session (the measurements themselves are not in this repository;
+// docs/gpu.md says what is unmeasured) where a rate was measured, and from the data sheet where none was (said so
+// beside each). Other accelerators take the GPU's.
 #include "internal.h"
 
 #include <fourierft/ops.h>
@@ -80,12 +81,12 @@ double pipeline_ns(int64_t tokens, int64_t out_features, int64_t in_features, in
 }
 
 // The non-fused layer's choice on the CPU (several active adapters, a Conv1D or hooked base): spectral_linear
-// against a GEMM with delta_W, in units of ~0.03 ns (fitted with the first CPU kernels): per row a real FFT of each
-// width and the O(n) gathers, against one GEMM row, plus building delta_W (an irfft2) unless it is cached.
-constexpr double kAdapterFftCostPerPoint = 3.5;
-constexpr double kAdapterGatherCostPerCoefficient = 60.0;
-constexpr double kAdapterGemmCostPerMultiplyAdd = 0.5;
-constexpr double kAdapterDeltaCostPerPoint = 10.0;
+// against a GEMM with delta_W, in nanoseconds: per row a real FFT of each width and the O(n) gathers, against one
+// GEMM row, plus building delta_W (an irfft2) unless it is cached.
+constexpr double kAdapterFftNsPerPointLog = 0.105;
+constexpr double kAdapterGatherNsPerCoefficient = 1.8;
+constexpr double kAdapterGemmNsPerMultiplyAdd = 0.015;
+constexpr double kAdapterDeltaNsPerPointLog = 0.3;
 
 // ------------------------------------------------------------------------------------------------
 // CUDA (and any other accelerator), in nanoseconds. Measured on an NVIDIA H200, torch 2.11 + CUDA 13:
@@ -99,9 +100,8 @@ constexpr double kGpuFloatGemmNsPerMultiplyAdd = 3.0e-5;
 constexpr double kGpuDoubleGemmNsPerMultiplyAdd = 6.0e-5;
 constexpr double kGpuNsPerByte = 1.0 / 4300.0;
 constexpr double kGpuFftNsPerPoint = 7.2e-3;
-// The host's side, fitted to 80 layer measurements on the H200 (frozen layers, PEFT's LoRA r=32 and FourierFT, an
-// earlier fourierft composition; ../shared/DESIGN.md section 7): ~14 us per kernel launch plus ~4 us per dispatched
-// ATen op (views included). Launches are asynchronous, so a pass costs the larger of its device time and its host
+// The host's side, fitted to layer measurements on an H200 (frozen layers, PEFT's LoRA r=32 and FourierFT): ~14 us per
+// kernel launch plus ~4 us per dispatched ATen op (views included); not re-measured with this code (docs/gpu.md). Launches are asynchronous, so a pass costs the larger of its device time and its host
 // time. The launches and ops of each pass below are what the ATen implementation dispatches (counted on fake CUDA
 // tensors; tests/python/test_fake_cuda.py pins the launches), without the base layer's own GEMM.
 constexpr double kGpuHostNsPerLaunch = 14000.0;
@@ -214,7 +214,7 @@ InferenceCache inference_cache_for(const LayerCall& call) {
   }
   if (on_cpu(call)) {
     // W + delta_W (one GEMM per call) where fingerprinting W costs less than the spectral forward; float32 and
-    // float64 only (a half-precision W + delta_W loses the adapter: DESIGN.md section 7).
+    // float64 only (a half-precision W + delta_W loses the adapter: docs/gpu.md, Numerics).
     const bool full = call.dtype == at::kFloat || call.dtype == at::kDouble;
     return full && kFingerprintNsPerPoint * static_cast<double>(call.out_features) *
                            static_cast<double>(call.in_features) <
@@ -264,10 +264,10 @@ LinearPath adapter_path(const LayerCall& call, bool delta_cached) {
   const double d1 = static_cast<double>(call.out_features), d2 = static_cast<double>(call.in_features);
   const double t = static_cast<double>(std::max<int64_t>(call.tokens, 1));
   if (on_cpu(call)) {
-    const double spectral = t * (kAdapterFftCostPerPoint * (d1 * std::log2(d1 + 1) + d2 * std::log2(d2 + 1)) +
-                                 kAdapterGatherCostPerCoefficient * static_cast<double>(call.n_frequency));
-    double dense = t * d1 * d2 * kAdapterGemmCostPerMultiplyAdd;
-    if (!delta_cached) dense += kAdapterDeltaCostPerPoint * d1 * d2 * std::log2(d1 * d2 + 1);
+    const double spectral = t * (kAdapterFftNsPerPointLog * (d1 * std::log2(d1 + 1) + d2 * std::log2(d2 + 1)) +
+                                 kAdapterGatherNsPerCoefficient * static_cast<double>(call.n_frequency));
+    double dense = t * d1 * d2 * kAdapterGemmNsPerMultiplyAdd;
+    if (!delta_cached) dense += kAdapterDeltaNsPerPointLog * d1 * d2 * std::log2(d1 * d2 + 1);
     return spectral <= dense ? LinearPath::Spectral : LinearPath::Dense;
   }
   // The adapter runs in the spectrum's dtype (PEFT's composition casts x to it), float32 unless float64.

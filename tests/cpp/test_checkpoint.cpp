@@ -52,6 +52,33 @@ TEST(Checkpoint, LoadsAnAdapterWrittenByPeftWithTheSameOutputs) {
   EXPECT_FALSE(peft.layer("block.q").spectrum("default").requires_grad());  // is_trainable = false
 }
 
+TEST(Checkpoint, PeftNamesReadEveryKeyOfAnAdapterPeftWrote) {
+  // The file PEFT wrote for the twin (make_peft_twin.py): its spectra name the modules PEFT adapted.
+  namespace names = fourierft::peft_names;
+  const auto file = st::load(kTwin + "/adapter/adapter_model.safetensors");
+  std::vector<std::string> spectra;
+  for (const auto& [key, tensor] : file.tensors) {
+    const auto parsed = names::parse_key(key, "adapter_model.safetensors");
+    if (parsed.kind == names::Key::Kind::Spectrum) {
+      spectra.push_back(parsed.path);
+      EXPECT_EQ(names::spectrum_key(parsed.path), key);
+    }
+  }
+  EXPECT_EQ(spectra, (std::vector<std::string>{"block.q", "block.v"}));
+  // What the other kinds of key name, PEFT's wrappers' segments dropped (PEFT's bias="all" names of a
+  // modules_to_save head and of an adapted layer's bias), and a key without PEFT's prefix.
+  const auto copy = names::parse_key("base_model.model.head.modules_to_save.bias", "f");
+  EXPECT_EQ(copy.kind, names::Key::Kind::WrapperCopy);
+  EXPECT_EQ(copy.path, "head.bias");
+  const auto bias = names::parse_key("base_model.model.block.q.base_layer.bias", "f");
+  EXPECT_EQ(bias.kind, names::Key::Kind::Parameter);
+  EXPECT_EQ(bias.path, "block.q.bias");
+  EXPECT_EQ(names::base_layer_key("block.q", "bias"), "base_model.model.block.q.base_layer.bias");
+  EXPECT_EQ(names::peft_module_name("block.q.base_layer"), "block.q");
+  EXPECT_EQ(names::peft_module_name("head.modules_to_save.default.weight"), "head.weight");
+  EXPECT_THROW(names::parse_key("block.q.fourierft_spectrum", "f"), c10::ValueError);
+}
+
 TEST(Checkpoint, RoundTripAndMultiAdapterDirectories) {
   auto twin = twin_with_base_weights();
   auto peft = fourierft::get_peft_model(

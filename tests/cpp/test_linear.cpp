@@ -1,6 +1,6 @@
 // fourierft::Linear, the drop-in for torch::nn::Linear: same parameters and initialisation, and
 // adapters that a user-written module actually uses, whether it calls member holders or holds the
-// layer in Sequential, ModuleList or ModuleDict (DESIGN.md section 3).
+// layer in Sequential, ModuleList or ModuleDict (README.md, "Which modules can be adapted").
 #include "test_helpers.h"
 
 using fourierft::AdapterOptions;

@@ -128,7 +128,7 @@ TEST(Robustness, TorchLoadCheckpointsOfTorchLinearModelsBothWays) {
   std::filesystem::remove_all(dir);
 }
 
-// DESIGN.md section 3: replace_module() only changes the registry; the parent's member still calls the
+// README.md, "Which modules can be adapted": replace_module() only changes the registry; the parent's member still calls the
 // base layer. Injection must refuse such a wrapper loudly, and accept one the member points at.
 struct TrapImpl : torch::nn::Module {
   torch::nn::Linear fc{nullptr};

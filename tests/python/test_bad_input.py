@@ -135,6 +135,39 @@ def test_merging_unknown_adapters_raises_and_merges_nothing(peft_model, call):
     assert not any(getattr(m, "merged", False) for m in peft_model.modules())
 
 
+def layer_actives(model):
+    return [(n, list(m.active_adapters)) for n, m in model.named_modules() if isinstance(m, fourierft.FourierFTLinear)]
+
+
+# Every entry point that takes adapter names, ours and PEFT's reached through the tuner: unknown names raise, naming
+# them, and nothing changes (PEFT's tuner.set_adapter makes every layer's active adapter a name no layer holds,
+# set_requires_grad silently does nothing, merges skip them).
+UNKNOWN_NAME_CALLS = {
+    "PeftModel.set_adapter": lambda m: m.set_adapter("nope"),
+    "tuner.set_adapter": lambda m: m.base_model.set_adapter("nope"),
+    "tuner.set_adapter (list)": lambda m: m.base_model.set_adapter(["default", "nope"]),
+    "PeftModel.set_requires_grad": lambda m: m.set_requires_grad(["default", "nope"], requires_grad=False),
+    "tuner.set_requires_grad": lambda m: m.base_model.set_requires_grad("nope"),
+    "PeftModel.delete_adapter": lambda m: m.delete_adapter("nope"),
+    "tuner.delete_adapter": lambda m: m.base_model.delete_adapter("nope"),
+    "merge_adapter": lambda m: m.base_model.merge_adapter(["nope"]),
+    "merge_and_unload": lambda m: m.merge_and_unload(adapter_names=["nope"]),
+    "mixed-adapter batch": lambda m: m.eval()(**INPUTS, adapter_names=["nope"] * INPUTS["input_ids"].shape[0]),
+    "hotswap_adapter": lambda m: fourierft.hotswap_adapter(m, "/nonexistent", "nope"),
+}
+
+
+@pytest.mark.parametrize("call", UNKNOWN_NAME_CALLS)
+def test_unknown_adapter_names_are_refused_everywhere_and_change_nothing(peft_model, call):
+    peft_model.eval()
+    before, actives = snapshot(peft_model), layer_actives(peft_model)
+    with pytest.raises(ValueError, match="nope"):
+        UNKNOWN_NAME_CALLS[call](peft_model)
+    peft_model.eval()
+    assert_unchanged(peft_model, before)
+    assert layer_actives(peft_model) == actives
+
+
 # ---- loading -----------------------------------------------------------------------------------------------
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 // The matrix-free spectral path on CPU: fused, blocked gathers and scatters around real FFTs.
 //
-// The spectral path (DESIGN.md section 2). For real x of length m and the n entries (u_k, v_k):
+// The spectral path (docs/guide.md, Concepts). For real x of length m and the n entries (u_k, v_k):
 //   forward : Z[u_k] += c_k * conj(fft(x))[v_k],      y      = Re(ifft(Z)) * alpha / d2
 //   grad_c  : grad_c_k = alpha / (d1 d2) * sum_b Re(conj(fft(x_b))[v_k] * conj(fft(g_b))[u_k])
 //   grad_x  : W[v_k] += c_k * conj(fft(g))[u_k],       grad_x = Re(ifft(W)) * alpha / d1
@@ -503,7 +503,7 @@ at::Tensor finish_grad_spectrum(const std::vector<double>& sums, const at::Tenso
 }
 
 // ---------------------------------------------------------------------------------------------
-// The folded route (large n against the layer, DESIGN.md section 2): the n coefficients folded onto two real
+// The folded route (large n against the layer): the n coefficients folded onto two real
 // matrices over the half spectra's bins (h1 = d1/2 + 1 by h2 = d2/2 + 1),
 //   R[a, b] = sum c_k,   I[a, b] = - sum s(u_k) s(v_k) c_k,   over the entries with fold(u_k) = a, fold(v_k) = b,
 // where fold(k) = min(k, d - k) and s(k) = +1 for k <= d/2, -1 above (the real parts of a real signal's spectrum

@@ -1,6 +1,7 @@
 """PEFT's own FourierFT tests (tests/ of the pinned peft sdist, fetched by scripts/bootstrap.sh), run
-three times: plain PEFT (the baseline), with every PEFT entry point building fourierft's layers
-(``import fourierft`` + ``fourierft.get_peft_model``), and with PEFT's layers switched by
+three times: plain PEFT (the baseline), with every PEFT entry point building fourierft's layers and PEFT's
+entry points replaced by fourierft's documented ones (``fourierft.get_peft_model``,
+``fourierft.FourierFTModel.from_pretrained``, ``fourierft.load_adapter``), and with PEFT's layers switched by
 ``fourierft.accelerate``. Any test that plain PEFT passes must pass in both fourierft modes, and the
 fourierft modes must really have run our layers (forward counts from the plugin)."""
 import json
@@ -59,5 +60,6 @@ def test_peft_own_fourierft_suite_passes_with_our_layers(tmp_path):
         assert counts["ours"] > 100, f"{mode}: only {counts['ours']} forwards ran through fourierft's layers"
         if mode == "registered":
             assert counts["peft"] == 0, f"registered: {counts['peft']} forwards ran through PEFT's own layer"
+            assert counts["from_pretrained"] > 10 and counts["load_adapter"] > 10, counts
         summary[mode] = f"{sum(o == 'passed' for o in outcomes.values())} passed, our forwards {counts['ours']}"
     print(summary)

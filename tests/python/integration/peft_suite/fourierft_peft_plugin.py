@@ -2,8 +2,10 @@
 
 FOURIERFT_PEFT_SUITE_MODE selects how PEFT's FourierFT models get our kernels:
 - ``peft``: plain PEFT (fourierft is not even imported), the baseline;
-- ``registered``: ``import fourierft`` (registration on) and ``peft.get_peft_model`` is
-  ``fourierft.get_peft_model``, so every PEFT entry point builds fourierft's layers;
+- ``registered``: ``import fourierft`` (registration on), so every PEFT entry point builds fourierft's layers, and
+  PEFT's entry points are fourierft's documented ones: ``peft.get_peft_model`` is ``fourierft.get_peft_model``,
+  ``PeftModel.from_pretrained`` is ``fourierft.FourierFTModel.from_pretrained`` and ``PeftModel.load_adapter`` is
+  ``fourierft.load_adapter`` (with their checks and rollback);
 - ``accelerate``: registration off; every model from ``peft.get_peft_model`` /
   ``PeftModel.from_pretrained`` is switched with ``fourierft.accelerate``.
 At the end the plugin writes how many forwards ran through our layers and through PEFT's own
@@ -11,9 +13,10 @@ At the end the plugin writes how many forwards ran through our layers and throug
 """
 import json
 import os
+import threading
 
 MODE = os.environ.get("FOURIERFT_PEFT_SUITE_MODE", "peft")
-COUNTS = {"ours": 0, "peft": 0}
+COUNTS = {"ours": 0, "peft": 0, "from_pretrained": 0, "load_adapter": 0}
 
 
 def _counting(cls, key):
@@ -24,6 +27,43 @@ def _counting(cls, key):
         return original(self, *args, **kwargs)
 
     cls.forward = forward
+
+
+_INSIDE = threading.local()
+
+
+def _through(ours, original):
+    """A PEFT entry point that runs fourierft's ``ours``, which itself calls PEFT's entry point (this wrapper):
+    inside ``ours`` the wrapper is PEFT's ``original``."""
+    def call(*args, **kwargs):
+        if getattr(_INSIDE, "active", False):
+            return original(*args, **kwargs)
+        _INSIDE.active = True
+        COUNTS[ours.__name__] += 1
+        try:
+            return ours(*args, **kwargs)
+        finally:
+            _INSIDE.active = False
+
+    return call
+
+
+def _route_entry_points(peft, fourierft):
+    peft.get_peft_model = fourierft.get_peft_model
+    original_from_pretrained = peft.PeftModel.from_pretrained.__func__
+
+    def from_pretrained(cls, *args, **kwargs):
+        return fourierft.FourierFTModel.from_pretrained(*args, **kwargs)
+
+    ours = _through(from_pretrained, original_from_pretrained)
+    # the task classes (PeftModelForCausalLM, ...) are PEFT's own way in; PeftModel.from_pretrained is ours
+    peft.PeftModel.from_pretrained = classmethod(
+        lambda cls, *a, **k: (ours if cls is peft.PeftModel else original_from_pretrained)(cls, *a, **k))
+
+    def load_adapter(self, *args, **kwargs):
+        return fourierft.load_adapter(self, *args, **kwargs)
+
+    peft.PeftModel.load_adapter = _through(load_adapter, peft.PeftModel.load_adapter)
 
 
 def pytest_configure(config):
@@ -38,7 +78,7 @@ def pytest_configure(config):
 
     _counting(FourierFTKernels, "ours")
     if MODE == "registered":
-        peft.get_peft_model = fourierft.get_peft_model
+        _route_entry_points(peft, fourierft)
         return
     assert MODE == "accelerate", MODE
     fourierft.register(False)
