@@ -3,9 +3,10 @@
 # ready machine it checks and returns in seconds.
 #   - Debian packages: compiler, CMake, Ninja, GoogleTest, nlohmann-json (apt-get update first)
 #   - .venv with the pinned Python dependencies of requirements.txt (torch==2.13.0 CPU wheel, ...)
-#   - the CMake build in build/ (LibTorch taken from the torch wheel in .venv)
 #   - the Python package `fourierft` installed into .venv (pip install --no-build-isolation .;
-#     scikit-build-core builds it incrementally in build/python)
+#     scikit-build-core builds it incrementally in build/python: the library, the bindings, the tools)
+#   - the CMake build in build/ (tests, tools, examples; LibTorch from the torch wheel in .venv), linking the
+#     library build/python compiled
 #
 # `bootstrap.sh demo` installs only what the demo needs (the Python package and its dependencies):
 # no C++ test build, no sanitizer builds, no PEFT test suite.
@@ -44,15 +45,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 
-# --- C++ build (library, tools, tests, examples) -----------------------------------------------
-if [ "$mode" = all ] && [ ! -f build/build.ninja ]; then
-  torch_prefix=$(.venv/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')
-  log "configuring build/ against LibTorch in $torch_prefix"
-  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_prefix" >/dev/null
-fi
-if [ "$mode" = all ]; then cmake --build build; fi
-
 # --- Python package: reinstalled whenever a file it is built from changed --------------------------
+# scikit-build-core compiles the library, the bindings and the tools in build/python.
 pkg_stamp=.venv/.fourierft-package
 pkg_want=$(find pyproject.toml CMakeLists.txt cmake include src python tools -type f -not -path '*/__pycache__/*' \
   -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
@@ -61,6 +55,19 @@ if [ "$(cat "$pkg_stamp" 2>/dev/null)" != "$pkg_want" ]; then
   .venv/bin/python -m pip install -q --no-build-isolation --no-deps .
   echo "$pkg_want" > "$pkg_stamp"
 fi
+
+# --- C++ build (tools, tests, examples) ------------------------------------------------------------
+# build/ links the library build/python compiled (FOURIERFT_PREBUILT_LIBRARY: compiled once, not twice), and its
+# installed-package example test builds against the pip-installed package.
+if [ "$mode" = all ] && [ ! -f build/build.ninja ]; then
+  torch_prefix=$(.venv/bin/python -c 'import torch; print(torch.utils.cmake_prefix_path)')
+  package_prefix=$(cd / && "$OLDPWD/.venv/bin/python" -c 'import fourierft; print(fourierft.cmake_prefix_path)')
+  log "configuring build/ against LibTorch in $torch_prefix and the library in build/python"
+  cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$torch_prefix" \
+    -DFOURIERFT_PREBUILT_LIBRARY="$PWD/build/python/libfourierft.so" -DFOURIERFT_PREBUILT_PREFIX="$package_prefix" \
+    >/dev/null
+fi
+if [ "$mode" = all ]; then cmake --build build; fi
 
 # --- PEFT's own test suite: the tests/ folder of the pinned peft's sdist (PyPI) ------------------
 if [ "$mode" != all ]; then exit 0; fi

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the built library into a scratch prefix, then builds as separate CMake projects that
+# Installs the built library into a scratch prefix (or takes an installed package's prefix, the 4th argument:
+# fourierft.cmake_prefix_path of the pip-installed package), then builds as separate CMake projects that
 # only know `find_package(fourierft)`: examples/cpp (run: quickstart) and the README's C++ example
 # (the ```cpp block after the readme-example marker; run), and every ```cpp block of docs/*.md (each a
 # complete program; run).
@@ -7,12 +8,18 @@ set -euo pipefail
 build_dir=$1
 source_dir=$2
 torch_dir=$3
+installed=${4:-}
 work="$build_dir/example-against-install"
 rm -rf "$work"
-cmake --install "$build_dir" --prefix "$work/prefix" >/dev/null
+prefix="$work/prefix"
+if [ -n "$installed" ]; then
+  prefix=$installed
+else
+  cmake --install "$build_dir" --prefix "$prefix" >/dev/null
+fi
 configure() {
   cmake -S "$1" -B "$2" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DCMAKE_PREFIX_PATH="$work/prefix" -DTorch_DIR="$torch_dir" >/dev/null
+    -DCMAKE_PREFIX_PATH="$prefix" -DTorch_DIR="$torch_dir" >/dev/null
 }
 
 configure "$source_dir/examples/cpp" "$work/examples"
