@@ -6,14 +6,12 @@ Every engine saves through fourierft.distributed.save_pretrained; the files must
 tensor names and values (FSDP1 with the adapted layers wrapped on their own included: PEFT's own save writes no
 tensor there) and load back through fourierft's and PEFT's loaders. merge_and_unload on a sharded model is refused
 with the way to do it, and changes nothing."""
-import datetime
 import json
 import pathlib
 import sys
 
 import peft
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file
 
 import fourierft
@@ -50,15 +48,13 @@ def train(model: torch.nn.Module, rank: int = 0, world: int = 1) -> None:
 
 
 def _worker(rank: int, init_file: str, out: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=120))
-    report = {}
-    try:
-        from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
-        from torch.distributed.fsdp.wrap import ModuleWrapPolicy
-        from torch.nn.parallel import DistributedDataParallel
+    from distributed import process_group
+    from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
+    from torch.distributed.fsdp.wrap import ModuleWrapPolicy
+    from torch.nn.parallel import DistributedDataParallel
 
+    report = {}
+    with process_group(rank, init_file):
         model = DistributedDataParallel(adapted())
         train(model, rank, 2)
         fourierft.distributed.save_pretrained(model, f"{out}/ddp")
@@ -87,13 +83,11 @@ def _worker(rank: int, init_file: str, out: str) -> None:
             report["fsdp1 merge"] = "merged"
         except ValueError as error:
             report["fsdp1 merge"] = str(error)
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
     pathlib.Path(f"{out}/report.{rank}.json").write_text(json.dumps(report))
 
 
 if __name__ == "__main__":  # one worker: python test_distributed_training.py RANK INIT_FILE OUT
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # tests/python: distributed.py
     _worker(int(sys.argv[1]), sys.argv[2], sys.argv[3])
 
 

@@ -2,13 +2,11 @@
 FSDP1 (use_orig_params=True) no rank keeps a weight-sized cache (the weights a forward sees there are temporarily
 gathered copies: a cache would keep an unsharded copy of every adapted layer on every rank), and the eval outputs
 equal one process's. The same model in one process does build its cache (so the check can fail)."""
-import datetime
-import gc
 import json
+import pathlib
 import sys
 
 import torch
-import torch.distributed as dist
 
 import fourierft
 import peft
@@ -37,13 +35,11 @@ def eval_pass(model: torch.nn.Module) -> torch.Tensor:
 
 
 def _worker(rank: int, init_file: str, out_path: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=120))
-    report = {}
-    try:
-        from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
+    from distributed import process_group
+    from torch.distributed.fsdp import FullyShardedDataParallel, fully_shard
 
+    report = {}
+    with process_group(rank, init_file):
         model = adapted()
         fully_shard(model)
         y = eval_pass(model)
@@ -52,15 +48,12 @@ def _worker(rank: int, init_file: str, out_path: str) -> None:
         y = eval_pass(model)
         report["fsdp1"] = {"entries": cache_entries(model), "output": y.tolist()}
         del model
-        dist.barrier()
-    finally:
-        gc.collect()
-        dist.destroy_process_group()
     with open(f"{out_path}.{rank}", "w") as f:
         json.dump(report, f)
 
 
 if __name__ == "__main__":  # one worker: python test_fsdp_caches.py RANK INIT_FILE OUT
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # tests/python: distributed.py
     _worker(int(sys.argv[1]), sys.argv[2], sys.argv[3])
 
 
