@@ -1,6 +1,6 @@
 // The C++ walker held to PEFT: tests/data/peft_semantics.json records what the real `peft` package does
 // (written by tests/data/make_peft_semantics.py, re-checked against the installed peft by
-// tests/python/test_semantics_peft.py). Each case builds the same module tree with fourierft::Linear
+// tests/python/test_semantics.py). Each case builds the same module tree with fourierft::Linear
 // leaves, runs the same operations on fourierft::FourierFTModel, and compares the state after each one:
 // adapted modules per adapter, active adapters, trainable parameters, checkpoint keys, errors, warnings,
 // and what unload / merge_and_unload return.

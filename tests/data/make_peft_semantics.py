@@ -13,7 +13,7 @@ Parameter names are written as they read in a plain model (PEFT's wrapper segmen
 
 Run with the project's .venv (peft pinned in requirements.txt):
     .venv/bin/python tests/data/make_peft_semantics.py
-tests/python/test_semantics_peft.py re-runs it and checks the checked-in file is what peft gives today.
+tests/python/test_semantics.py re-runs it and checks the checked-in file is what peft gives today.
 """
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ def test_same_outputs_and_spectrum_gradients(pair):
     float32 gradients were 4e-4 off on one machine and 1.2e-4 on another, ours 4e-5 and 2.8e-4: the rounding of
     a different order of float32 sums, amplified by the model). So the bound is 1e-4 of the gradient's largest
     entry, or 4 times PEFT's own float32 error on the same model, whichever is larger; a wrong gradient is off by
-    O(1). The layers alone are held to ~1e-6 of float64 in test_routes.py and test_ops_peft.py."""
+    O(1). The layers alone are held to ~1e-6 of float64 in test_routes.py and test_ops.py."""
     case, peft_model, ours = pair
     inputs = case.inputs()
     expected = first_tensor(peft_model(**inputs))
