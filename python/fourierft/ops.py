@@ -126,7 +126,7 @@ def linear_route_estimates(device, dtype: torch.dtype, tokens: int, out_features
     ``"spectral"`` with ``"folded"``). :func:`linear_routes` takes the smallest of each pass (ties go to
     ``"spectral"`` on the CPU). Estimates from the constants in ``src/ops/cost_model.cpp`` (the CPU's fitted on a
     2-core x86 VM, the GPU's from rates measured on an H200 where measured), not measurements; :func:`linear_path`
-    does not change them. ``benchmarks/routes.py`` tables them for the docs.
+    does not change them. ``scripts/routes.py`` tables them for the docs.
 
     >>> est = fourierft.ops.linear_route_estimates("cuda", torch.bfloat16, 2048, 3072, 3072, 1000)
     >>> min(est["forward"], key=est["forward"].get)

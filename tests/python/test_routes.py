@@ -248,7 +248,7 @@ def picked(device, estimates):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("training", [True, False])
 def test_route_estimates_are_what_the_routes_are_picked_by(device, dtype, training):
-    """linear_route_estimates (the numbers benchmarks/routes.py tables in docs/) and linear_routes (what the op runs)
+    """linear_route_estimates (the numbers scripts/routes.py tables in docs/) and linear_routes (what the op runs)
     agree on a grid of calls that crosses every decision: for each pass, the route reported is the cheapest
     estimate; the CPU offers folded, no other device does; forcing a route changes the routes, not the estimates."""
     passes = {"forward", "grad_x", "grad_spectrum"} if training else {"forward"}

@@ -21,12 +21,12 @@ def test_python_guide_is_checked():
 
 
 def test_cost_model_tables_are_what_the_cost_model_says():
-    """docs/gpu.md's and docs/python.md's route tables and docs/routes.json are written by benchmarks/routes.py
+    """docs/gpu.md's and docs/python.md's route tables and docs/routes.json are written by scripts/routes.py
     from fourierft.ops.linear_routes / linear_route_estimates: a change of the cost model that moves a number must
-    come with the rewritten docs (`python benchmarks/routes.py`)."""
+    come with the rewritten docs (`python scripts/routes.py`)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("routes_script", ROOT / "benchmarks" / "routes.py")
+    spec = importlib.util.spec_from_file_location("routes_script", ROOT / "scripts" / "routes.py")
     routes = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(routes)
     assert routes.rewrite(routes.compute(), check=True) == []

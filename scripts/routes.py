@@ -2,8 +2,8 @@
 (fourierft.ops.linear_routes and fourierft.ops.linear_route_estimates answer for any device from the constants in
 src/ops/cost_model.cpp).
 
-    .venv/bin/python benchmarks/routes.py           # rewrites docs/routes.json and the marked tables in the docs
-    .venv/bin/python benchmarks/routes.py --check   # exits 1 if any of them differs from what the cost model says
+    .venv/bin/python scripts/routes.py           # rewrites docs/routes.json and the marked tables in the docs
+    .venv/bin/python scripts/routes.py --check   # exits 1 if any of them differs from what the cost model says
 
 The tables sit between `<!-- routes.py:NAME -->` and `<!-- /routes.py -->` in docs/gpu.md (the 3B model's routes
 on CUDA and the estimates behind them) and docs/python.md (where the CPU leaves the spectral route, and what a
