@@ -155,7 +155,7 @@ MUTATIONS = [
              "    if (need_grad_spectrum) grad_spectrum = grad_spectrum.neg();\n  }\n"
              "  return {grad_x, grad_spectrum};",
              pytest=("tests/python/test_routes.py::test_spectral_linear_half_precision_matches_float64",)),
-    Mutation("mixed-dtype ops.linear drops the adapter's share of grad_x", "src/ops/cpu/spectral_linear_cpu.cpp",
+    Mutation("mixed-dtype ops.linear drops the adapter's share of grad_x", "src/ops/cpu/linear_cpu.cpp",
              "    if (need_grad_x) grad_x = at::matmul(grad_out.to(weight.scalar_type()), weight).add_(gx).to(x.scalar_type());",
              "    if (need_grad_x) grad_x = at::matmul(grad_out.to(weight.scalar_type()), weight).to(x.scalar_type());",
              pytest=("tests/python/test_ops.py::test_linear_mixed_dtypes_match_float64_forward_and_gradients",)),

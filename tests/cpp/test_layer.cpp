@@ -305,9 +305,10 @@ TEST(FourierFTLinear, DisableAdaptersGivesBaseOutputAndUnmergesFirst) {
   layer->enable_adapters(false);
   EXPECT_TRUE(layer->disable_adapters());
   EXPECT_FALSE(layer->fourierft_spectrum->at("default").requires_grad());
-  EXPECT_LE(relative_error(layer(x), base), 1e-6);
+  // W + delta_W - delta_W in float32: a few ulps of the larger of the two per entry (1e-6 failed ~7% of runs)
+  EXPECT_LE(relative_error(layer(x), base), 1e-5);
   EXPECT_FALSE(layer->merged());
-  EXPECT_LE((layer->base_layer->weight - w0).abs().max().item<double>(), 1e-6);
+  EXPECT_LE((layer->base_layer->weight - w0).abs().max().item<double>(), 1e-5);
   layer->enable_adapters(true);
   EXPECT_TRUE(layer->fourierft_spectrum->at("default").requires_grad());
   EXPECT_LE(relative_error(layer(x), adapted), 1e-6);

@@ -10,7 +10,9 @@
 // builds directly in the half spectrum. The gathers and scatters are fused loops here because as
 // separate tensor ops they cost more than the FFTs saved.
 #include "../internal.h"
+#include "blocks.h"
 #include "fft_rows.h"
+#include "spectral_cpu.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -199,22 +201,6 @@ FOURIERFT_BLOCK_KERNELS(float)
 FOURIERFT_BLOCK_KERNELS(double)
 #undef FOURIERFT_BLOCK_KERNELS
 
-// Rows per block: the block's half spectra (`bins` complex values per row, all buffers together) stay
-// within `budget` bytes (256 KiB forward, 512 KiB backward), but no fewer than `least` rows; and the blocks
-// split evenly across `threads` (at a few hundred rows, one thread with two blocks while the other has one
-// costs a third of the call). Measured A/B in one process (widths 384-8192, 128-4096 rows): MKL's batched row
-// transforms vectorise across rows, and blocks of 4-7 rows (widths 4096-8192 within the budget) were 20-30%
-// slower than 8; 16 or more rows at widths 2048-8192 were 10-25% slower than 8 as well.
-template <typename real_t>
-int64_t block_rows(int64_t bins, int64_t rows, int64_t threads, int64_t budget, int64_t least) {
-  const int64_t fit = budget / (2 * static_cast<int64_t>(sizeof(real_t)) * std::max<int64_t>(bins, 1));
-  const int64_t most = std::max(least, fit >= 64 ? 64 : fit >= 8 ? fit / 8 * 8 : std::max<int64_t>(fit, 1));
-  int64_t blocks = (rows + most - 1) / most;
-  threads = std::max<int64_t>(threads, 1);
-  if (blocks > 1 && blocks < 8 * threads) blocks = (blocks + threads - 1) / threads * threads;
-  const int64_t even = (rows + blocks - 1) / blocks;
-  return std::min(most, most >= 8 ? (even + 7) / 8 * 8 : even);
-}
 
 // Copies a [rows, cols] matrix of complex values (row stride src_stride) into [cols, rows] (row stride
 // dst_stride): between the transforms' row-major half spectra and the bin-major blocks. 8 x 8 tiles, so that
@@ -310,11 +296,6 @@ void transpose_complex(const real_t* src, int64_t src_stride, int64_t rows, int6
   transpose_words(in, src_stride, rows, cols, out, dst_stride);
 }
 
-// Row distance of the row-major staging (fft_rows.h: padded_bins, against 4 KiB aliasing).
-template <typename real_t>
-int64_t staging_stride(int64_t bins) {
-  return padded_bins(bins, std::is_same_v<real_t, double>);
-}
 
 // Per-thread scratch of the blocked pipeline: the bin-major half spectra of the block's input and output
 // rows, and the row-major half spectra the transforms write and read (rows staging_stride apart). Plain
@@ -366,47 +347,6 @@ void scatter_and_invert(const ScatterPlan<real_t>& plan, Scratch<real_t>& s, int
   }
 }
 
-// The calling thread's scratch of type S for these sizes, kept between calls (rebuilt when the sizes
-// change): a fresh ~1 MiB of buffers per call costs more in allocation, zeroing and page faults than the
-// transforms at a few hundred rows. Allocated and freed by the thread that uses it; every stage writes the
-// rows it later reads, so nothing of a previous call is read.
-template <typename S, typename... Sizes>
-S& thread_scratch(Sizes... sizes) {
-  thread_local std::unique_ptr<S> scratch;
-  thread_local std::tuple<Sizes...> key;
-  if (!scratch || key != std::make_tuple(sizes...)) {
-    scratch.reset();
-    scratch = std::make_unique<S>(sizes...);
-    key = std::make_tuple(sizes...);
-  }
-  return *scratch;
-}
-
-// Runs body(chunk, scratch, r0, len) over blocks of `block` rows, the blocks split into at most one contiguous
-// chunk per thread. Every transform, gather and scatter of a block happens while its rows are in cache: the
-// pipeline reads the input and writes the output once, instead of one pass over memory per stage.
-// make_scratch() runs on the worker thread and returns that thread's scratch (thread_scratch): nothing
-// allocated by one thread is released by another.
-template <typename MakeScratch, typename Body>
-void for_each_block(int64_t rows, int64_t block, int64_t chunks, const MakeScratch& make_scratch, const Body& body) {
-  const int64_t blocks = (rows + block - 1) / block;
-  at::parallel_for(0, chunks, 1, [&](int64_t cbegin, int64_t cend) {
-    // Worker threads do not inherit the caller's dispatch state: the ATen calls below must not
-    // record autograd history (the kernel runs below the Autograd key on the calling thread too).
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    auto& scratch = make_scratch();
-    for (int64_t c = cbegin; c < cend; ++c) {
-      for (int64_t b = blocks * c / chunks; b < blocks * (c + 1) / chunks; ++b) {
-        const int64_t r0 = b * block;
-        body(c, scratch, r0, std::min(block, rows - r0));
-      }
-    }
-  });
-}
-
-int64_t chunk_count(int64_t rows, int64_t block) {
-  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (rows + block - 1) / block));
-}
 
 // Rows of `in2d` (contiguous real [rows, m]) through the spectral apply into `dst` (real [rows, p]).
 template <typename real_t>
@@ -502,148 +442,28 @@ at::Tensor finish_grad_spectrum(const std::vector<double>& sums, const at::Tenso
   return grad;
 }
 
-// ---------------------------------------------------------------------------------------------
-// The folded route (large n against the layer): the n coefficients folded onto two real
-// matrices over the half spectra's bins (h1 = d1/2 + 1 by h2 = d2/2 + 1),
-//   R[a, b] = sum c_k,   I[a, b] = - sum s(u_k) s(v_k) c_k,   over the entries with fold(u_k) = a, fold(v_k) = b,
-// where fold(k) = min(k, d - k) and s(k) = +1 for k <= d/2, -1 above (the real parts of a real signal's spectrum
-// are even, the imaginary parts odd). Then, with X = rfft(x) and G = rfft(g) per row:
-//   forward: y      = irfft(Re X R^T + i Im X I^T) * alpha / (2 d2)
-//   grad_x : grad_x = irfft(Re G R   + i Im G I  ) * alpha / (2 d1)
-//   grad_c : grad_c_k = alpha / (d1 d2) * (A[a_k, b_k] - s(u_k) s(v_k) B[a_k, b_k]),  A = Re G^T Re X,
-//            B = Im G^T Im X,
-// i.e. two real GEMMs of tokens x h1 x h2 each (together half the base layer's GEMM) between row transforms,
-// whatever n is: what the pipeline does in tokens x n gathers, and cheaper than building delta_W (an irfft2 of
-// d1 x d2) when the tokens are few against log(d1 d2). The output's self-mirrored bins (0 and d/2) take the
-// real part twice (Re(ifft(Z)) = irfft of Z's Hermitian part): their rows (forward) or columns (grad_x) of R
-// are doubled and of I cleared.
-
-// Re and Im of the rows' half spectra, each a contiguous real [rows, len/2 + 1] matrix (the GEMMs' operands):
-// blocks of rows transformed and split while in cache (one read of the input, one write of each part).
-std::pair<at::Tensor, at::Tensor> half_spectra(const at::Tensor& rows2d) {
-  const int64_t rows = rows2d.size(0), len = rows2d.size(1), bins = len / 2 + 1;
-  auto re = at::empty({rows, bins}, rows2d.options()), im = at::empty({rows, bins}, rows2d.options());
-  AT_DISPATCH_FLOATING_TYPES(rows2d.scalar_type(), "fourierft_half_spectra", [&] {
-    const int64_t block = block_rows<scalar_t>(bins, rows, at::get_num_threads(), 256 * 1024, 8);
-    const scalar_t* in = rows2d.const_data_ptr<scalar_t>();
-    scalar_t* pr = re.data_ptr<scalar_t>();
-    scalar_t* pi = im.data_ptr<scalar_t>();
-    const int64_t stride = staging_stride<scalar_t>(bins);
-    const auto make = [&]() -> std::vector<scalar_t>& {
-      return thread_scratch<std::vector<scalar_t>>(static_cast<size_t>(2 * stride * block));
-    };
-    for_each_block(rows, block, chunk_count(rows, block), make,
-                   [&](int64_t, std::vector<scalar_t>& staging, int64_t r0, int64_t n_rows) {
-                     rfft_rows(in + r0 * len, staging.data(), len, n_rows, std::is_same_v<scalar_t, double>, stride);
-                     for (int64_t t = 0; t < n_rows; ++t) {
-                       const scalar_t* z = staging.data() + 2 * t * stride;
-                       scalar_t* __restrict r = pr + (r0 + t) * bins;
-                       scalar_t* __restrict i = pi + (r0 + t) * bins;
-                       for (int64_t q = 0; q < bins; ++q) {
-                         r[q] = z[2 * q];
-                         i[q] = z[2 * q + 1];
-                       }
-                     }
-                   });
-  });
-  return {re, im};
-}
-
-// out = irfft(re + i im, out_len) per row (normalised by 1/out_len), the parts [rows, out_len/2 + 1] joined and
-// transformed block by block.
-at::Tensor irfft_of_parts(const at::Tensor& re, const at::Tensor& im, int64_t out_len) {
-  const int64_t rows = re.size(0), bins = out_len / 2 + 1;
-  auto out = at::empty({rows, out_len}, re.options());
-  AT_DISPATCH_FLOATING_TYPES(re.scalar_type(), "fourierft_irfft_of_parts", [&] {
-    const int64_t block = block_rows<scalar_t>(bins, rows, at::get_num_threads(), 256 * 1024, 8);
-    const scalar_t* pr = re.const_data_ptr<scalar_t>();
-    const scalar_t* pi = im.const_data_ptr<scalar_t>();
-    scalar_t* o = out.data_ptr<scalar_t>();
-    const int64_t stride = staging_stride<scalar_t>(bins);
-    const auto make = [&]() -> std::vector<scalar_t>& {
-      return thread_scratch<std::vector<scalar_t>>(static_cast<size_t>(2 * stride * block));
-    };
-    for_each_block(rows, block, chunk_count(rows, block), make,
-                   [&](int64_t, std::vector<scalar_t>& staging, int64_t r0, int64_t n_rows) {
-                     for (int64_t t = 0; t < n_rows; ++t) {
-                       scalar_t* __restrict z = staging.data() + 2 * t * stride;
-                       const scalar_t* r = pr + (r0 + t) * bins;
-                       const scalar_t* i = pi + (r0 + t) * bins;
-                       for (int64_t q = 0; q < bins; ++q) {
-                         z[2 * q] = r[q];
-                         z[2 * q + 1] = i[q];
-                       }
-                     }
-                     irfft_rows(staging.data(), o + r0 * out_len, out_len, n_rows, std::is_same_v<scalar_t, double>,
-                                stride);
-                   });
-  });
-  return out;
-}
-
-// [2, h1, h2]: R and I, times `factor`, the self-mirrored bins of the output side (rows: the forward; columns:
-// grad_x) doubled in R and cleared in I. Threads split the rows; each zeroes its band and adds the entries
-// that land in it.
-at::Tensor folded_coefficients(const at::Tensor& coeff, const int64_t* u, const int64_t* v, int64_t d1, int64_t d2,
-                               bool output_is_rows, double factor) {
-  const int64_t n = coeff.size(0), h1 = d1 / 2 + 1, h2 = d2 / 2 + 1;
-  auto folded = at::empty({2, h1, h2}, coeff.options());
-  const auto self_mirrored = [](int64_t bin, int64_t len) { return bin == 0 || 2 * bin == len; };
-  AT_DISPATCH_FLOATING_TYPES(coeff.scalar_type(), "fourierft_folded_coefficients", [&] {
-    const scalar_t* c = coeff.const_data_ptr<scalar_t>();
-    scalar_t* re = folded.data_ptr<scalar_t>();
-    scalar_t* im = re + h1 * h2;
-    at::parallel_for(0, h1, std::max<int64_t>(1, (1 << 15) / h2), [&](int64_t a0, int64_t a1) {
-      std::fill(re + a0 * h2, re + a1 * h2, scalar_t(0));
-      std::fill(im + a0 * h2, im + a1 * h2, scalar_t(0));
-      for (int64_t k = 0; k < n; ++k) {
-        const bool u_upper = 2 * u[k] > d1, v_upper = 2 * v[k] > d2;
-        const int64_t a = u_upper ? d1 - u[k] : u[k];
-        if (a < a0 || a >= a1) continue;
-        const int64_t b = v_upper ? d2 - v[k] : v[k];
-        const bool mirrored = output_is_rows ? self_mirrored(a, d1) : self_mirrored(b, d2);
-        const double value = factor * static_cast<double>(c[k]);
-        re[a * h2 + b] += static_cast<scalar_t>(mirrored ? 2 * value : value);
-        if (!mirrored) im[a * h2 + b] += static_cast<scalar_t>(u_upper == v_upper ? -value : value);
-      }
-    });
-  });
-  return folded;
-}
-
-// irfft(Re S F^T + i Im S G^T, out_len) for the half spectra (re, im) of the input rows, (F, G) = (R, I) for the
-// forward (output bins are R's rows) or (R^T, I^T) for grad_x.
-at::Tensor folded_apply(const std::pair<at::Tensor, at::Tensor>& spec, const at::Tensor& folded, bool output_is_rows,
-                        int64_t out_len) {
-  const auto r = folded.select(0, 0), i = folded.select(0, 1);
-  return irfft_of_parts(spec.first.mm(output_is_rows ? r.t() : r), spec.second.mm(output_is_rows ? i.t() : i),
-                        out_len);
-}
-
-// grad_c from the half spectra of g's and x's rows.
-at::Tensor folded_grad_spectrum(const std::pair<at::Tensor, at::Tensor>& g_spec,
-                                const std::pair<at::Tensor, at::Tensor>& x_spec, const int64_t* u, const int64_t* v,
-                                int64_t d1, int64_t d2, double scaling, const at::Tensor& spectrum) {
-  const auto a = g_spec.first.t().mm(x_spec.first).contiguous();
-  const auto b = g_spec.second.t().mm(x_spec.second).contiguous();
-  const int64_t n = spectrum.size(0), h2 = d2 / 2 + 1;
-  const double factor = scaling / (static_cast<double>(d1) * d2);
-  auto grad = at::empty({n}, spectrum.options());
-  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "fourierft_folded_grad_spectrum", [&] {
-    const scalar_t* pa = a.const_data_ptr<scalar_t>();
-    const scalar_t* pb = b.const_data_ptr<scalar_t>();
-    scalar_t* out = grad.data_ptr<scalar_t>();
-    for (int64_t k = 0; k < n; ++k) {
-      const bool u_upper = 2 * u[k] > d1, v_upper = 2 * v[k] > d2;
-      const int64_t at = (u_upper ? d1 - u[k] : u[k]) * h2 + (v_upper ? d2 - v[k] : v[k]);
-      const double value = u_upper == v_upper ? pa[at] - pb[at] : pa[at] + pb[at];
-      out[k] = static_cast<scalar_t>(factor * value);
-    }
-  });
-  return grad;
-}
-
 }  // namespace
+
+void pipeline_apply(const at::Tensor& in2d, int64_t in_len, const at::Tensor& coeff, const int64_t* src,
+                    const int64_t* dst, int64_t out_len, double factor, at::Tensor& out2d, const at::Tensor& bias) {
+  AT_DISPATCH_FLOATING_TYPES(in2d.scalar_type(), "fourierft_pipeline_apply", [&] {
+    const auto plan = make_scatter_plan<scalar_t>(coeff.const_data_ptr<scalar_t>(), src, in_len, dst, out_len,
+                                                  coeff.size(0), factor);
+    spectral_apply_rows<scalar_t>(in2d, in_len, plan, out_len, out2d,
+                                  bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr);
+  });
+}
+
+at::Tensor pipeline_backward(const at::Tensor& g2d, const at::Tensor& x2d, const at::Tensor& coeff, const int64_t* u,
+                             const int64_t* v, int64_t out_features, int64_t in_features, double scaling,
+                             at::Tensor& gx2d, const at::Tensor& spectrum) {
+  at::Tensor grad_spectrum;
+  AT_DISPATCH_FLOATING_TYPES(g2d.scalar_type(), "fourierft_pipeline_backward", [&] {
+    const auto sums = spectral_backward_rows<scalar_t>(g2d, x2d, coeff, u, v, out_features, in_features, scaling, gx2d);
+    if (x2d.defined()) grad_spectrum = finish_grad_spectrum(sums, spectrum, out_features, in_features, scaling);
+  });
+  return grad_spectrum;
+}
 
 at::Tensor spectral_linear_cpu(const at::Tensor& x, const at::Tensor& spectrum, const at::Tensor& indices,
                                int64_t out_features, int64_t in_features, double scaling) {
@@ -711,165 +531,6 @@ std::tuple<at::Tensor, at::Tensor> spectral_linear_backward_cpu(
   });
   if (need_grad_x) grad_x = gx2d.to(x.scalar_type()).view(grad_x_shape);
   return {grad_x, grad_spectrum};
-}
-
-}  // namespace fourierft::detail
-
-// ---------------------------------------------------------------------------------------------
-// The whole adapted layer, y = x W^T + b + x delta_W^T, by the path the cost model picks:
-//   spectral: the blocked pipeline writes x delta_W^T (+ b, in its epilogue) into y, and the GEMM
-//             accumulates x W^T into it (beta = 1): no separate pass over y for either addition;
-//   merged:   one GEMM with W + delta_W (delta_W from its irfft2, never kept: nothing of size
-//             out x in outlives the call);
-//   folded:   the two half-spectrum GEMMs between row transforms (above), the GEMM with W accumulating.
-// The backward makes the same choice for grad_x (grad_x = g (W + delta_W), the pipeline or the folded GEMMs on
-// g, and a GEMM accumulating g W), and computes grad_c by correlating the rfft of g's and x's blocks inside the
-// pipeline's pass, or by the folded route's two GEMMs at large n (linear_grad_spectrum_is_dense).
-namespace fourierft::detail {
-namespace {
-
-bool fused_dtypes(const at::Tensor& x, const at::Tensor& spectrum) {
-  return x.scalar_type() == spectrum.scalar_type() &&
-         (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble);
-}
-
-at::Tensor merged_weight(const at::Tensor& weight, const at::Tensor& spectrum, const at::Tensor& indices,
-                         int64_t out_features, int64_t in_features, double scaling) {
-  return delta_weight_cpu(spectrum, indices, out_features, in_features, scaling).add_(weight);
-}
-
-}  // namespace
-
-at::Tensor linear_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                      const at::Tensor& spectrum, const at::Tensor& indices, int64_t out_features,
-                      int64_t in_features, double scaling) {
-  if (generic_kernels_on_cpu()) return linear_generic(x, weight, bias, spectrum, indices, out_features, in_features, scaling);
-  check_linear("linear", x, weight, bias, spectrum, indices, out_features, in_features);
-  check_cpu("linear", x);
-  if (!fused_dtypes(x, spectrum)) {
-    // PEFT's composition: base in x's dtype, adapter in the spectrum's (float32 for a half-precision model),
-    // the sum returned in linear_result_dtype (x's for a half-precision model, as PEFT's layer returns it).
-    return at::add(at::linear(x, weight, bias),
-                   spectral_linear_cpu(x.to(spectrum.scalar_type()), spectrum, indices, out_features, in_features,
-                                       scaling))
-        .to(linear_result_dtype(x.scalar_type(), spectrum.scalar_type()));
-  }
-  const auto x2d = x.reshape({-1, in_features}).contiguous();
-  const int64_t rows = x2d.size(0);
-  std::vector<int64_t> out_shape(x.sizes().begin(), x.sizes().end());
-  out_shape.back() = out_features;
-  if (rows == 0) return at::linear(x, weight, bias);
-  const int64_t n = spectrum.size(0);
-  const LayerCall call{c10::DeviceType::CPU, x.scalar_type(), rows, out_features, in_features, n, false};
-  const auto route = linear_routes(call).forward;
-  if (route == LinearPath::Dense) {
-    return at::linear(x2d, merged_weight(weight, spectrum, indices, out_features, in_features, scaling), bias)
-        .view(out_shape);
-  }
-  const auto coeff = spectrum.contiguous();
-  const auto idx = indices.contiguous();
-  const int64_t* u = idx.const_data_ptr<int64_t>();
-  const int64_t* v = u + n;
-  const auto b = bias.has_value() && bias->defined() ? bias->to(x.scalar_type()).contiguous() : at::Tensor();
-  if (route == LinearPath::Folded) {
-    const auto folded = folded_coefficients(coeff, u, v, out_features, in_features, /*output_is_rows=*/true,
-                                            0.5 * scaling / static_cast<double>(in_features));
-    auto y = folded_apply(half_spectra(x2d), folded, /*output_is_rows=*/true, out_features);
-    y.addmm_(x2d, weight.t());
-    if (b.defined()) y.add_(b);
-    return y.view(out_shape);
-  }
-  auto y = at::empty({rows, out_features}, x2d.options());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "fourierft_linear", [&] {
-    const auto plan = make_scatter_plan<scalar_t>(coeff.const_data_ptr<scalar_t>(), v, in_features, u,
-                                                  out_features, n, scaling / static_cast<double>(in_features));
-    spectral_apply_rows<scalar_t>(x2d, in_features, plan, out_features, y,
-                                  b.defined() ? b.const_data_ptr<scalar_t>() : nullptr);
-  });
-  y.addmm_(x2d, weight.t());
-  return y.view(out_shape);
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_backward_cpu(
-    const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& spectrum,
-    const at::Tensor& indices, int64_t out_features, int64_t in_features, double scaling, bool need_grad_x,
-    bool need_grad_weight, bool need_grad_bias, bool need_grad_spectrum,
-    const std::optional<at::Tensor>& dense_operand) {
-  // A kept dense operand comes from the ATen implementation's forward (set_keep_delta): its backward uses it.
-  if (generic_kernels_on_cpu() || (dense_operand.has_value() && dense_operand->defined())) {
-    return linear_backward_generic(grad_out, x, weight, spectrum, indices, out_features, in_features, scaling,
-                                   need_grad_x, need_grad_weight, need_grad_bias, need_grad_spectrum, dense_operand);
-  }
-  check_linear_backward("_linear_backward", grad_out, x, weight, spectrum, indices, out_features, in_features,
-                        need_grad_weight || need_grad_spectrum);
-  check_cpu("_linear_backward", grad_out);
-  const auto g2d = grad_out.reshape({-1, out_features}).contiguous();
-  const int64_t rows = g2d.size(0);
-  const bool need_x = need_grad_weight || need_grad_spectrum;
-  const auto x2d = need_x ? x.reshape({-1, in_features}).contiguous() : at::Tensor();
-  std::vector<int64_t> grad_x_shape(grad_out.sizes().begin(), grad_out.sizes().end());
-  grad_x_shape.back() = in_features;
-  at::Tensor grad_x = at::empty({0}, grad_out.options().dtype(x.scalar_type()));
-  at::Tensor grad_weight = at::empty({0}, weight.options());
-  at::Tensor grad_bias = at::empty({0}, weight.options());
-  at::Tensor grad_spectrum = at::empty({0}, spectrum.options());
-  if (need_grad_weight) grad_weight = rows == 0 ? at::zeros_like(weight) : g2d.t().mm(x2d.to(g2d.scalar_type()));
-  if (need_grad_bias) grad_bias = g2d.sum(0).to(weight.scalar_type());
-  if (!fused_dtypes(grad_out, spectrum) || grad_out.scalar_type() != x.scalar_type()) {
-    // PEFT's composition (see linear_cpu): the base part in x's dtype, the adapter part in the spectrum's.
-    auto [gx, gc] = spectral_linear_backward_cpu(grad_out.to(spectrum.scalar_type()),
-                                                 need_grad_spectrum ? x.to(spectrum.scalar_type()) : x, spectrum,
-                                                 indices, out_features, in_features, scaling, need_grad_x,
-                                                 need_grad_spectrum);
-    if (need_grad_x) grad_x = at::matmul(grad_out.to(weight.scalar_type()), weight).add_(gx).to(x.scalar_type());
-    if (need_grad_spectrum) grad_spectrum = gc;
-    return {grad_x, grad_weight, grad_bias, grad_spectrum};
-  }
-  if (rows == 0) {
-    if (need_grad_x) grad_x = at::zeros(grad_x_shape, grad_out.options());
-    if (need_grad_spectrum) grad_spectrum = at::zeros_like(spectrum);
-    return {grad_x, grad_weight, grad_bias, grad_spectrum};
-  }
-  const int64_t n = spectrum.size(0);
-  const auto coeff = spectrum.contiguous();
-  const auto idx = indices.contiguous();
-  const int64_t* u = idx.const_data_ptr<int64_t>();
-  const int64_t* v = u + n;
-  // The spectrum's gradient by the folded route's GEMMs, or by correlation inside the pipeline's pass over g and
-  // x (then grad_x by another route saves only about half of that pass).
-  const LayerCall call{c10::DeviceType::CPU, x.scalar_type(), rows, out_features, in_features, n, true};
-  const auto routes = linear_backward_routes(call, need_grad_x, need_grad_spectrum);
-  const bool folded_grad_c = routes.grad_spectrum == LinearPath::Folded;
-  const bool correlate = need_grad_spectrum && !folded_grad_c;
-  const auto route = routes.grad_x;
-  std::pair<at::Tensor, at::Tensor> g_spec;
-  if (folded_grad_c || (need_grad_x && route == LinearPath::Folded)) g_spec = half_spectra(g2d);
-  if (folded_grad_c) {
-    grad_spectrum =
-        folded_grad_spectrum(g_spec, half_spectra(x2d), u, v, out_features, in_features, scaling, spectrum);
-  }
-  at::Tensor gx2d;
-  if (need_grad_x && route == LinearPath::Dense) {
-    grad_x = g2d.mm(merged_weight(weight, spectrum, indices, out_features, in_features, scaling));
-  } else if (need_grad_x && route == LinearPath::Folded) {
-    const auto folded = folded_coefficients(coeff, u, v, out_features, in_features, /*output_is_rows=*/false,
-                                            0.5 * scaling / static_cast<double>(out_features));
-    gx2d = folded_apply(g_spec, folded, /*output_is_rows=*/false, in_features);
-  } else if (need_grad_x) {
-    gx2d = at::empty({rows, in_features}, g2d.options());
-  }
-  const bool pipeline_grad_x = need_grad_x && route == LinearPath::Spectral;
-  if (pipeline_grad_x || correlate) {
-    AT_DISPATCH_FLOATING_TYPES(g2d.scalar_type(), "fourierft_linear_backward", [&] {
-      at::Tensor pipeline_gx = pipeline_grad_x ? gx2d : at::Tensor();
-      const auto sums = spectral_backward_rows<scalar_t>(g2d, correlate ? x2d : at::Tensor(), coeff, u, v,
-                                                         out_features, in_features, scaling, pipeline_gx);
-      if (correlate) grad_spectrum = finish_grad_spectrum(sums, spectrum, out_features, in_features, scaling);
-    });
-  }
-  if (gx2d.defined()) grad_x = gx2d.addmm_(g2d, weight);
-  if (need_grad_x) grad_x = grad_x.view(grad_x_shape);
-  return {grad_x, grad_weight, grad_bias, grad_spectrum};
 }
 
 }  // namespace fourierft::detail
