@@ -3,6 +3,9 @@
 // Layout, one concern per file (in the manner of pytorch_scatter's csrc/<op>.cpp + csrc/cpu/<op>_cpu.cpp):
 //   checks.cpp                 argument checks shared by every op (messages name the op and the values)
 //   cpu/spectral_linear_cpu.cpp the matrix-free spectral path: blocked SIMD gather/scatter kernels, forward, backward
+//   cpu/folded_cpu.cpp         the folded route (half-spectrum GEMMs between row transforms)
+//   cpu/linear_cpu.cpp         fourierft::linear (the whole layer) by the cost model's routes, and its backward
+//   cpu/blocks.h, spectral_cpu.h, fft_rows.*  row blocking and scratch; the routes' interface; batched row FFTs
 //   cpu/delta_weight_cpu.cpp   entry_indices (PEFT's draw), delta_weight and its backward
 //   generic.cpp                the same ops from ATen operations only: registered for CUDA, and on CPU
 //                              behind fourierft::set_generic_kernels(true) (the parity reference)
@@ -10,7 +13,7 @@
 //   autograd.cpp               autograd Functions at the Autograd key, the public C++ entry points
 //   registration.cpp           TORCH_LIBRARY schemas and the per-key kernel tables
 //   index_plan.cpp             what the ATen implementation derives from an entry matrix, once per indices tensor
-//   cost_model.cpp             spectral vs dense forward path, with its calibrated constants
+//   cost_model.cpp             the routes per device and pass, and the plan of a layer call
 #pragma once
 
 #include <ATen/core/Tensor.h>
