@@ -352,10 +352,11 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory(prefix="fourierft-mutants-") as tmp:
         # Python mutations run args.jobs at a time, each on a package copy of its own; C++ ones one at a time after
+        copies = [package_copy(pathlib.Path(tmp) / f"job{job}") for job in range(args.jobs)]
         sites = queue.Queue()
-        for job in range(args.jobs):
-            sites.put(package_copy(pathlib.Path(tmp) / f"job{job}"))
-        site = sites.queue[0]
+        for copy in copies:
+            sites.put(copy)
+        site = copies[0]
         if not run(pytest_command(("tests/python/test_optim.py",)), env=pytest_env(site)):
             raise SystemExit("the unmutated package copy fails its tests: nothing to compare against")
 

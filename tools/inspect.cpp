@@ -12,6 +12,7 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <vector>
 
 namespace fs = std::filesystem;
 
@@ -46,18 +47,19 @@ int main(int argc, char** argv) {
     int64_t spectra = 0, others = 0, layers = 0;
     std::cout << "layers:\n";
     namespace names = fourierft::peft_names;
-    const auto is_spectrum = [&](const std::string& key) {
-      return names::parse_key(key, weights_path).kind == names::Key::Kind::Spectrum;
-    };
+    std::vector<std::string> rest;  // the keys that are not spectra
     for (const auto& [key, tensor] : file.tensors) {
-      if (!is_spectrum(key)) continue;
-      std::cout << "  " << names::parse_key(key, weights_path).path << "  n_frequency=" << tensor.numel() << "  "
-                << tensor.scalar_type() << "\n";
+      const auto parsed = names::parse_key(key, weights_path);
+      if (parsed.kind != names::Key::Kind::Spectrum) {
+        rest.push_back(key);
+        continue;
+      }
+      std::cout << "  " << parsed.path << "  n_frequency=" << tensor.numel() << "  " << tensor.scalar_type() << "\n";
       spectra += tensor.numel();
       ++layers;
     }
-    for (const auto& [key, tensor] : file.tensors) {
-      if (is_spectrum(key)) continue;
+    for (const auto& key : rest) {
+      const auto& tensor = file.tensors.at(key);
       if (others == 0) std::cout << "other saved tensors (modules_to_save):\n";
       std::cout << "  " << key << "  " << tensor.sizes() << "  " << tensor.scalar_type() << "\n";
       others += tensor.numel();

@@ -88,8 +88,7 @@ class FourierFTModel(PeftFourierFTModel):
         if adapter_names is None:
             return
         names = [adapter_names] if allow_str and isinstance(adapter_names, str) else adapter_names
-        if isinstance(names, str) or not isinstance(names, (list, tuple, set)) or \
-                not all(isinstance(n, str) for n in names):
+        if not isinstance(names, (list, tuple, set)) or not all(isinstance(n, str) for n in names):
             raise ValueError(f"{what}: adapter_names must be a list of adapter names, got {adapter_names!r}")
         unknown = [n for n in names if n not in self.peft_config]
         if unknown:
@@ -313,7 +312,3 @@ def accelerate(model: nn.Module, enabled: bool = True) -> nn.Module:
             f"fourierft.accelerate: no peft FourierFT layer in {type(model).__name__}; build the model with "
             "peft.get_peft_model(model, peft.FourierFTConfig(...)) or fourierft.get_peft_model first")
     return model
-
-
-
-

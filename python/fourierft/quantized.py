@@ -175,7 +175,4 @@ def unmerge_from(layer: nn.Module, deltas: list[torch.Tensor]) -> None:
     each quantization rounds)."""
     warnings.warn("Unmerging a FourierFT adapter from a quantized base quantizes the weight again; its output may "
                   "differ slightly from the layer before the merge (rounding)", stacklevel=3)
-    weight = dequantized_weight(layer)
-    for delta in deltas:
-        weight = weight - delta.to(weight.device, torch.float32)
-    set_weight(layer, weight)
+    merge_into(layer, [-delta for delta in deltas], type(layer).__name__, safe_merge=False)
