@@ -1,38 +1,46 @@
 """The mutation check: breaks the library on purpose, one mutation at a time, and fails if the tests meant to guard
 each change still pass ("a survivor"). A test earns its place by being able to fail; this keeps them honest.
 
-    .venv/bin/python scripts/mutation_check.py            # every mutation (about 6 min on 2 cores: ~6 s per Python
-                                                          # one, 12-23 s per C++ one, which rebuilds the library or
-                                                          # tool)
+    .venv/bin/python scripts/mutation_check.py            # every mutation (35; about 3 min on 2 cores)
     .venv/bin/python scripts/mutation_check.py --ci       # CI's table (scripts/test.sh): every Python mutation and
-                                                          # the C++ ones marked ci=True (the rest rebuild for ~15 s
-                                                          # each; run the full table after changing C++)
-    .venv/bin/python scripts/mutation_check.py --python   # the Python mutations only (no rebuild)
+                                                          # the C++ ones marked ci=True (the others guard speed
+                                                          # only; run the full table after changing C++)
+    .venv/bin/python scripts/mutation_check.py --python   # the Python mutations only (nothing compiled)
     .venv/bin/python scripts/mutation_check.py --list     # the table
     .venv/bin/python scripts/mutation_check.py --only "cost model"   # the mutations whose name contains the text
+    .venv/bin/python scripts/mutation_check.py --keep DIR # keep each mutant's build and test log in DIR
 
 Each mutation replaces one exact snippet of a source file (it must occur exactly once, so a mutation whose code
-moved fails loudly instead of testing nothing) and names the tests that must catch it.
-- Python mutations are applied to a copy of the installed package (.venv's site-packages/fourierft) put first on
-  PYTHONPATH: the checkout is never touched.
-- C++ mutations are applied to the source in place, `build/` is rebuilt, the tests run against that library (the
-  GoogleTest binary, and pytest with build/'s libfourierft in the package copy), then the source is restored,
-  whatever happened; after the last one `build/` is rebuilt from the restored sources.
+moved fails loudly instead of testing nothing) and names the tests that must catch it. The checkout and its build
+folders are never written:
+- Python mutations are applied to a copy of the installed package (.venv's site-packages/fourierft), which the
+  tests import first.
+- C++ mutations are compiled in a folder of their own with the compile command ninja recorded for the checkout's
+  build (the library's in build/python, a tool's in build/) and linked there with the checkout's other objects. The
+  GoogleTest binary loads the mutant library through LD_LIBRARY_PATH (its RUNPATH yields to it; checked with ldd);
+  pytest runs with the mutant library in the package copy, or with FOURIERFT_<TOOL> naming the mutant tool.
+- Tests run in warm workers (torch, PEFT and transformers imported once; each run in a forked child), two
+  mutations at a time.
 Needs scripts/bootstrap.sh to have run (the .venv, the package, build/).
 """
 from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
+import json
 import os
 import pathlib
 import queue
+import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -233,37 +241,170 @@ def apply(text: str, mutation: Mutation) -> str:
     return text.replace(mutation.old, mutation.new)
 
 
+# ---- pytest, warm -----------------------------------------------------------------------------------------------
+# A fresh interpreter spends ~6 s importing torch, PEFT and transformers, most of a Python mutation's time. A worker
+# imports them once and runs each request in a forked child that imports fourierft (the package copy) itself.
+
+def serve() -> None:
+    """The worker (``--serve``): one JSON request per line on stdin, one JSON answer per line on stdout."""
+    import peft  # noqa: F401
+    import pytest
+    import torch  # noqa: F401
+    import transformers  # noqa: F401
+    if "fourierft" in sys.modules:
+        raise SystemExit("the worker imported fourierft before forking: the children would share it")
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:  # the child: its own process group (a timeout kills what it started too), output to a log
+            code = 3
+            try:
+                os.setpgrp()
+                log = os.open(request["log"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                os.dup2(log, 1)
+                os.dup2(log, 2)
+                os.environ.update(request["env"])
+                sys.path.insert(0, request["site"])
+                import fourierft
+                if not fourierft.__file__.startswith(request["site"]):
+                    print(f"imported {fourierft.__file__}, not the package copy under {request['site']}")
+                    code = 4
+                else:
+                    code = int(pytest.main(request["args"]))
+            except BaseException:
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        deadline = time.monotonic() + request["timeout"]
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                answer = {"returncode": os.waitstatus_to_exitcode(status)}
+                break
+            if time.monotonic() > deadline:
+                os.killpg(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                answer = {"returncode": None, "timeout": True}
+                break
+            time.sleep(0.05)
+        print(json.dumps(answer), flush=True)
+
+
+class Worker:
+    """One warm pytest worker and the package copy its requests import."""
+
+    def __init__(self, site: pathlib.Path):
+        self.site = site
+        self.log = site.parent / "worker.log"  # its own messages (the children's go to each request's log)
+        with self.log.open("w") as log:
+            self.process = subprocess.Popen([str(PYTHON), str(pathlib.Path(__file__).resolve()), "--serve"],
+                                            cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                            text=True)
+
+    def pytest(self, tests, log: pathlib.Path, env: dict | None = None, timeout: float = 1800) -> bool:
+        """True when the tests passed (caught nothing). Their output goes to ``log``."""
+        request = {"args": ["-x", "-q", "-p", "no:cacheprovider", *tests], "site": str(self.site), "log": str(log),
+                   "env": {"PYTHONPATH": str(self.site), "HF_HUB_OFFLINE": "1", **(env or {})}, "timeout": timeout}
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the pytest worker died: {self.log.read_text()[-3000:]}")
+        answer = json.loads(line)
+        if answer.get("timeout"):
+            raise RuntimeError(f"{' '.join(tests)} ran past {timeout} s (output: {log})")
+        if answer["returncode"] in (3, 4):  # pytest's internal error, or the package copy not imported
+            raise RuntimeError(f"pytest could not run {' '.join(tests)}:\n{log.read_text()[-3000:]}")
+        return answer["returncode"] == 0
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait()
+
+
 def package_copy(workdir: pathlib.Path) -> pathlib.Path:
-    """A copy of the installed package under workdir/site (put first on PYTHONPATH)."""
+    """A copy of the installed package under workdir/site (put first on the worker's sys.path)."""
     installed = subprocess.run([str(PYTHON), "-c", "import fourierft, os; print(os.path.dirname(fourierft.__file__))"],
                                capture_output=True, text=True, check=True, cwd="/").stdout.strip()
     site = workdir / "site"
     shutil.copytree(installed, site / "fourierft", symlinks=True,
                     ignore=shutil.ignore_patterns("__pycache__"))
-    imported = subprocess.run([str(PYTHON), "-c", "import fourierft; print(fourierft.__file__)"], capture_output=True,
-                              text=True, check=True, cwd=ROOT, env=pytest_env(site)).stdout.strip()
-    if not imported.startswith(str(site)):
-        raise SystemExit(f"the tests would import {imported}, not the package copy under {site}")
     return site
 
 
-def pytest_env(site: pathlib.Path) -> dict:
-    return dict(os.environ, PYTHONPATH=str(site), HF_HUB_OFFLINE="1")
-
-
-def pytest_command(tests) -> list[str]:
-    return [str(PYTHON), "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
-
-
-def check_python(mutation: Mutation, site: pathlib.Path) -> bool:
-    relative = pathlib.Path(mutation.file).relative_to("python")
-    target = site / relative
+def check_python(mutation: Mutation, worker: Worker, log: pathlib.Path) -> bool:
+    target = worker.site / pathlib.Path(mutation.file).relative_to("python")
     original = target.read_text()
     target.write_text(apply(original, mutation))
     try:
-        return run(pytest_command(mutation.pytest), env=pytest_env(site))
+        return worker.pytest(mutation.pytest, log)
     finally:
         target.write_text(original)
+
+
+# ---- C++ mutants, built in folders of their own ------------------------------------------------------------------
+# The mutated source is compiled into the mutant's folder with the command ninja recorded for the checkout's build,
+# and linked there with the checkout's other objects: the sources and the build folders are never written.
+
+def library_build() -> pathlib.Path:
+    """The build folder of the libfourierft.so that build/ links: build/python (FOURIERFT_PREBUILT_LIBRARY, as
+    scripts/bootstrap.sh configures it), or build/ itself."""
+    for line in (ROOT / "build" / "CMakeCache.txt").read_text().splitlines():
+        if line.startswith("FOURIERFT_PREBUILT_LIBRARY:") and line.split("=", 1)[1].strip():
+            return pathlib.Path(line.split("=", 1)[1].strip()).parent
+    return ROOT / "build"
+
+
+def recorded_commands(build: pathlib.Path, target: str) -> list[list[str]]:
+    """The commands ninja runs to build ``target`` from scratch in ``build``, split into arguments."""
+    lines = subprocess.run(["ninja", "-C", str(build), "-t", "commands", target], capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    commands = []
+    for line in lines:
+        line = line.removeprefix(": && ").removesuffix(" && :")
+        commands.append(shlex.split(line))
+    return commands
+
+
+def option_value(command: list[str], option: str) -> str:
+    return command[command.index(option) + 1]
+
+
+def build_mutant(mutation: Mutation, folder: pathlib.Path) -> pathlib.Path:
+    """Builds what the mutated file is part of (the library, or a tool) into ``folder``; returns the file."""
+    source = ROOT / mutation.file
+    if source.suffix != ".cpp":
+        raise SystemExit(f"mutation '{mutation.name}': only .cpp files can be mutated (a header's includers would all "
+                         "have to be rebuilt)")
+    tool = tool_target(mutation)
+    build, target, output = (ROOT / "build", tool, tool) if tool else (library_build(), "libfourierft.so",
+                                                                        "libfourierft.so.0")
+    commands = recorded_commands(build, target)
+    compile_ = next((c for c in commands if "-c" in c and option_value(c, "-c") == str(source)), None)
+    link = next((c for c in commands if "-o" in c and "-c" not in c and not option_value(c, "-o").endswith(".o")), None)
+    if compile_ is None or link is None:
+        raise SystemExit(f"mutation '{mutation.name}': ninja in {build} records no compile of {source} for {target}")
+    folder.mkdir(parents=True, exist_ok=True)
+    mutated = folder / source.name
+    mutated.write_text(apply(source.read_text(), mutation))
+    obj = option_value(compile_, "-o")
+    compile_ = [arg for i, arg in enumerate(compile_)  # no dependency files written into the build folder
+                if arg != "-MD" and compile_[i - 1] not in ("-MT", "-MF") and arg not in ("-MT", "-MF")]
+    compile_[compile_.index("-o") + 1] = str(folder / "mutant.o")
+    compile_[compile_.index("-c") + 1] = str(mutated)
+    compile_[1:1] = ["-iquote", str(source.parent)]  # its "..." includes, as from its own folder
+    link = [str(folder / "mutant.o") if arg == obj else arg for arg in link]
+    if str(folder / "mutant.o") not in link:
+        raise SystemExit(f"mutation '{mutation.name}': {target}'s link in {build} does not take {obj}")
+    link[link.index("-o") + 1] = str(folder / output)
+    for command in (compile_, link):
+        done = subprocess.run(command, cwd=build, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"mutation '{mutation.name}': building the mutant failed:\n"
+                               + done.stdout[-3000:] + done.stderr[-3000:])
+    return folder / output
 
 
 def tool_target(mutation: Mutation) -> str:
@@ -272,61 +413,50 @@ def tool_target(mutation: Mutation) -> str:
     return f"fourierft-{path.stem}" if path.parts[0] == "tools" else ""
 
 
-def library_file() -> pathlib.Path:
-    """The libfourierft.so build/ links: its own, or the one build/python compiled (FOURIERFT_PREBUILT_LIBRARY, as
-    scripts/bootstrap.sh configures it), which building build/'s targets rebuilds first."""
-    for line in (ROOT / "build" / "CMakeCache.txt").read_text().splitlines():
-        if line.startswith("FOURIERFT_PREBUILT_LIBRARY:") and line.split("=", 1)[1].strip():
-            return pathlib.Path(line.split("=", 1)[1].strip())
-    return ROOT / "build" / "libfourierft.so"
-
-
-def rebuild(*targets: str) -> None:
-    """Builds the GoogleTest binary (and with it the library it links) and ``targets`` (tools) in build/."""
-    done = subprocess.run(["cmake", "--build", "build", "--target", "fourierft_tests", *targets],
-                          cwd=ROOT, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError("build failed:\n" + done.stdout[-3000:] + done.stderr[-3000:])
-
-
-def check_cpp(mutation: Mutation, site: pathlib.Path) -> bool:
-    source = ROOT / mutation.file
-    original = source.read_text()
-    # pip installs the library's soname links as copies: every libfourierft.so* file of the package copy is one.
-    libraries = [p for p in (site / "fourierft" / "lib").glob("libfourierft.so*") if not p.is_symlink()]
-    installed = {p: p.read_bytes() for p in libraries}
-    source.write_text(apply(original, mutation))
-    tool = tool_target(mutation)
-    env = pytest_env(site)
-    if tool:  # the tests run build/'s tool (tests/python/integration/test_merge_cli.py reads FOURIERFT_MERGE)
-        env[tool.replace("-", "_").upper()] = str(ROOT / "build" / tool)
-    try:
-        rebuild(*([tool] if tool else []))
-        survived = True
-        if mutation.gtest:
-            survived &= run([str(ROOT / "build" / "tests" / "fourierft_tests"), f"--gtest_filter={mutation.gtest}"])
-        if mutation.pytest:
-            mutant = library_file().read_bytes()
+def check_cpp(mutation: Mutation, worker: Worker, folder: pathlib.Path) -> bool:
+    built = build_mutant(mutation, folder)
+    survived = True
+    env = {}
+    if tool_target(mutation):  # the tests run this build of the tool (test_merge_cli.py reads FOURIERFT_MERGE)
+        env[tool_target(mutation).replace("-", "_").upper()] = str(built)
+    if mutation.gtest:  # the GoogleTest binary's RUNPATH yields to LD_LIBRARY_PATH: it loads the mutant
+        binary = ROOT / "build" / "tests" / "fourierft_tests"
+        gtest_env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(
+            [str(folder), *filter(None, [os.environ.get("LD_LIBRARY_PATH")])]))
+        loads = subprocess.run(["ldd", str(binary)], env=gtest_env, capture_output=True, text=True).stdout
+        if f"=> {built} " not in loads:
+            raise RuntimeError(f"{binary} would not load the mutant {built}:\n{loads}")
+        survived &= run([str(binary), f"--gtest_filter={mutation.gtest}"], env=gtest_env)
+    if mutation.pytest:
+        # pip installs the library's soname links as copies: every libfourierft.so* file of the copy is one.
+        libraries = [] if tool_target(mutation) else [
+            p for p in (worker.site / "fourierft" / "lib").glob("libfourierft.so*") if not p.is_symlink()]
+        installed = {p: p.read_bytes() for p in libraries}
+        try:
             for library in libraries:
-                library.write_bytes(mutant)
-            survived &= run(pytest_command(mutation.pytest), env=env)
-        return survived
-    finally:  # build/ is rebuilt from the restored sources once, after the last C++ mutation (main)
-        source.write_text(original)
-        for library, content in installed.items():
-            library.write_bytes(content)
+                library.write_bytes(built.read_bytes())
+            survived &= worker.pytest(mutation.pytest, folder / "pytest.log", env)
+        finally:
+            for library, content in installed.items():
+                library.write_bytes(content)
+    return survived
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--python", action="store_true", help="only the Python mutations (no rebuild)")
+    parser.add_argument("--python", action="store_true", help="only the Python mutations (nothing compiled)")
     parser.add_argument("--list", action="store_true", help="print the table and exit")
     parser.add_argument("--only", metavar="TEXT", help="only the mutations whose name contains TEXT")
     parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
-                        help="Python mutations checked at once (default: 2, or 1 on one core)")
+                        help="mutations checked at once (default: 2, or 1 on one core)")
     parser.add_argument("--ci", action="store_true",
                         help="CI's table (scripts/test.sh): every Python mutation and the C++ ones marked ci=True")
+    parser.add_argument("--keep", metavar="DIR", help="keep the mutants' builds and test logs in DIR")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.serve:
+        serve()
+        return 0
     # Every snippet of the table, chosen or not, must still occur exactly once: code that moved fails here, at once.
     for mutation in MUTATIONS:
         apply((ROOT / mutation.file).read_text(), mutation)
@@ -340,48 +470,41 @@ def main() -> int:
             print(f"{m.language:6} {m.file}: {m.name}\n       caught by: {', '.join(m.pytest) or ''} "
                   f"{('gtest ' + m.gtest) if m.gtest else ''}")
         return 0
-    for m in chosen:  # every snippet is where the table says, before anything runs
-        apply((ROOT / m.file).read_text(), m)
     survivors = []
 
-    def report(m: Mutation, survived: bool, began: float) -> None:
-        verdict = "SURVIVED" if survived else "caught"
-        print(f"{verdict:8} {time.perf_counter() - began:5.1f} s  {m.file}: {m.name}", flush=True)
-        if survived:
-            survivors.append(m)
+    with contextlib.ExitStack() as stack:
+        tmp = pathlib.Path(args.keep) if args.keep else pathlib.Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="fourierft-mutants-")))
+        # args.jobs mutations at a time, C++ and Python alike, each job with a worker and a package copy of its own
+        workers = [Worker(package_copy(tmp / f"job{job}")) for job in range(args.jobs)]
+        for worker in workers:
+            stack.callback(worker.close)
+        if not workers[0].pytest(("tests/python/test_optim.py",), tmp / "unmutated.log"):
+            raise SystemExit(f"the unmutated package copy fails its tests: nothing to compare against "
+                             f"({tmp / 'unmutated.log'})")
+        free = queue.Queue()
+        for worker in workers:
+            free.put(worker)
 
-    with tempfile.TemporaryDirectory(prefix="fourierft-mutants-") as tmp:
-        # Python mutations run args.jobs at a time, each on a package copy of its own; C++ ones one at a time after
-        copies = [package_copy(pathlib.Path(tmp) / f"job{job}") for job in range(args.jobs)]
-        sites = queue.Queue()
-        for copy in copies:
-            sites.put(copy)
-        site = copies[0]
-        if not run(pytest_command(("tests/python/test_optim.py",)), env=pytest_env(site)):
-            raise SystemExit("the unmutated package copy fails its tests: nothing to compare against")
-
-        def check_on_a_free_copy(m: Mutation):
-            began, copy = time.perf_counter(), sites.get()
+        def check(index: int, m: Mutation):
+            began, worker = time.perf_counter(), free.get()
+            folder = tmp / f"mutant{index:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
             try:
-                return m, check_python(m, copy), began
+                caught_by_nothing = (check_cpp(m, worker, folder) if m.language == "cpp"
+                                     else check_python(m, worker, folder / "pytest.log"))
+                return m, caught_by_nothing, time.perf_counter() - began
             finally:
-                sites.put(copy)
+                free.put(worker)
 
-        try:
-            with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
-                python = [pool.submit(check_on_a_free_copy, m) for m in chosen if m.language == "python"]
-                for future in concurrent.futures.as_completed(python):
-                    report(*future.result())
-            for m in chosen:
-                if m.language == "cpp":
-                    began = time.perf_counter()
-                    report(m, check_cpp(m, site), began)
-        finally:
-            if any(m.language == "cpp" for m in chosen):
-                began = time.perf_counter()
-                tools = sorted({tool_target(m) for m in chosen} - {""})
-                rebuild(*tools)  # the sources are the checkout's again: so is build/ (the mutated tools included)
-                print(f"rebuilt  {time.perf_counter() - began:5.1f} s  build/ from the restored sources", flush=True)
+        # The C++ ones first: they compile, the longest jobs.
+        order = sorted(enumerate(chosen), key=lambda pair: pair[1].language != "cpp")
+        with concurrent.futures.ThreadPoolExecutor(args.jobs) as pool:
+            for future in concurrent.futures.as_completed([pool.submit(check, i, m) for i, m in order]):
+                m, survived, seconds = future.result()
+                print(f"{'SURVIVED' if survived else 'caught':8} {seconds:5.1f} s  {m.file}: {m.name}", flush=True)
+                if survived:
+                    survivors.append(m)
     caught = len(chosen) - len(survivors)
     print(f"mutation check: {caught} caught, {len(survivors)} survived")
     for m in survivors:
