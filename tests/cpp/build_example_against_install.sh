@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# Installs the built library into a scratch prefix (or takes an installed package's prefix, the 4th argument:
-# fourierft.cmake_prefix_path of the pip-installed package), then builds as separate CMake projects that
-# only know `find_package(fourierft)`: examples/cpp (run: quickstart) and the README's C++ example
-# (the ```cpp block after the readme-example marker; run), and every ```cpp block of docs/*.md (each a
-# complete program; run).
+# Builds examples/cpp's quickstart as a separate CMake project that only knows `find_package(fourierft)`, against
+# the installed package, and runs it: the library installed into a scratch prefix, or an installed package's prefix
+# (the 4th argument: fourierft.cmake_prefix_path of the pip-installed package). The README's and the docs' C++
+# programs are built and run in the main tree (tests/CMakeLists.txt, doc_example_* tests).
 set -euo pipefail
 build_dir=$1
 source_dir=$2
@@ -17,62 +16,8 @@ if [ -n "$installed" ]; then
 else
   cmake --install "$build_dir" --prefix "$prefix" >/dev/null
 fi
-configure() {
-  cmake -S "$1" -B "$2" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DCMAKE_PREFIX_PATH="$prefix" -DTorch_DIR="$torch_dir" >/dev/null
-}
-
-configure "$source_dir/examples/cpp" "$work/examples"
-cmake --build "$work/examples"
+cmake -S "$source_dir/examples/cpp" -B "$work/examples" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DCMAKE_PREFIX_PATH="$prefix" -DTorch_DIR="$torch_dir" >/dev/null
+cmake --build "$work/examples" --target fourierft_quickstart
 "$work/examples/fourierft_quickstart"
-
-mkdir -p "$work/readme"
-awk '/<!-- readme-example -->/{found=1; next} found && /^```cpp/{inside=1; next} inside && /^```/{exit} inside{print}' \
-  "$source_dir/README.md" > "$work/readme/readme_example.cpp"
-[ -s "$work/readme/readme_example.cpp" ] || { echo "README has no readme-example C++ block" >&2; exit 1; }
-cat > "$work/readme/CMakeLists.txt" <<'CMAKE'
-cmake_minimum_required(VERSION 3.25)
-project(readme_example LANGUAGES CXX)
-find_package(fourierft REQUIRED)
-add_executable(readme_example readme_example.cpp)
-target_link_libraries(readme_example PRIVATE fourierft::fourierft)
-CMAKE
-configure "$work/readme" "$work/readme/build"
-cmake --build "$work/readme/build"
-readme_out=$("$work/readme/build/readme_example")
-printf '%s\n' "$readme_out"
-# What the block's comments say it prints ("// trainable params: ..."), it prints.
-while IFS= read -r expected; do
-  grep -qF -- "$expected" <<<"$readme_out" ||
-    { echo "README C++ example: its comment promises '$expected', it printed: $readme_out" >&2; exit 1; }
-done < <(grep -o '// trainable params: .*' "$work/readme/readme_example.cpp" | sed 's|^// ||')
-
-# Every C++ block in docs/*.md: one complete program each.
-mkdir -p "$work/docs"
-count=0
-for page in "$source_dir"/docs/*.md; do
-  count=$(awk -v dir="$work/docs" -v stem="$(basename "$page" .md)" -v start="$count" '
-    /^```cpp/ {inside=1; n++; file=sprintf("%s/%s_%d.cpp", dir, stem, n); next}
-    inside && /^```/ {inside=0; next}
-    inside {print > file}
-    END {print start + n}' "$page")
-done
-if [ "$count" -gt 0 ]; then
-  {
-    echo 'cmake_minimum_required(VERSION 3.25)'
-    echo 'project(docs_examples LANGUAGES CXX)'
-    echo 'find_package(fourierft REQUIRED)'
-    for src in "$work"/docs/*.cpp; do
-      name=$(basename "$src" .cpp)
-      echo "add_executable($name $(basename "$src"))"
-      echo "target_link_libraries($name PRIVATE fourierft::fourierft)"
-    done
-  } > "$work/docs/CMakeLists.txt"
-  configure "$work/docs" "$work/docs/build"
-  cmake --build "$work/docs/build"
-  for src in "$work"/docs/*.cpp; do
-    echo "running docs example $(basename "$src" .cpp)"
-    "$work/docs/build/$(basename "$src" .cpp)"
-  done
-fi
-echo "built and ran examples/cpp, the README example and $count docs C++ block(s)"
+echo "built examples/cpp's quickstart against the installed package at $prefix and ran it"

@@ -181,7 +181,7 @@ TEST(Robustness, MixedAdapterBatchRowsEqualEachRowAlone) {
   peft.add_adapter("c", FourierFTConfig().target_modules({"v"}).n_frequency(20).scaling(30.0).random_loc_seed(4));
   const std::vector<std::string> names{"b", "__base__", "default", "c", "b"};
   const auto x = torch::randn({5, 7, 16});
-  EXPECT_ERROR_CONTAINS(peft.mixed_batch(names), "eval()");
+  EXPECT_ERROR_CONTAINS((void)peft.mixed_batch(names), "eval()");
   net->eval();
   torch::NoGradGuard no_grad;
   torch::Tensor mixed, mixed_by_index;
@@ -210,8 +210,8 @@ TEST(Robustness, MixedAdapterBatchRowsEqualEachRowAlone) {
     auto guard = peft.disable_adapter();  // the adapters really change the rows they are named for
     EXPECT_FALSE(torch::allclose(mixed.slice(0, 0, 1), net(x.slice(0, 0, 1)), 1e-4, 1e-4));
   }
-  EXPECT_ERROR_CONTAINS(peft.mixed_batch({"b", "nope"}), "non-existing adapter(s): nope");
-  EXPECT_ERROR_CONTAINS(peft.mixed_batch(torch::tensor({0, 3}, torch::kLong), {"b"}), "[-1, 1)", "[0, 3]");
+  EXPECT_ERROR_CONTAINS((void)peft.mixed_batch({"b", "nope"}), "non-existing adapter(s): nope");
+  EXPECT_ERROR_CONTAINS((void)peft.mixed_batch(torch::tensor({0, 3}, torch::kLong), {"b"}), "[-1, 1)", "[0, 3]");
   {
     auto guard = peft.mixed_batch(names);
     EXPECT_ERROR_CONTAINS(net(torch::randn({4, 16})), "5 rows", "[4, 16]");
