@@ -16,7 +16,7 @@ folders are never written:
 - Python mutations are applied to a copy of the installed package (.venv's site-packages/fourierft), which the
   tests import first.
 - C++ mutations are compiled in a folder of their own with the compile command ninja recorded for the checkout's
-  build (the library's in build/python, a tool's in build/) and linked there with the checkout's other objects. The
+  build (build/python, where bootstrap.sh builds the library and the tools) and linked there with the checkout's other objects. The
   GoogleTest binary loads the mutant library through LD_LIBRARY_PATH (its RUNPATH yields to it; checked with ldd);
   pytest runs with the mutant library in the package copy, or with FOURIERFT_<TOOL> naming the mutant tool.
 - Tests run in warm workers (torch, PEFT and transformers imported once; each run in a forked child), two
@@ -200,9 +200,9 @@ MUTATIONS = [
              gtest="FourierFTLinear.SetAdapterControlsGradAndTwoActiveAdaptersAdd:FourierFTLinear.SeveralAdapters*:"
                    "ModelTest.DisableAdapterGuardAndTwoAdaptersAdd"),
     Mutation("merge CLI --dtype writes the base weights unmerged", "tools/merge.cpp",
-             "        if (change != plan.changes.end()) tensor = merged(info.name, tensor, change->second, config);",
-             "        if (change != plan.changes.end() && options.dtype == \"auto\") {\n"
-             "          tensor = merged(info.name, tensor, change->second, config);\n        }",
+             "      if (change != plan.changes.end()) tensor = merged(info.name, tensor, change->second, config);",
+             "      if (change != plan.changes.end() && options.dtype == \"auto\") {\n"
+             "        tensor = merged(info.name, tensor, change->second, config);\n      }",
              pytest=("tests/python/integration/test_merge_cli.py::test_dtype_option_casts_and_updates_the_config",)),
     Mutation("C++ unload() unmerges first", "src/model.cpp",
              "  for (auto& [name, layer] : all_layers()) layer->clear_adapters();",
@@ -349,8 +349,8 @@ def check_python(mutation: Mutation, worker: Worker, log: pathlib.Path) -> bool:
 # and linked there with the checkout's other objects: the sources and the build folders are never written.
 
 def library_build() -> pathlib.Path:
-    """The build folder of the libfourierft.so that build/ links: build/python (FOURIERFT_PREBUILT_LIBRARY, as
-    scripts/bootstrap.sh configures it), or build/ itself."""
+    """The build folder of the libfourierft.so and the tools that build/ uses: build/python
+    (FOURIERFT_PREBUILT_LIBRARY, as scripts/bootstrap.sh configures it), or build/ itself."""
     for line in (ROOT / "build" / "CMakeCache.txt").read_text().splitlines():
         if line.startswith("FOURIERFT_PREBUILT_LIBRARY:") and line.split("=", 1)[1].strip():
             return pathlib.Path(line.split("=", 1)[1].strip()).parent
@@ -379,11 +379,11 @@ def build_mutant(mutation: Mutation, folder: pathlib.Path) -> pathlib.Path:
         raise SystemExit(f"mutation '{mutation.name}': only .cpp files can be mutated (a header's includers would all "
                          "have to be rebuilt)")
     tool = tool_target(mutation)
-    build, target, output = (ROOT / "build", tool, tool) if tool else (library_build(), "libfourierft.so",
-                                                                        "libfourierft.so.0")
+    build, target, output = library_build(), tool or "libfourierft.so", tool or "libfourierft.so.0"
     commands = recorded_commands(build, target)
     compile_ = next((c for c in commands if "-c" in c and option_value(c, "-c") == str(source)), None)
-    link = next((c for c in commands if "-o" in c and "-c" not in c and not option_value(c, "-o").endswith(".o")), None)
+    links = [c for c in commands if "-o" in c and "-c" not in c and not option_value(c, "-o").endswith(".o")]
+    link = links[-1] if links else None  # the target's own link comes after those of what it links
     if compile_ is None or link is None:
         raise SystemExit(f"mutation '{mutation.name}': ninja in {build} records no compile of {source} for {target}")
     folder.mkdir(parents=True, exist_ok=True)

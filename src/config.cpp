@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
+#include <map>
 #include <regex>
 #include <set>
 #include <sstream>
@@ -12,6 +13,9 @@ namespace fourierft {
 namespace {
 
 using nlohmann::json;
+
+// The PEFT versions whose FourierFTConfig this one reproduces (python/fourierft/config.py's SUPPORTED_PEFT).
+constexpr const char* kSupportedPeft = ">=0.17,<0.22";
 
 std::regex compile_regex(const std::string& pattern, const char* field) {
   try {
@@ -55,6 +59,20 @@ ModuleSelector selector_from_json(const json& value, const char* key, const std:
     names.push_back(item.get<std::string>());
   }
   return ModuleSelector(std::move(names));
+}
+
+// PEFT's n_frequency_pattern: null or an object of integers.
+std::vector<std::pair<std::string, int64_t>> n_frequency_pattern_from_json(const json& value,
+                                                                           const std::string& source) {
+  std::vector<std::pair<std::string, int64_t>> pattern;
+  if (value.is_null()) return pattern;
+  TORCH_CHECK_VALUE(value.is_object(), source, ": 'n_frequency_pattern' must be an object, got ", value.dump());
+  for (const auto& [name, n] : value.items()) {
+    TORCH_CHECK_VALUE(n.is_number_integer(), source, ": 'n_frequency_pattern[\"", name,
+                      "\"]' must be an integer, got ", n.dump());
+    pattern.emplace_back(name, n.get<int64_t>());
+  }
+  return pattern;
 }
 
 template <typename T>
@@ -152,6 +170,64 @@ std::string FourierFTConfig::to_json_string() const {
   return out.dump(2, ' ', /*ensure_ascii=*/true);
 }
 
+namespace {
+// Sets the config field named `key` from its JSON value (type-checked); false if FourierFTConfig has no such field.
+bool set_field(FourierFTConfig& config, const std::string& key, const json& value, const std::string& source) {
+  if (key == "n_frequency") {
+    TORCH_CHECK_VALUE(value.is_number_integer(), source, ": 'n_frequency' must be an integer, got ", value.dump());
+    config.n_frequency(value.get<int64_t>());
+  } else if (key == "scaling") {
+    TORCH_CHECK_VALUE(value.is_number(), source, ": 'scaling' must be a number, got ", value.dump());
+    config.scaling(value.get<double>());
+  } else if (key == "random_loc_seed") {
+    TORCH_CHECK_VALUE(value.is_number_integer(), source, ": 'random_loc_seed' must be an integer, got ", value.dump());
+    config.random_loc_seed(value.get<int64_t>());
+  } else if (key == "fan_in_fan_out") {
+    config.fan_in_fan_out(get_typed<bool>(value, "fan_in_fan_out", "a boolean", source));
+  } else if (key == "init_weights") {
+    config.init_weights(get_typed<bool>(value, "init_weights", "a boolean", source));
+  } else if (key == "inference_mode") {
+    config.inference_mode(get_typed<bool>(value, "inference_mode", "a boolean", source));
+  } else if (key == "bias") {
+    TORCH_CHECK_VALUE(value.is_string(), source, ": 'bias' must be a string, got ", value.dump());
+    config.bias(value.get<std::string>());
+  } else if (key == "target_modules") {
+    config.target_modules(selector_from_json(value, "target_modules", source));
+  } else if (key == "exclude_modules") {
+    config.exclude_modules(selector_from_json(value, "exclude_modules", source));
+  } else if (key == "modules_to_save") {
+    if (!value.is_null()) {
+      config.modules_to_save(get_typed<std::vector<std::string>>(value, "modules_to_save", "a list of strings", source));
+    }
+  } else if (key == "layers_to_transform") {
+    if (value.is_number_integer()) {
+      config.layers_to_transform(LayerIndices(value.get<int64_t>()));
+    } else if (!value.is_null()) {
+      config.layers_to_transform(LayerIndices(get_typed<std::vector<int64_t>>(
+          value, "layers_to_transform", "null, an integer or a list of integers", source)));
+    }
+  } else if (key == "layers_pattern") {
+    if (value.is_string()) {
+      config.layers_pattern(LayerPatterns(value.get<std::string>()));
+    } else if (!value.is_null()) {
+      config.layers_pattern(LayerPatterns(get_typed<std::vector<std::string>>(
+          value, "layers_pattern", "null, a string or a list of strings", source)));
+    }
+  } else if (key == "n_frequency_pattern") {
+    config.n_frequency_pattern(n_frequency_pattern_from_json(value, source));
+  } else if (key == "base_model_name_or_path") {
+    config.base_model_name_or_path(optional_string(value, "base_model_name_or_path", source));
+  } else if (key == "revision") {
+    config.revision(optional_string(value, "revision", source));
+  } else if (key == "task_type") {
+    config.task_type(optional_string(value, "task_type", source));
+  } else {
+    return false;
+  }
+  return true;
+}
+}  // namespace
+
 FourierFTConfig FourierFTConfig::from_json_string(const std::string& text, const std::string& source) {
   json in;
   try {
@@ -169,76 +245,25 @@ FourierFTConfig FourierFTConfig::from_json_string(const std::string& text, const
                     "\", not \"FOURIERFT\"; fourierft only loads FourierFT adapters");
 
   FourierFTConfig config;
-  static const std::set<std::string> kIgnored = {"peft_type", "auto_mapping", "peft_version",
-                                                 "target_parameters"};
-  std::vector<std::string> unknown;
+  // PeftConfig's bookkeeping, which changes nothing computed.
+  static const std::set<std::string> kBookkeeping = {"peft_type", "auto_mapping", "peft_version"};
+  // Fields a newer PEFT adds to FourierFTConfig that change the math, with the value that leaves it as here.
+  static const std::map<std::string, json> kMathFields = {{"alpha", nullptr}, {"ifft2_norm", "backward"}};
+  std::vector<std::string> refused;
   for (const auto& [key, value] : in.items()) {
-    if (kIgnored.count(key)) continue;
-    if (key == "n_frequency") {
-      TORCH_CHECK_VALUE(value.is_number_integer(), source, ": 'n_frequency' must be an integer, got ", value.dump());
-      config.n_frequency(value.get<int64_t>());
-    } else if (key == "scaling") {
-      TORCH_CHECK_VALUE(value.is_number(), source, ": 'scaling' must be a number, got ", value.dump());
-      config.scaling(value.get<double>());
-    } else if (key == "random_loc_seed") {
-      TORCH_CHECK_VALUE(value.is_number_integer(), source, ": 'random_loc_seed' must be an integer, got ", value.dump());
-      config.random_loc_seed(value.get<int64_t>());
-    } else if (key == "fan_in_fan_out") {
-      config.fan_in_fan_out(get_typed<bool>(value, "fan_in_fan_out", "a boolean", source));
-    } else if (key == "init_weights") {
-      config.init_weights(get_typed<bool>(value, "init_weights", "a boolean", source));
-    } else if (key == "inference_mode") {
-      config.inference_mode(get_typed<bool>(value, "inference_mode", "a boolean", source));
-    } else if (key == "bias") {
-      TORCH_CHECK_VALUE(value.is_string(), source, ": 'bias' must be a string, got ", value.dump());
-      config.bias(value.get<std::string>());
-    } else if (key == "target_modules") {
-      config.target_modules(selector_from_json(value, "target_modules", source));
-    } else if (key == "exclude_modules") {
-      config.exclude_modules(selector_from_json(value, "exclude_modules", source));
-    } else if (key == "modules_to_save") {
-      if (!value.is_null()) {
-        config.modules_to_save(get_typed<std::vector<std::string>>(value, "modules_to_save", "a list of strings", source));
-      }
-    } else if (key == "layers_to_transform") {
-      if (value.is_number_integer()) {
-        config.layers_to_transform(LayerIndices(value.get<int64_t>()));
-      } else if (!value.is_null()) {
-        config.layers_to_transform(LayerIndices(get_typed<std::vector<int64_t>>(
-            value, "layers_to_transform", "null, an integer or a list of integers", source)));
-      }
-    } else if (key == "layers_pattern") {
-      if (value.is_string()) {
-        config.layers_pattern(LayerPatterns(value.get<std::string>()));
-      } else if (!value.is_null()) {
-        config.layers_pattern(LayerPatterns(get_typed<std::vector<std::string>>(
-            value, "layers_pattern", "null, a string or a list of strings", source)));
-      }
-    } else if (key == "n_frequency_pattern") {
-      std::vector<std::pair<std::string, int64_t>> pattern;
-      if (!value.is_null()) {
-        TORCH_CHECK_VALUE(value.is_object(), source, ": 'n_frequency_pattern' must be an object, got ", value.dump());
-        for (const auto& [name, n] : value.items()) {
-          TORCH_CHECK_VALUE(n.is_number_integer(), source, ": 'n_frequency_pattern[\"", name,
-                            "\"]' must be an integer, got ", n.dump());
-          pattern.emplace_back(name, n.get<int64_t>());
-        }
-      }
-      config.n_frequency_pattern(std::move(pattern));
-    } else if (key == "base_model_name_or_path") {
-      config.base_model_name_or_path(optional_string(value, "base_model_name_or_path", source));
-    } else if (key == "revision") {
-      config.revision(optional_string(value, "revision", source));
-    } else if (key == "task_type") {
-      config.task_type(optional_string(value, "task_type", source));
-    } else {
-      unknown.push_back(key);
-    }
+    if (kBookkeeping.count(key) || set_field(config, key, value, source)) continue;
+    const auto neutral = kMathFields.find(key);
+    if (neutral == kMathFields.end() || value != neutral->second) refused.push_back(key + "=" + value.dump());
   }
-  if (!unknown.empty()) {
-    std::ostringstream keys;
-    for (size_t i = 0; i < unknown.size(); ++i) keys << (i ? ", " : "") << unknown[i];
-    TORCH_WARN(source, ": ignoring unknown keys of a FourierFT adapter config: ", keys.str());
+  if (!refused.empty()) {
+    const auto version = in.find("peft_version");
+    std::ostringstream fields;
+    for (size_t i = 0; i < refused.size(); ++i) fields << (i ? ", " : "") << refused[i];
+    TORCH_CHECK_VALUE(false, source, ": ", fields.str(), ": not a field of PEFT's FourierFTConfig as fourierft "
+                      "reproduces it (PEFT ", kSupportedPeft, "; this adapter was saved by PEFT ",
+                      version != in.end() && version->is_string() ? version->get<std::string>() : "of unknown version",
+                      "), and it may change the FourierFT math (alpha=null and ifft2_norm=\"backward\" are what "
+                      "fourierft computes). Remove it or use a fourierft release that supports it.");
   }
   config.validate();
   return config;

@@ -91,25 +91,8 @@ struct Entry {
   uint64_t begin, end;
 };
 
-// Validates the header of a file of `size` bytes whose first bytes are `prefix` (at least the 8-byte
-// length and the header itself, when the file is that long): every entry, and that the tensors tile
-// the data section exactly. Entries come back sorted by offset.
-std::vector<Entry> parse_header(const std::string& prefix, uint64_t size, const std::string& source,
-                                Metadata& metadata, uint64_t& data_start) {
-  const std::string& bytes = prefix;
-  TORCH_CHECK_VALUE(size >= 8, source, ": not a safetensors file: ", size,
-                    " bytes, fewer than the 8-byte header length");
-  const uint64_t header_len = read_u64_le(bytes.data());
-  TORCH_CHECK_VALUE(header_len > 0, source, ": header length is 0");
-  TORCH_CHECK_VALUE(header_len <= kMaxHeaderBytes, source, ": header length ", header_len,
-                    " exceeds the limit of ", kMaxHeaderBytes, " bytes");
-  TORCH_CHECK_VALUE(header_len <= size - 8, source, ": header length ", header_len,
-                    " runs past the end of the file (", size - 8, " bytes after the length field)");
-  const std::string header_text = bytes.substr(8, header_len);
-  const uint64_t data_size = size - 8 - header_len;
-  data_start = 8 + header_len;
-
-  // Duplicate top-level names would be silently merged by a JSON object: detect them while parsing.
+// The header's JSON object; a name given twice (a JSON object would silently keep one) is refused.
+json parse_header_json(const std::string& header_text, const std::string& source) {
   std::set<std::string> seen;
   std::string duplicate;
   json header;
@@ -126,56 +109,59 @@ std::vector<Entry> parse_header(const std::string& prefix, uint64_t size, const 
   }
   TORCH_CHECK_VALUE(duplicate.empty(), source, ": tensor name '", duplicate, "' appears twice in the header");
   TORCH_CHECK_VALUE(header.is_object(), source, ": the header must be a JSON object, got ", header.type_name());
+  return header;
+}
 
-  std::vector<Entry> entries;
-  for (const auto& [name, info] : header.items()) {
-    if (name == "__metadata__") {
-      TORCH_CHECK_VALUE(info.is_object(), source, ": __metadata__ must be an object of strings, got ",
-                        info.dump());
-      for (const auto& [key, value] : info.items()) {
-        TORCH_CHECK_VALUE(value.is_string(), source, ": __metadata__['", key, "'] must be a string, got ",
-                          value.dump());
-        metadata[key] = value.get<std::string>();
-      }
-      continue;
-    }
-    TORCH_CHECK_VALUE(info.is_object(), source, ": tensor '", name, "': entry must be an object, got ", info.dump());
-    for (const char* field : {"dtype", "shape", "data_offsets"}) {
-      TORCH_CHECK_VALUE(info.contains(field), source, ": tensor '", name, "': missing '", field, "'");
-    }
-    const auto& dtype_value = info["dtype"];
-    TORCH_CHECK_VALUE(dtype_value.is_string(), source, ": tensor '", name, "': dtype must be a string, got ",
-                      dtype_value.dump());
-    Entry entry{name, dtype_by_name(dtype_value.get<std::string>()), {}, 0, 0};
-    TORCH_CHECK_VALUE(entry.dtype, source, ": tensor '", name, "': unknown or unsupported dtype '",
-                      dtype_value.get<std::string>(), "'");
-    const auto& shape = info["shape"];
-    TORCH_CHECK_VALUE(shape.is_array(), source, ": tensor '", name, "': shape must be a list, got ", shape.dump());
-    uint64_t numel = 1;
-    for (const auto& dim : shape) {
-      const uint64_t d = as_u64(dim, source, name, "every shape entry");
-      TORCH_CHECK_VALUE(d <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) && checked_mul(numel, d, numel),
-                        source, ": tensor '", name, "': shape ", shape.dump(), " overflows");
-      entry.shape.push_back(static_cast<int64_t>(d));
-    }
-    const auto& offsets = info["data_offsets"];
-    TORCH_CHECK_VALUE(offsets.is_array() && offsets.size() == 2, source, ": tensor '", name,
-                      "': data_offsets must be [begin, end], got ", offsets.dump());
-    entry.begin = as_u64(offsets[0], source, name, "data_offsets[0]");
-    entry.end = as_u64(offsets[1], source, name, "data_offsets[1]");
-    TORCH_CHECK_VALUE(entry.begin <= entry.end, source, ": tensor '", name, "': data_offsets [", entry.begin,
-                      ", ", entry.end, "] end before they begin");
-    TORCH_CHECK_VALUE(entry.end <= data_size, source, ": tensor '", name, "': data_offsets [", entry.begin, ", ",
-                      entry.end, "] lie outside the data section of ", data_size, " bytes");
-    uint64_t nbytes = 0;
-    TORCH_CHECK_VALUE(checked_mul(numel, entry.dtype->itemsize, nbytes) && nbytes == entry.end - entry.begin,
-                      source, ": tensor '", name, "': shape ", shape.dump(), " of ", entry.dtype->name, " needs ",
-                      numel, " x ", entry.dtype->itemsize, " bytes but data_offsets [", entry.begin, ", ",
-                      entry.end, "] hold ", entry.end - entry.begin);
-    entries.push_back(std::move(entry));
+void read_metadata(const json& info, const std::string& source, Metadata& metadata) {
+  TORCH_CHECK_VALUE(info.is_object(), source, ": __metadata__ must be an object of strings, got ", info.dump());
+  for (const auto& [key, value] : info.items()) {
+    TORCH_CHECK_VALUE(value.is_string(), source, ": __metadata__['", key, "'] must be a string, got ",
+                      value.dump());
+    metadata[key] = value.get<std::string>();
   }
+}
 
-  // The tensors must tile the data section exactly: sorted, no gaps, no overlaps.
+// One tensor's entry: a known dtype, a shape that does not overflow, data_offsets inside the data section that
+// hold exactly the shape's bytes.
+Entry parse_entry(const std::string& name, const json& info, const std::string& source, uint64_t data_size) {
+  TORCH_CHECK_VALUE(info.is_object(), source, ": tensor '", name, "': entry must be an object, got ", info.dump());
+  for (const char* field : {"dtype", "shape", "data_offsets"}) {
+    TORCH_CHECK_VALUE(info.contains(field), source, ": tensor '", name, "': missing '", field, "'");
+  }
+  const auto& dtype_value = info["dtype"];
+  TORCH_CHECK_VALUE(dtype_value.is_string(), source, ": tensor '", name, "': dtype must be a string, got ",
+                    dtype_value.dump());
+  Entry entry{name, dtype_by_name(dtype_value.get<std::string>()), {}, 0, 0};
+  TORCH_CHECK_VALUE(entry.dtype, source, ": tensor '", name, "': unknown or unsupported dtype '",
+                    dtype_value.get<std::string>(), "'");
+  const auto& shape = info["shape"];
+  TORCH_CHECK_VALUE(shape.is_array(), source, ": tensor '", name, "': shape must be a list, got ", shape.dump());
+  uint64_t numel = 1;
+  for (const auto& dim : shape) {
+    const uint64_t d = as_u64(dim, source, name, "every shape entry");
+    TORCH_CHECK_VALUE(d <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) && checked_mul(numel, d, numel),
+                      source, ": tensor '", name, "': shape ", shape.dump(), " overflows");
+    entry.shape.push_back(static_cast<int64_t>(d));
+  }
+  const auto& offsets = info["data_offsets"];
+  TORCH_CHECK_VALUE(offsets.is_array() && offsets.size() == 2, source, ": tensor '", name,
+                    "': data_offsets must be [begin, end], got ", offsets.dump());
+  entry.begin = as_u64(offsets[0], source, name, "data_offsets[0]");
+  entry.end = as_u64(offsets[1], source, name, "data_offsets[1]");
+  TORCH_CHECK_VALUE(entry.begin <= entry.end, source, ": tensor '", name, "': data_offsets [", entry.begin,
+                    ", ", entry.end, "] end before they begin");
+  TORCH_CHECK_VALUE(entry.end <= data_size, source, ": tensor '", name, "': data_offsets [", entry.begin, ", ",
+                    entry.end, "] lie outside the data section of ", data_size, " bytes");
+  uint64_t nbytes = 0;
+  TORCH_CHECK_VALUE(checked_mul(numel, entry.dtype->itemsize, nbytes) && nbytes == entry.end - entry.begin,
+                    source, ": tensor '", name, "': shape ", shape.dump(), " of ", entry.dtype->name, " needs ",
+                    numel, " x ", entry.dtype->itemsize, " bytes but data_offsets [", entry.begin, ", ",
+                    entry.end, "] hold ", entry.end - entry.begin);
+  return entry;
+}
+
+// The tensors must tile the data section exactly: sorted by offset, no gaps, no overlaps.
+void sort_and_check_tiling(std::vector<Entry>& entries, const std::string& source, uint64_t data_size) {
   std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
   });
@@ -189,6 +175,34 @@ std::vector<Entry> parse_header(const std::string& prefix, uint64_t size, const 
   }
   TORCH_CHECK_VALUE(cursor == data_size, source, ": the tensors cover ", cursor, " of the ", data_size,
                     " data bytes; the rest is unaccounted for");
+}
+
+// Validates the header of a file of `size` bytes whose first bytes are `prefix` (at least the 8-byte
+// length and the header itself, when the file is that long): every entry, and that the tensors tile
+// the data section exactly. Entries come back sorted by offset.
+std::vector<Entry> parse_header(const std::string& prefix, uint64_t size, const std::string& source,
+                                Metadata& metadata, uint64_t& data_start) {
+  TORCH_CHECK_VALUE(size >= 8, source, ": not a safetensors file: ", size,
+                    " bytes, fewer than the 8-byte header length");
+  const uint64_t header_len = read_u64_le(prefix.data());
+  TORCH_CHECK_VALUE(header_len > 0, source, ": header length is 0");
+  TORCH_CHECK_VALUE(header_len <= kMaxHeaderBytes, source, ": header length ", header_len,
+                    " exceeds the limit of ", kMaxHeaderBytes, " bytes");
+  TORCH_CHECK_VALUE(header_len <= size - 8, source, ": header length ", header_len,
+                    " runs past the end of the file (", size - 8, " bytes after the length field)");
+  const uint64_t data_size = size - 8 - header_len;
+  data_start = 8 + header_len;
+
+  const json header = parse_header_json(prefix.substr(8, header_len), source);  // named: items() refers to it
+  std::vector<Entry> entries;
+  for (const auto& [name, info] : header.items()) {
+    if (name == "__metadata__") {
+      read_metadata(info, source, metadata);
+    } else {
+      entries.push_back(parse_entry(name, info, source, data_size));
+    }
+  }
+  sort_and_check_tiling(entries, source, data_size);
   return entries;
 }
 

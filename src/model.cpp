@@ -569,6 +569,113 @@ void FourierFTModel::save_pretrained(const std::string& dir,
   }
 }
 
+// The keys a checkpoint holds (or may hold) for one adapter, and the model's tensors they load into.
+struct FourierFTModel::CheckpointKeys {
+  std::set<std::string> expected;
+  std::map<std::string, torch::Tensor> modules_to_save;  // parameter key -> the model's parameter
+  std::map<std::string, torch::Tensor> biases;           // checkpoint key -> the model's bias parameter
+};
+
+namespace {
+void check_shape(const std::map<std::string, torch::Tensor>& tensors, const std::string& key,
+                 torch::IntArrayRef sizes, const std::string& path, const char* what) {
+  const auto it = tensors.find(key);
+  if (it == tensors.end()) return;
+  TORCH_CHECK_VALUE(it->second.sizes() == sizes, path, ": '", key, "' has shape ", it->second.sizes(), " but the ",
+                    what, " has ", sizes);
+}
+}  // namespace
+
+FourierFTModel::CheckpointKeys FourierFTModel::checkpoint_keys(const std::vector<Planned>& plan,
+                                                               const FourierFTConfig& config,
+                                                               const std::map<std::string, torch::Tensor>& tensors,
+                                                               const std::string& path,
+                                                               const std::string& adapter_name) const {
+  CheckpointKeys keys;
+  for (const auto& target : plan) {
+    const std::string key = names::spectrum_key(target.name);
+    keys.expected.insert(key);
+    const auto it = tensors.find(key);
+    if (it == tensors.end()) continue;
+    TORCH_CHECK_VALUE(it->second.dim() == 1 && it->second.size(0) == target.n_frequency, path,
+                      ": '", key, "' has shape ", it->second.sizes(), " but module '", target.name,
+                      "' expects n_frequency = ", target.n_frequency, " (from the adapter config)");
+    TORCH_CHECK_VALUE(it->second.is_floating_point(), path, ": '", key, "' has dtype ",
+                      it->second.scalar_type(), ", not a floating point type");
+  }
+  if (config.modules_to_save()) {
+    for (const auto& item : model_->named_modules()) {
+      for (const auto& m : *config.modules_to_save()) {
+        if (!names_module(item.key(), m)) continue;
+        for (const auto& p : item.value()->named_parameters()) {
+          const std::string key = names::parameter_key(item.key() + "." + p.key());
+          keys.expected.insert(key);
+          keys.modules_to_save[key] = p.value();
+          check_shape(tensors, key, p.value().sizes(), path, "model's parameter");
+        }
+      }
+    }
+  }
+  // Biases (bias "all" / "fourier_only"), under the names get_adapter_state_dict (= PEFT) writes them:
+  // "<path>.base_layer.bias" of an adapted layer, "<path>.bias" elsewhere; a modules_to_save module's
+  // "original_module.bias" / "modules_to_save.bias" duplicate values its "<path>.bias" key already carries.
+  if (config.bias() != "none") {
+    std::set<std::string> carriers;
+    for (const auto& target : plan) carriers.insert(target.name);
+    for (const auto& [name, layer] : all_layers()) {
+      if (!layer->adapter_names().empty()) carriers.insert(name);
+    }
+    for (const auto& b : bias_keys(*model_, carriers, config.bias())) {
+      keys.biases[b.key] = b.param;
+      if (!b.carrier) {
+        keys.expected.insert(names::original_module_key(b.path, "bias"));
+        keys.expected.insert(names::modules_to_save_key(b.path, "bias"));
+      }
+    }
+    for (const auto& [key, param] : keys.biases) {
+      if (!tensors.count(key)) continue;
+      check_shape(tensors, key, param.sizes(), path, "model's bias");
+      keys.expected.insert(key);
+    }
+  }
+  std::vector<std::string> missing, unexpected;
+  for (const auto& key : keys.expected) {
+    const bool optional = names::parse_key(key, path).kind == names::Key::Kind::WrapperCopy;
+    if (!tensors.count(key) && !optional && !keys.biases.count(key)) missing.push_back(key);
+  }
+  for (const auto& [key, tensor] : tensors) {
+    if (!keys.expected.count(key)) unexpected.push_back(key);
+  }
+  TORCH_CHECK_VALUE(missing.empty(), path, ": missing keys for adapter '", adapter_name, "': ", join(missing));
+  TORCH_CHECK_VALUE(unexpected.empty(), path, ": unexpected keys for adapter '", adapter_name,
+                    "' (no such target module in this model?): ", join(unexpected));
+  return keys;
+}
+
+void FourierFTModel::copy_checkpoint(const std::vector<Planned>& plan, const CheckpointKeys& keys,
+                                     const std::map<std::string, torch::Tensor>& tensors, const std::string& path,
+                                     const std::string& adapter_name) {
+  torch::NoGradGuard no_grad;
+  for (const auto& target : plan) {
+    auto spectrum = target.layer->spectrum(adapter_name);  // shares storage with the parameter
+    spectrum.copy_(tensors.at(names::spectrum_key(target.name)));
+  }
+  for (auto& [module_name, saved] : saved_modules_) {
+    auto copy = saved.per_adapter.find(adapter_name);
+    if (copy == saved.per_adapter.end()) continue;
+    for (size_t i = 0; i < saved.names.size(); ++i) {
+      copy->second[i].copy_(tensors.at(names::parameter_key(module_name + "." + saved.names[i])));
+    }
+  }
+  for (const auto& [key, param] : keys.biases) {
+    const auto it = tensors.find(key);
+    const std::string bias = names::parse_key(key, path).path;  // "<module>.bias"
+    if (it != tensors.end() && !saved_modules_.count(bias.substr(0, bias.size() - 5))) {
+      param.copy_(it->second);
+    }
+  }
+}
+
 void FourierFTModel::load_adapter(const std::string& dir, const std::string& adapter_name, bool is_trainable) {
   const auto config_path = (std::filesystem::path(dir) / "adapter_config.json").string();
   const auto weights_path = (std::filesystem::path(dir) / "adapter_model.safetensors").string();
@@ -586,100 +693,16 @@ void FourierFTModel::load_adapter(const std::string& dir, const std::string& ada
 
   // Check everything before the model changes.
   const auto plan = plan_injection(config, adapter_name);
-  std::set<std::string> expected;
-  for (const auto& target : plan) {
-    const std::string key = names::spectrum_key(target.name);
-    expected.insert(key);
-    const auto it = file.tensors.find(key);
-    if (it == file.tensors.end()) continue;
-    TORCH_CHECK_VALUE(it->second.dim() == 1 && it->second.size(0) == target.n_frequency, weights_path,
-                      ": '", key, "' has shape ", it->second.sizes(), " but module '", target.name,
-                      "' expects n_frequency = ", target.n_frequency, " (from the adapter config)");
-    TORCH_CHECK_VALUE(it->second.is_floating_point(), weights_path, ": '", key, "' has dtype ",
-                      it->second.scalar_type(), ", not a floating point type");
-  }
-  std::map<std::string, torch::Tensor> extra_params;  // modules_to_save parameters by key
-  if (config.modules_to_save()) {
-    for (const auto& item : model_->named_modules()) {
-      for (const auto& m : *config.modules_to_save()) {
-        if (!names_module(item.key(), m)) continue;
-        for (const auto& p : item.value()->named_parameters()) {
-          const std::string key = names::parameter_key(item.key() + "." + p.key());
-          expected.insert(key);
-          extra_params[key] = p.value();
-          const auto it = file.tensors.find(key);
-          if (it != file.tensors.end()) {
-            TORCH_CHECK_VALUE(it->second.sizes() == p.value().sizes(), weights_path, ": '", key, "' has shape ",
-                              it->second.sizes(), " but the model's parameter has ", p.value().sizes());
-          }
-        }
-      }
-    }
-  }
-  // Biases (bias "all" / "fourier_only"), under the names get_adapter_state_dict (= PEFT) writes them:
-  // "<path>.base_layer.bias" of an adapted layer, "<path>.bias" elsewhere; a modules_to_save module's
-  // "original_module.bias" / "modules_to_save.bias" duplicate values its "<path>.bias" key already carries.
-  std::map<std::string, torch::Tensor> biases;  // checkpoint key -> the model's bias parameter
-  if (config.bias() != "none") {
-    std::set<std::string> carriers;
-    for (const auto& target : plan) carriers.insert(target.name);
-    for (const auto& [name, layer] : all_layers()) {
-      if (!layer->adapter_names().empty()) carriers.insert(name);
-    }
-    for (const auto& b : bias_keys(*model_, carriers, config.bias())) {
-      biases[b.key] = b.param;
-      if (!b.carrier) {
-        expected.insert(names::original_module_key(b.path, "bias"));
-        expected.insert(names::modules_to_save_key(b.path, "bias"));
-      }
-    }
-    for (const auto& [key, param] : biases) {
-      const auto it = file.tensors.find(key);
-      if (it == file.tensors.end()) continue;
-      TORCH_CHECK_VALUE(it->second.sizes() == param.sizes(), weights_path, ": '", key, "' has shape ",
-                        it->second.sizes(), " but the model's bias has ", param.sizes());
-      expected.insert(key);
-    }
-  }
-  std::vector<std::string> missing, unexpected;
-  for (const auto& key : expected) {
-    const bool optional = names::parse_key(key, weights_path).kind == names::Key::Kind::WrapperCopy;
-    if (!file.tensors.count(key) && !optional && !biases.count(key)) missing.push_back(key);
-  }
-  for (const auto& [key, tensor] : file.tensors) {
-    if (!expected.count(key)) unexpected.push_back(key);
-  }
-  TORCH_CHECK_VALUE(missing.empty(), weights_path, ": missing keys for adapter '", adapter_name, "': ",
-                    join(missing));
-  TORCH_CHECK_VALUE(unexpected.empty(), weights_path, ": unexpected keys for adapter '", adapter_name,
-                    "' (no such target module in this model?): ", join(unexpected));
+  const auto keys = checkpoint_keys(plan, config, file.tensors, weights_path, adapter_name);
 
   inject(adapter_name, config);
-  torch::NoGradGuard no_grad;
-  for (const auto& target : plan) {
-    auto spectrum = target.layer->spectrum(adapter_name);  // shares storage with the parameter
-    spectrum.copy_(file.tensors.at(names::spectrum_key(target.name)));
-  }
-  for (auto& [module_name, saved] : saved_modules_) {
-    auto copy = saved.per_adapter.find(adapter_name);
-    if (copy == saved.per_adapter.end()) continue;
-    for (size_t i = 0; i < saved.names.size(); ++i) {
-      copy->second[i].copy_(file.tensors.at(names::parameter_key(module_name + "." + saved.names[i])));
-    }
-  }
-  for (auto& [key, param] : biases) {
-    const auto it = file.tensors.find(key);
-    const std::string bias = names::parse_key(key, weights_path).path;  // "<module>.bias"
-    if (it != file.tensors.end() && !saved_modules_.count(bias.substr(0, bias.size() - 5))) {
-      param.copy_(it->second);
-    }
-  }
+  copy_checkpoint(plan, keys, file.tensors, weights_path, adapter_name);
   if (active_adapters_.empty()) active_adapters_ = {adapter_name};
   set_adapter(active_adapters_);
   mark_trainable();
   if (!is_trainable) {  // PEFT's inference mode: nothing of this adapter trains
     for (const auto& target : plan) target.layer->spectrum(adapter_name).requires_grad_(false);
-    for (auto& [key, param] : extra_params) param.requires_grad_(false);
+    for (const auto& [key, param] : keys.modules_to_save) param.requires_grad_(false);
   }
 }
 

@@ -104,10 +104,10 @@ std::vector<std::string> bitsandbytes_tensors(const std::map<std::string, st::Te
   return found;
 }
 
-Plan make_plan(const Options& options, const fourierft::FourierFTConfig& config, const st::File& adapter,
-               const fs::path& adapter_file) {
-  Plan plan;
-  const auto index_path = options.base / "model.safetensors.index.json";
+// The base checkpoint's shards (model.safetensors, or the index's), every header read and validated, and the index
+// in agreement with them; returns every tensor's header entry.
+std::map<std::string, st::TensorInfo> read_base(const fs::path& base_dir, Plan& plan) {
+  const auto index_path = base_dir / "model.safetensors.index.json";
   if (fs::exists(index_path)) {
     plan.indexed = true;
     json index;
@@ -125,15 +125,14 @@ Plan make_plan(const Options& options, const fourierft::FourierFTConfig& config,
       if (seen.insert(shard.get<std::string>()).second) plan.shards.push_back(shard.get<std::string>());
     }
   } else {
-    TORCH_CHECK_VALUE(fs::exists(options.base / "model.safetensors"), "no model.safetensors or "
-                      "model.safetensors.index.json in ", options.base.string(),
+    TORCH_CHECK_VALUE(fs::exists(base_dir / "model.safetensors"), "no model.safetensors or "
+                      "model.safetensors.index.json in ", base_dir.string(),
                       " (a transformers save_pretrained directory in safetensors format is expected)");
     plan.shards.push_back("model.safetensors");
   }
-  // Every shard's header is read and validated; the index must agree with the shards.
   std::map<std::string, st::TensorInfo> base;
   for (const auto& shard : plan.shards) {
-    const st::Reader reader((options.base / shard).string());
+    const st::Reader reader((base_dir / shard).string());
     for (const auto& info : reader.tensors()) {
       if (plan.indexed) {
         const auto it = plan.shard_of.find(info.name);
@@ -148,30 +147,43 @@ Plan make_plan(const Options& options, const fourierft::FourierFTConfig& config,
     TORCH_CHECK_VALUE(base.count(tensor), "model.safetensors.index.json lists '", tensor, "' in ", shard,
                       ", which does not hold it");
   }
+  return base;
+}
 
+// The base weight a spectrum adapts: a float 2-D weight of the base (not a bitsandbytes-quantized one) with at
+// least as many entries as the spectrum has values.
+void check_spectrum_target(const std::map<std::string, st::TensorInfo>& base, const fs::path& base_dir,
+                           const std::string& key, const at::Tensor& value, const std::string& weight,
+                           const fs::path& adapter_file) {
+  const auto it = base.find(weight);
+  TORCH_CHECK_VALUE(it != base.end(), adapter_file.string(), ": spectrum '", key, "' adapts '", weight,
+                    "', which the base checkpoint ", base_dir.string(), " does not have: is the adapter for another "
+                    "model?");
+  const auto quantization = bitsandbytes_tensors(base, weight);
+  TORCH_CHECK_VALUE(quantization.empty(), base_dir.string(), ": '", weight,
+                    "' is quantized by bitsandbytes (", c10::Join(", ", quantization), " beside it, dtype ",
+                    it->second.dtype, "); fourierft-merge merges into float weights only. Merge in Python: "
+                    "merge_and_unload() re-quantizes the layer, or fourierft.quantized.dequantize(model, dtype) "
+                    "before it keeps float weights (docs/large-models.md)");
+  const auto& shape = it->second.shape;
+  TORCH_CHECK_VALUE(shape.size() == 2 && at::isFloatingType(it->second.dtype), base_dir.string(), ": '",
+                    weight, "' has shape ", c10::IntArrayRef(shape), " and dtype ", it->second.dtype,
+                    "; a 2-D floating point weight is needed to merge '", key, "'");
+  TORCH_CHECK_VALUE(value.dim() == 1 && value.is_floating_point() && value.size(0) >= 1 &&
+                        value.size(0) <= shape[0] * shape[1],
+                    adapter_file.string(), ": spectrum '", key, "' has shape ", value.sizes(), " and dtype ",
+                    value.scalar_type(), "; expected 1-D floating point with 1..", shape[0] * shape[1],
+                    " values for '", weight, "' ", c10::IntArrayRef(shape));
+}
+
+Plan make_plan(const Options& options, const st::File& adapter, const fs::path& adapter_file) {
+  Plan plan;
+  const auto base = read_base(options.base, plan);
   for (const auto& [key, value] : adapter.tensors) {
     const auto parsed = fourierft::peft_names::parse_key(key, adapter_file.string());
     if (parsed.kind == fourierft::peft_names::Key::Kind::Spectrum) {
       const std::string weight = parsed.path + ".weight";
-      const auto it = base.find(weight);
-      TORCH_CHECK_VALUE(it != base.end(), adapter_file.string(), ": spectrum '", key, "' adapts '", weight,
-                        "', which the base checkpoint ", options.base.string(),
-                        " does not have: is the adapter for another model?");
-      const auto quantization = bitsandbytes_tensors(base, weight);
-      TORCH_CHECK_VALUE(quantization.empty(), options.base.string(), ": '", weight,
-                        "' is quantized by bitsandbytes (", c10::Join(", ", quantization), " beside it, dtype ",
-                        it->second.dtype, "); fourierft-merge merges into float weights only. Merge in Python: "
-                        "merge_and_unload() re-quantizes the layer, or fourierft.quantized.dequantize(model, dtype) "
-                        "before it keeps float weights (docs/large-models.md)");
-      const auto& shape = it->second.shape;
-      TORCH_CHECK_VALUE(shape.size() == 2 && at::isFloatingType(it->second.dtype), options.base.string(), ": '",
-                        weight, "' has shape ", c10::IntArrayRef(shape), " and dtype ", it->second.dtype,
-                        "; a 2-D floating point weight is needed to merge '", key, "'");
-      TORCH_CHECK_VALUE(value.dim() == 1 && value.is_floating_point() && value.size(0) >= 1 &&
-                            value.size(0) <= shape[0] * shape[1],
-                        adapter_file.string(), ": spectrum '", key, "' has shape ", value.sizes(), " and dtype ",
-                        value.scalar_type(), "; expected 1-D floating point with 1..", shape[0] * shape[1],
-                        " values for '", weight, "' ", c10::IntArrayRef(shape));
+      check_spectrum_target(base, options.base, key, value, weight, adapter_file);
       plan.changes[weight].spectrum = value;
       continue;
     }
@@ -208,9 +220,14 @@ at::Tensor merged(const std::string& name, const at::Tensor& weight, const Chang
   return (weight.to(promoted) + delta.to(promoted)).to(weight.scalar_type());
 }
 
-int run(const Options& options) {
-  const auto start = std::chrono::steady_clock::now();
-  // ---- inputs, all checked before anything is written ---------------------------------------
+// The adapter directory's config and tensors (PEFT's <dir>/<name>/ layout for a named adapter), checked.
+struct AdapterInput {
+  fourierft::FourierFTConfig config;
+  st::File tensors;
+  fs::path file;
+};
+
+AdapterInput read_adapter(const Options& options) {
   fs::path adapter_dir = options.adapter;
   if (options.adapter_name != "default" && fs::exists(options.adapter / options.adapter_name / "adapter_config.json")) {
     adapter_dir /= options.adapter_name;  // PEFT's layout for more than one adapter: <dir>/<name>/
@@ -219,16 +236,70 @@ int run(const Options& options) {
   const auto adapter_file = adapter_dir / "adapter_model.safetensors";
   TORCH_CHECK_VALUE(fs::exists(config_file), "no adapter_config.json in ", adapter_dir.string(),
                     options.adapter_name != "default" ? " (nor in its subdirectory " + options.adapter_name + ")" : "");
-  const auto config = fourierft::FourierFTConfig::from_json_string(read_text(config_file), config_file.string());
+  auto config = fourierft::FourierFTConfig::from_json_string(read_text(config_file), config_file.string());
   TORCH_CHECK_VALUE(fs::exists(adapter_file), "no adapter_model.safetensors in ", adapter_dir.string(),
                     " (only the safetensors format is supported)");
-  const auto adapter = st::load(adapter_file.string());
+  return {std::move(config), st::load(adapter_file.string()), adapter_file};
+}
+
+// Every shard with the adapter merged into it (and cast to --dtype), plus the index with the new total size.
+void write_shards(const Options& options, const Plan& plan, const fourierft::FourierFTConfig& config,
+                  const fs::path& tmp) {
+  size_t total = 0, done = 0;
+  for (const auto& [tensor, shard] : plan.shard_of) total += 1;
+  const bool bar = !options.quiet && ::isatty(STDERR_FILENO);
+  uint64_t total_bytes = 0;
+  for (const auto& shard : plan.shards) {
+    const st::Reader reader((options.base / shard).string());
+    std::vector<st::TensorInfo> layout = reader.tensors();
+    for (auto& info : layout) info.dtype = output_dtype(options.dtype, info.dtype);
+    st::Writer writer((tmp / shard).string(), layout, reader.metadata());
+    for (const auto& info : layout) {
+      at::Tensor tensor = reader.tensor(info.name);
+      const auto change = plan.changes.find(info.name);
+      if (change != plan.changes.end()) tensor = merged(info.name, tensor, change->second, config);
+      tensor = tensor.to(info.dtype);
+      writer.write(info.name, tensor);
+      total_bytes += static_cast<uint64_t>(tensor.numel()) * tensor.element_size();
+      if (bar) fourierft::detail::progress_bar("merging", ++done, total, info.name);
+    }
+    writer.commit();
+  }
+  if (plan.indexed) {
+    auto index = json::parse(read_text(options.base / "model.safetensors.index.json"));
+    if (!index.contains("metadata") || !index["metadata"].is_object()) index["metadata"] = json::object();
+    index["metadata"]["total_size"] = total_bytes;
+    std::ofstream((tmp / "model.safetensors.index.json").string()) << index.dump(2) << "\n";
+  }
+}
+
+// The checkpoint's config, tokenizer and every other file, as they are (config.json's dtype follows --dtype).
+void copy_other_files(const Options& options, const fs::path& tmp) {
+  for (const auto& entry : fs::directory_iterator(options.base)) {
+    const auto name = entry.path().filename().string();
+    if (!entry.is_regular_file() || ends_with(name, ".safetensors") || name == "model.safetensors.index.json") continue;
+    if (name == "config.json" && options.dtype != "auto") {  // say which dtype the weights now have
+      auto model_config = json::parse(read_text(entry.path()));
+      for (const char* key : {"torch_dtype", "dtype"}) {
+        if (model_config.contains(key)) model_config[key] = options.dtype;
+      }
+      std::ofstream((tmp / name).string()) << model_config.dump(2) << "\n";
+      continue;
+    }
+    fs::copy_file(entry.path(), tmp / name);
+  }
+}
+
+int run(const Options& options) {
+  const auto start = std::chrono::steady_clock::now();
+  // ---- inputs, all checked before anything is written ---------------------------------------
+  const auto adapter = read_adapter(options);
   TORCH_CHECK_VALUE(fs::is_directory(options.base), "--base ", options.base.string(), " is not a directory");
   if (fs::exists(options.out)) {
     TORCH_CHECK_VALUE(fs::is_directory(options.out) && fs::is_empty(options.out), "--out ", options.out.string(),
                       " exists and is not an empty directory; refusing to overwrite it");
   }
-  const auto plan = make_plan(options, config, adapter, adapter_file);
+  const auto plan = make_plan(options, adapter.tensors, adapter.file);
 
   // ---- output: a temporary sibling directory, renamed at the end ------------------------------
   const fs::path out = fs::absolute(options.out);
@@ -237,46 +308,8 @@ int run(const Options& options) {
   fs::remove_all(tmp);
   fs::create_directories(tmp);
   try {
-    size_t total = 0, done = 0;
-    for (const auto& [tensor, shard] : plan.shard_of) total += 1;
-    const bool bar = !options.quiet && ::isatty(STDERR_FILENO);
-    uint64_t total_bytes = 0;
-    for (const auto& shard : plan.shards) {
-      const st::Reader reader((options.base / shard).string());
-      std::vector<st::TensorInfo> layout = reader.tensors();
-      for (auto& info : layout) info.dtype = output_dtype(options.dtype, info.dtype);
-      st::Writer writer((tmp / shard).string(), layout, reader.metadata());
-      for (const auto& info : layout) {
-        at::Tensor tensor = reader.tensor(info.name);
-        const auto change = plan.changes.find(info.name);
-        if (change != plan.changes.end()) tensor = merged(info.name, tensor, change->second, config);
-        tensor = tensor.to(info.dtype);
-        writer.write(info.name, tensor);
-        total_bytes += static_cast<uint64_t>(tensor.numel()) * tensor.element_size();
-        if (bar) fourierft::detail::progress_bar("merging", ++done, total, info.name);
-      }
-      writer.commit();
-    }
-    if (plan.indexed) {
-      auto index = json::parse(read_text(options.base / "model.safetensors.index.json"));
-      if (!index.contains("metadata") || !index["metadata"].is_object()) index["metadata"] = json::object();
-      index["metadata"]["total_size"] = total_bytes;
-      std::ofstream((tmp / "model.safetensors.index.json").string()) << index.dump(2) << "\n";
-    }
-    // config, tokenizer and every other file of the checkpoint, as they are
-    for (const auto& entry : fs::directory_iterator(options.base)) {
-      const auto name = entry.path().filename().string();
-      if (!entry.is_regular_file() || ends_with(name, ".safetensors") || name == "model.safetensors.index.json") continue;
-      if (name == "config.json" && options.dtype != "auto") {  // say which dtype the weights now have
-        auto model_config = json::parse(read_text(entry.path()));
-        for (const char* key : {"torch_dtype", "dtype"}) {
-          if (model_config.contains(key)) model_config[key] = options.dtype;
-        }
-        std::ofstream((tmp / name).string()) << model_config.dump(2) << "\n";
-        continue;
-      }
-      fs::copy_file(entry.path(), tmp / name);
-    }
+    write_shards(options, plan, adapter.config, tmp);
+    copy_other_files(options, tmp);
     if (fs::exists(out)) fs::remove(out);  // an empty directory, checked above
     fs::rename(tmp, out);
   } catch (...) {

@@ -111,9 +111,11 @@ struct FourierFTConfig {
   /// The adapter_config.json PEFT writes for the same config (sorted keys, indent 2,
   /// `peft_type: "FOURIERFT"`).
   std::string to_json_string() const;
-  /// Reads an adapter_config.json written by PEFT or by us. Unknown keys are tolerated with a
-  /// warning (as PEFT does); a `peft_type` other than FOURIERFT, or a field of the wrong type,
-  /// is an error naming the key. The result is validated.
+  /// Reads an adapter_config.json written by PEFT (0.17 to 0.21) or by us. A key that is not a field of
+  /// PEFT's FourierFTConfig is refused, naming the key, its value and the PEFT version that saved the adapter
+  /// (a newer PEFT's fields may change the math; only `alpha: null` and `ifft2_norm: "backward"`, which leave it
+  /// unchanged, are accepted), as Python's loaders do; so are a `peft_type` other than FOURIERFT and a field of
+  /// the wrong type. The result is validated.
   static FourierFTConfig from_json_string(const std::string& text, const std::string& source = "<string>");
 };
 

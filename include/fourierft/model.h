@@ -159,6 +159,14 @@ class FourierFTModel {
   void sync_modules_to_save();
   void drop_modules_to_save();
   std::vector<std::pair<std::string, FourierFTLayer*>> all_layers() const;
+  // load_adapter's two halves: every check against the model (changes nothing), then the copy.
+  struct CheckpointKeys;
+  CheckpointKeys checkpoint_keys(const std::vector<Planned>& plan, const FourierFTConfig& config,
+                                 const std::map<std::string, torch::Tensor>& tensors, const std::string& path,
+                                 const std::string& adapter_name) const;
+  void copy_checkpoint(const std::vector<Planned>& plan, const CheckpointKeys& keys,
+                       const std::map<std::string, torch::Tensor>& tensors, const std::string& path,
+                       const std::string& adapter_name);
 
   std::shared_ptr<torch::nn::Module> model_;
   std::map<std::string, FourierFTConfig> configs_;

@@ -54,13 +54,8 @@ py::tuple file_to_python(fourierft::safetensors::File file) {
   return py::make_tuple(tensors, metadata);
 }
 
-}  // namespace
-
-PYBIND11_MODULE(_C, m) {
-  m.doc() = "fourierft C++ core: the strict safetensors reader, the cost model and the kernels' switches";
-  m.attr("__version__") = FOURIERFT_VERSION;
-  py::register_local_exception_translator(&translate_errors);
-
+// Checkpoints: the strict safetensors reader and PEFT's checkpoint names (one home: src/peft_names.cpp).
+void bind_checkpoints(py::module_& m) {
   m.def(
       "load_safetensors",
       [](const std::string& path) {
@@ -92,6 +87,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("peft_module_name", &fourierft::peft_names::peft_module_name, py::arg("name"),
         "A module-tree name as PEFT writes it in a file (base_layer / original_module / modules_to_save.<adapter> "
         "segments dropped).");
+}
+
+// The kernels' process-wide switches (routes, caches, keep_delta) and the fingerprint the caches key on.
+void bind_switches(py::module_& m) {
   m.def("set_generic_kernels", &fourierft::set_generic_kernels, py::arg("enabled"),
         "CPU tensors run the device-generic implementation (the one registered for CUDA) instead of the fused "
         "CPU kernels.");
@@ -117,6 +116,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("set_keep_delta", &fourierft::set_keep_delta, py::arg("enabled"),
         "Training on a GPU: keep the dense forward's delta_W (or W + delta_W) for the backward (process-wide).");
   m.def("keep_delta", &fourierft::keep_delta, "Whether set_keep_delta(True) is in effect (off by default).");
+}
+
+// The cost model's decisions, for the Python layer (plan_layer_call) and the docs' tables.
+void bind_cost_model(py::module_& m) {
   m.def(
       "inference_cache_for",
       [](const at::Device& device, at::ScalarType dtype, int64_t tokens, int64_t out_features, int64_t in_features,
@@ -201,4 +204,16 @@ PYBIND11_MODULE(_C, m) {
       py::arg("device"), py::arg("dtype"), py::arg("tokens"), py::arg("out_features"), py::arg("in_features"),
       py::arg("n_frequency"), py::arg("training"),
       "The cost model's estimates (ns per call) behind linear_routes: {pass: {route: ns}}.");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "fourierft C++ core: the strict safetensors reader, the cost model and the kernels' switches";
+  m.attr("__version__") = FOURIERFT_VERSION;
+  py::register_local_exception_translator(&translate_errors);
+
+  bind_checkpoints(m);
+  bind_switches(m);
+  bind_cost_model(m);
 }

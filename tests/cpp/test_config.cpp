@@ -146,10 +146,22 @@ TEST(FourierFTConfig, ReadsPeftMetaMathQAConfigs) {
   EXPECT_EQ(n1000.scaling(), 300.0);
   EXPECT_EQ(n1000.target_modules().names, (std::vector<std::string>{"q_proj", "v_proj"}));
   EXPECT_EQ(n1000.task_type().value(), "CAUSAL_LM");
-  // The n5000 file carries an unknown key: tolerated (with a warning), as PEFT does.
-  const auto n5000 = FourierFTConfig::from_json_string(
-      read_file(FOURIERFT_TEST_DATA_DIR "/metamathqa_fourierft_n5000.json"), "n5000");
-  EXPECT_EQ(n5000.n_frequency(), 5000);
+  // The n5000 file carries a key of no PEFT release (some_future_field): refused, as Python's loaders refuse it.
+  EXPECT_ERROR_CONTAINS(FourierFTConfig::from_json_string(
+                            read_file(FOURIERFT_TEST_DATA_DIR "/metamathqa_fourierft_n5000.json"), "n5000"),
+                        "n5000: some_future_field=3: not a field of PEFT's FourierFTConfig", "PEFT >=0.17,<0.22",
+                        "saved by PEFT of unknown version");
+}
+
+TEST(FourierFTConfig, FieldsThatChangeTheMathAreRefusedUnlessNeutral) {
+  const std::string base = R"({"peft_type": "FOURIERFT", "target_modules": ["q"], "peft_version": "0.23.0", )";
+  EXPECT_ERROR_CONTAINS(FourierFTConfig::from_json_string(base + R"("ifft2_norm": "ortho"})", "cfg.json"),
+                        "cfg.json: ifft2_norm=\"ortho\": not a field", "saved by PEFT 0.23.0");
+  EXPECT_ERROR_CONTAINS(FourierFTConfig::from_json_string(base + R"("alpha": 2.0})", "cfg.json"),
+                        "cfg.json: alpha=2.0: not a field");
+  // At the values that leave the math as fourierft computes it, a newer PEFT's adapter loads.
+  const auto neutral = FourierFTConfig::from_json_string(base + R"("alpha": null, "ifft2_norm": "backward"})");
+  EXPECT_EQ(neutral.target_modules().names, std::vector<std::string>{"q"});
 }
 
 TEST(FourierFTConfig, BadJsonGivesClearErrors) {

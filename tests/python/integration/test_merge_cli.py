@@ -169,6 +169,11 @@ def bad_input_case(tmp_path, breakage):
     elif breakage == "broken adapter config":
         (adapter / "adapter_config.json").write_text('{"peft_type": "LORA"}')
         words = ["adapter_config.json"]
+    elif breakage == "a newer PEFT's field that changes the math":
+        raw = json.loads((adapter / "adapter_config.json").read_text())
+        raw.update(ifft2_norm="ortho", peft_version="0.99.0")
+        (adapter / "adapter_config.json").write_text(json.dumps(raw))
+        words = ['ifft2_norm="ortho"', "saved by PEFT 0.99.0", "PEFT >=0.17,<0.22"]
     elif breakage in ("4-bit base", "8-bit base"):  # the tensors transformers saves for a bitsandbytes model
         bnb = pytest.importorskip("bitsandbytes")
         tensors = load_file(base / "model.safetensors")
@@ -195,7 +200,8 @@ def bad_input_case(tmp_path, breakage):
 
 @pytest.mark.parametrize("breakage", ["adapter for another model", "missing base tensor", "head shape mismatch",
                                       "spectrum too long", "truncated base", "broken adapter config",
-                                      "existing output", "4-bit base", "8-bit base"])
+                                      "existing output", "4-bit base", "8-bit base",
+                                      "a newer PEFT's field that changes the math"])
 def test_bad_input_fails_cleanly(tmp_path, breakage):
     base, adapter, out, words = bad_input_case(tmp_path, breakage)
     before = sorted(p.name for p in tmp_path.iterdir())
