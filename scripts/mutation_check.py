@@ -381,19 +381,32 @@ def build_mutant(mutation: Mutation, folder: pathlib.Path) -> pathlib.Path:
     tool = tool_target(mutation)
     build, target, output = library_build(), tool or "libfourierft.so", tool or "libfourierft.so.0"
     commands = recorded_commands(build, target)
+    folder.mkdir(parents=True, exist_ok=True)
+    mutated = folder / source.name
+    mutated.write_text(apply(source.read_text(), mutation))
     compile_ = next((c for c in commands if "-c" in c and option_value(c, "-c") == str(source)), None)
+    if compile_ is None:  # a unity build: the source is one #include of a Unity/*.cxx file; the mutant's copy of
+        # that file includes the mutated source instead
+        include = f'#include "{source}"'
+        for command in commands:
+            if "-c" in command and "/Unity/" in option_value(command, "-c"):
+                unity = build / option_value(command, "-c")
+                text = unity.read_text()
+                if include in text.splitlines():
+                    (folder / unity.name).write_text(text.replace(include, f'#include "{mutated}"'))
+                    compile_ = [*command[:command.index("-c") + 1], str(folder / unity.name),
+                                *command[command.index("-c") + 2:]]
+                    break
     links = [c for c in commands if "-o" in c and "-c" not in c and not option_value(c, "-o").endswith(".o")]
     link = links[-1] if links else None  # the target's own link comes after those of what it links
     if compile_ is None or link is None:
         raise SystemExit(f"mutation '{mutation.name}': ninja in {build} records no compile of {source} for {target}")
-    folder.mkdir(parents=True, exist_ok=True)
-    mutated = folder / source.name
-    mutated.write_text(apply(source.read_text(), mutation))
     obj = option_value(compile_, "-o")
     compile_ = [arg for i, arg in enumerate(compile_)  # no dependency files written into the build folder
                 if arg != "-MD" and compile_[i - 1] not in ("-MT", "-MF") and arg not in ("-MT", "-MF")]
     compile_[compile_.index("-o") + 1] = str(folder / "mutant.o")
-    compile_[compile_.index("-c") + 1] = str(mutated)
+    if option_value(compile_, "-c") == str(source):
+        compile_[compile_.index("-c") + 1] = str(mutated)
     compile_[1:1] = ["-iquote", str(source.parent)]  # its "..." includes, as from its own folder
     link = [str(folder / "mutant.o") if arg == obj else arg for arg in link]
     if str(folder / "mutant.o") not in link:

@@ -9,6 +9,8 @@
 #include <cmath>
 #include <sstream>
 
+#include "tensor_version.h"
+
 namespace fourierft {
 
 std::ostream& operator<<(std::ostream& os, LinearPath path) {
@@ -369,12 +371,6 @@ DeltaCache& DeltaCache::operator=(const DeltaCache& other) {
   return *this;
 }
 
-namespace {
-uint32_t version_of(const torch::Tensor& t) {
-  return t.is_inference() ? 0u : t.unsafeGetTensorImpl()->version_counter().current_version();
-}
-}  // namespace
-
 torch::Tensor DeltaCache::find(const std::string& name, const torch::Tensor& spectrum, double scaling,
                                std::optional<uint64_t> weight_stamp) const {
   Entry entry;
@@ -386,7 +382,7 @@ torch::Tensor DeltaCache::find(const std::string& name, const torch::Tensor& spe
   }
   if (entry.source.unsafeGetTensorImpl() != spectrum.unsafeGetTensorImpl() ||
       entry.storage != spectrum.storage().unsafeGetStorageImpl() ||
-      entry.storage_offset != spectrum.storage_offset() || entry.version != version_of(spectrum) ||
+      entry.storage_offset != spectrum.storage_offset() || entry.version != detail::version_of(spectrum) ||
       entry.scaling != scaling || entry.weight_stamp != weight_stamp) {
     return {};
   }
@@ -404,7 +400,7 @@ void DeltaCache::store(const std::string& name, const torch::Tensor& spectrum, d
   entry.source = spectrum;
   entry.storage = spectrum.storage().unsafeGetStorageImpl();
   entry.storage_offset = spectrum.storage_offset();
-  entry.version = version_of(spectrum);
+  entry.version = detail::version_of(spectrum);
   if (spectrum.device().is_cpu()) {
     torch::NoGradGuard no_grad;
     entry.values = spectrum.detach().clone();

@@ -9,6 +9,7 @@
 // It cannot see writes that bypass the version counter (`indices.data.copy_(...)`): nothing in fourierft or PEFT
 // writes indices after drawing them (they are regenerated from random_loc_seed, never trained or loaded).
 #include "internal.h"
+#include "../tensor_version.h"
 
 #include <ATen/ATen.h>
 #include <c10/core/TensorImpl.h>
@@ -43,11 +44,6 @@ struct Entry {
   uint32_t version = 0;
   std::shared_ptr<IndexPlan> plan;
 };
-
-uint32_t version_of(const at::Tensor& t) {
-  // Inference tensors have no version counter (they cannot be written outside inference mode).
-  return t.is_inference() ? 0u : t.unsafeGetTensorImpl()->version_counter().current_version();
-}
 
 class PlanCache {
  public:
