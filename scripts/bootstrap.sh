@@ -7,6 +7,7 @@
 #     scikit-build-core builds it incrementally in build/python: the library, the bindings, the tools)
 #   - the CMake build in build/ (tests, tools, examples; LibTorch from the torch wheel in .venv), linking the
 #     library build/python compiled
+#   - for the tests: PEFT's own test suite (the pinned peft's sdist) and the lowest supported PEFT's wheel
 #
 # `bootstrap.sh demo` installs only what the demo needs (the Python package and its dependencies):
 # no C++ test build, no sanitizer builds, no PEFT test suite.
@@ -80,6 +81,16 @@ if [ ! -f "$peft_src/tests/__init__.py" ]; then
   tar xzf "build/peft-src/peft-$peft_version.tar.gz" -C build/peft-src
   # The sdist ships tests/ without __init__.py; its modules import each other relatively.
   touch "$peft_src/tests/__init__.py"
+fi
+
+# --- The lowest PEFT of the supported range (pyproject.toml), for the suite's run at that end ---------------------
+peft_lowest=$(sed -n 's/.*"peft>=\([0-9.]*\),.*/\1/p' pyproject.toml)
+if [ ! -f "build/peft-lowest/$peft_lowest/site/peft/__init__.py" ]; then
+  log "fetching PEFT $peft_lowest (the lowest supported) for tests/python/integration/test_peft_versions.py"
+  rm -rf build/peft-lowest
+  mkdir -p "build/peft-lowest/$peft_lowest/site"
+  .venv/bin/python -m pip download -q --no-deps --only-binary :all: "peft==$peft_lowest" -d build/peft-lowest
+  .venv/bin/python -m zipfile -e build/peft-lowest/peft-*.whl "build/peft-lowest/$peft_lowest/site"
 fi
 
 # --- Data for the C++ examples: the digits data set scikit-learn ships (no download) ------------

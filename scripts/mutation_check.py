@@ -1,7 +1,7 @@
 """The mutation check: breaks the library on purpose, one mutation at a time, and fails if the tests meant to guard
 each change still pass ("a survivor"). A test earns its place by being able to fail; this keeps them honest.
 
-    .venv/bin/python scripts/mutation_check.py            # every mutation (35; about 3 min on 2 cores)
+    .venv/bin/python scripts/mutation_check.py            # every mutation (36; about 3 min on 2 cores)
     .venv/bin/python scripts/mutation_check.py --ci       # CI's table (scripts/test.sh): every Python mutation and
                                                           # the C++ ones marked ci=True (the others guard speed
                                                           # only; run the full table after changing C++)
@@ -110,6 +110,10 @@ MUTATIONS = [
              "        if neutral is _NO_NEUTRAL or value != neutral:\n            _refuse_field(where,",
              "        if False:\n            _refuse_field(where,",
              pytest=("tests/python/test_bad_input.py::test_get_peft_model_refuses_fields_that_change_the_math",)),
+    Mutation("an older PEFT than the supported range accepted at import", "python/fourierft/config.py",
+             "    if version < lowest:\n        raise ImportError(",
+             "    if False:\n        raise ImportError(",
+             pytest=("tests/python/integration/test_peft_versions.py::test_import_refuses_an_older_peft_and_warns_under_a_newer_one",)),
     Mutation("unknown adapter names ignored (merges, the tuner's set_adapter and set_requires_grad)",
              "python/fourierft/model.py",
              "        if adapter_names is None:\n            return\n        names = [adapter_names]",

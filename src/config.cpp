@@ -15,7 +15,7 @@ namespace {
 using nlohmann::json;
 
 // The PEFT versions whose FourierFTConfig this one reproduces (python/fourierft/config.py's SUPPORTED_PEFT).
-constexpr const char* kSupportedPeft = ">=0.17,<0.22";
+constexpr const char* kSupportedPeft = ">=0.21,<0.22";
 
 std::regex compile_regex(const std::string& pattern, const char* field) {
   try {

@@ -111,7 +111,7 @@ struct FourierFTConfig {
   /// The adapter_config.json PEFT writes for the same config (sorted keys, indent 2,
   /// `peft_type: "FOURIERFT"`).
   std::string to_json_string() const;
-  /// Reads an adapter_config.json written by PEFT (0.17 to 0.21) or by us. A key that is not a field of
+  /// Reads an adapter_config.json written by PEFT 0.21 or by us. A key that is not a field of
   /// PEFT's FourierFTConfig is refused, naming the key, its value and the PEFT version that saved the adapter
   /// (a newer PEFT's fields may change the math; only `alpha: null` and `ifft2_norm: "backward"`, which leave it
   /// unchanged, are accepted), as Python's loaders do; so are a `peft_type` other than FOURIERFT and a field of

@@ -12,8 +12,10 @@ A PEFT model built before the import (or with ``fourierft.register(False)``) swi
     peft_model = fourierft.accelerate(peft_model)
 """
 from ._build_info import check_torch as _check_torch
+from .config import check_peft_version as _check_peft_version
 
 _check_torch()
+_check_peft_version()
 
 import os as _os  # noqa: E402
 

@@ -14,7 +14,7 @@ import re
 import peft
 
 __all__ = ["check_adapter_name", "validate_config", "check_unimplemented_fields", "check_config_file_fields",
-           "n_frequency_for", "IMPLEMENTED_FIELDS", "SUPPORTED_PEFT"]
+           "check_peft_version", "n_frequency_for", "IMPLEMENTED_FIELDS", "SUPPORTED_PEFT"]
 
 
 def check_adapter_name(name, where: str) -> None:
@@ -33,7 +33,7 @@ def _str_or_strs(value) -> bool:
     return isinstance(value, str) or (isinstance(value, (list, tuple, set)) and all(isinstance(v, str) for v in value))
 
 
-#: The FourierFTConfig fields fourierft implements (PEFT's FourierFT from 0.17 to 0.21), besides PeftConfig's own.
+#: The FourierFTConfig fields fourierft implements (PEFT 0.21's FourierFT), besides PeftConfig's own.
 IMPLEMENTED_FIELDS = frozenset({"n_frequency", "scaling", "random_loc_seed", "fan_in_fan_out", "target_modules",
                                 "exclude_modules", "bias", "modules_to_save", "layers_to_transform", "layers_pattern",
                                 "n_frequency_pattern", "init_weights"})
@@ -41,9 +41,31 @@ IMPLEMENTED_FIELDS = frozenset({"n_frequency", "scaling", "random_loc_seed", "fa
 #: fourierft computes it.
 _MATH_FIELDS = {"alpha": None, "ifft2_norm": "backward"}
 #: The PEFT versions whose FourierFT fourierft reproduces (pyproject.toml's range).
-SUPPORTED_PEFT = ">=0.17,<0.22"
+SUPPORTED_PEFT = ">=0.21,<0.22"
 #: A field with no value that leaves the math unchanged.
 _NO_NEUTRAL = object()
+
+
+def check_peft_version(version: str | None = None) -> None:
+    """Called at ``import fourierft``: an older PEFT than SUPPORTED_PEFT is refused (its FourierFT layer has another
+    signature and other loading rules: the results would be wrong, not an error); a newer one is used with a warning
+    (fields it adds that change the math are refused when a config carries them)."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    version = Version(version or peft.__version__)
+    supported = SpecifierSet(SUPPORTED_PEFT)
+    if version in supported:
+        return
+    lowest = min(Version(spec.version) for spec in supported if spec.operator == ">=")
+    if version < lowest:
+        raise ImportError(f"fourierft reproduces PEFT {SUPPORTED_PEFT}'s FourierFT; the installed PEFT is {version}, "
+                          f"whose FourierFT differs (layer signature, checkpoint loading). Install "
+                          f"'peft{SUPPORTED_PEFT}'.")
+    import warnings
+
+    warnings.warn(f"fourierft reproduces PEFT {SUPPORTED_PEFT}'s FourierFT and is untested with the installed PEFT "
+                  f"{version}; a config field this PEFT adds that changes the math is refused.", stacklevel=3)
 
 
 def _base_fields() -> set:

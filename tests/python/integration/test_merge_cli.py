@@ -172,7 +172,7 @@ def bad_input_case(tmp_path, breakage):
         raw = json.loads((adapter / "adapter_config.json").read_text())
         raw.update(ifft2_norm="ortho", peft_version="0.99.0")
         (adapter / "adapter_config.json").write_text(json.dumps(raw))
-        words = ['ifft2_norm="ortho"', "saved by PEFT 0.99.0", "PEFT >=0.17,<0.22"]
+        words = ['ifft2_norm="ortho"', "saved by PEFT 0.99.0", "PEFT >=0.21,<0.22"]
     elif breakage in ("4-bit base", "8-bit base"):  # the tensors transformers saves for a bitsandbytes model
         bnb = pytest.importorskip("bitsandbytes")
         tensors = load_file(base / "model.safetensors")
