@@ -231,3 +231,22 @@ TEST(Checkpoint, BiasModesSaveAndLoadTheTrainedBiases) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(Checkpoint, SavePretrainedUnderARegularFileIsTheLibrarysError) {
+  const auto file = std::filesystem::temp_directory_path() / ("fourierft_file_" + std::to_string(::getpid()));
+  { std::ofstream(file) << "x"; }
+  auto net = std::make_shared<torch::nn::Module>();
+  net->register_module("fc", fourierft::Linear(8, 8));
+  auto peft = fourierft::get_peft_model(net, FourierFTConfig().target_modules({"fc"}).n_frequency(4));
+  try {
+    peft.save_pretrained((file / "adapter").string());
+    ADD_FAILURE() << "no error";
+  } catch (const c10::ValueError& error) {
+    EXPECT_NE(std::string(error.what()).find("cannot create the directory"), std::string::npos) << error.what();
+  }
+  std::filesystem::remove(file);
+}
+
+}  // namespace

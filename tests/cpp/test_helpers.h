@@ -26,6 +26,17 @@ inline double relative_error(const torch::Tensor& actual, const torch::Tensor& e
   return (a - e).norm().item<double>() / denom;
 }
 
+// base(x) + x @ delta_W^T with PEFT's formula in float64 (independent of our kernels).
+inline torch::Tensor reference_forward(fourierft::Linear& layer, const torch::Tensor& x, const std::string& name = "default") {
+  torch::NoGradGuard no_grad;
+  const auto& state = layer->adapter_state(name);
+  const auto delta = reference_delta_weight(layer->spectrum(name), state.indices, layer->out_features(),
+                                            layer->in_features(), state.scaling);
+  const auto xd = x.to(torch::kDouble);
+  return torch::nn::functional::linear(xd, layer->weight.to(torch::kDouble), layer->bias.to(torch::kDouble)) +
+         xd.matmul(delta.t());
+}
+
 }  // namespace fourierft::testing
 
 // Expects `statement` to throw a c10::Error whose message contains every listed substring.

@@ -10,6 +10,7 @@ using fourierft::FourierFTLinearOptions;
 using fourierft::LinearPath;
 using fourierft::testing::reference_delta_weight;
 using fourierft::testing::relative_error;
+using fourierft::testing::reference_forward;
 
 namespace {
 
@@ -403,6 +404,42 @@ TEST(FourierFTLinear, PrettyPrintNamesAdapters) {
   std::ostringstream os;
   os << *layer;
   EXPECT_NE(os.str().find("default(n_frequency=20, scaling=150)"), std::string::npos) << os.str();
+}
+
+}  // namespace
+
+namespace {
+
+// Empty batches, any leading shape, every dtype and route, a non-contiguous input.
+TEST(FourierFTLinear, EmptyBatchesAnyShapeAndDtypeOnEveryPath) {
+  for (const auto path : {LinearPath::Dense, LinearPath::Spectral}) {
+    for (const auto dtype : {torch::kFloat, torch::kDouble, torch::kBFloat16, torch::kHalf}) {
+      SCOPED_TRACE(c10::toString(dtype));
+      torch::manual_seed(0);
+      fourierft::Linear layer(torch::nn::LinearOptions(12, 10), fourierft::FourierFTLinearOptions().forward_path(path));
+      layer->update_layer("default", AdapterOptions().n_frequency(30).scaling(10.0));
+      layer->to(dtype);
+      for (const auto& shape : std::vector<std::vector<int64_t>>{{0, 12}, {2, 0, 12}, {3, 12}, {2, 3, 4, 12}}) {
+        auto x = torch::randn(shape).to(dtype).requires_grad_(true);
+        auto y = layer(x);
+        auto expected_shape = shape;
+        expected_shape.back() = 10;
+        EXPECT_EQ(y.sizes().vec(), expected_shape);
+        EXPECT_EQ(y.scalar_type(), dtype);
+        y.sum().backward();
+        EXPECT_EQ(x.grad().sizes(), x.sizes());
+        if (x.numel() > 0 && dtype != torch::kBFloat16 && dtype != torch::kHalf) {
+          EXPECT_LE(relative_error(y, reference_forward(layer, x.detach())), 1e-5);
+        }
+      }
+      // non-contiguous input
+      auto wide = torch::randn({5, 24}).to(dtype);
+      auto strided = wide.slice(1, 0, 24, 2);
+      ASSERT_FALSE(strided.is_contiguous());
+      const double tolerance = (dtype == torch::kFloat || dtype == torch::kDouble) ? 1e-6 : 1e-2;
+      EXPECT_LE(relative_error(layer(strided), layer(strided.contiguous())), tolerance);
+    }
+  }
 }
 
 }  // namespace

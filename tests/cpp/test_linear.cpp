@@ -3,9 +3,12 @@
 // layer in Sequential, ModuleList or ModuleDict (README.md, "Which modules can be adapted").
 #include "test_helpers.h"
 
+#include <filesystem>
+
 using fourierft::AdapterOptions;
 using fourierft::testing::reference_delta_weight;
 using fourierft::testing::relative_error;
+using fourierft::FourierFTConfig;
 
 namespace {
 
@@ -116,6 +119,48 @@ TEST(DropInLinear, ErrorsNameTheLayer) {
   fourierft::Linear layer(3, 2);
   EXPECT_ERROR_CONTAINS(layer->update_layer("x", AdapterOptions().n_frequency(7)),
                         "fourierft::Linear(2x3)", "adapter 'x'", "the product is 6");
+}
+
+}  // namespace
+
+namespace {
+
+// A model written the usual way (torch::nn::Linear members), saved with torch::save; the same model
+// declared with fourierft::Linear loads that checkpoint, trains an adapter, merges, and its checkpoint
+// loads back into the torch::nn::Linear model.
+template <typename LinearT>
+struct BlockT : torch::nn::Module {
+  torch::nn::Embedding embed{nullptr};
+  LinearT q{nullptr}, out{nullptr};
+  BlockT() {
+    embed = register_module("embed", torch::nn::Embedding(20, 8));
+    q = register_module("q", LinearT(8, 8));
+    out = register_module("out", LinearT(8, 3));
+  }
+  torch::Tensor forward(const torch::Tensor& ids) { return out(torch::relu(q(embed(ids)))); }
+};
+
+TEST(DropInLinear, TorchLoadCheckpointsOfTorchLinearModelsBothWays) {
+  const auto dir = std::filesystem::temp_directory_path() / ("fourierft_load_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  torch::manual_seed(0);
+  auto plain = std::make_shared<BlockT<torch::nn::Linear>>();
+  torch::save(plain, (dir / "plain.pt").string());
+  const auto ids = torch::randint(0, 20, {4, 5});
+
+  auto adapted = std::make_shared<BlockT<fourierft::Linear>>();
+  torch::load(adapted, (dir / "plain.pt").string());
+  EXPECT_TRUE(torch::equal(adapted->forward(ids), plain->forward(ids)));
+  auto peft = fourierft::get_peft_model(adapted, FourierFTConfig().target_modules({"q"}).n_frequency(20).scaling(30.0));
+  const auto with_adapter = adapted->forward(ids).detach();
+  EXPECT_FALSE(torch::allclose(with_adapter, plain->forward(ids)));
+  peft.merge_and_unload();
+  torch::save(adapted, (dir / "merged.pt").string());
+
+  auto back = std::make_shared<BlockT<torch::nn::Linear>>();
+  torch::load(back, (dir / "merged.pt").string());
+  EXPECT_LE(relative_error(back->forward(ids), with_adapter), 1e-5);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -6,6 +6,8 @@
 
 using fourierft::FourierFTConfig;
 using fourierft::get_peft_model;
+using fourierft::AdapterOptions;
+using fourierft::testing::relative_error;
 
 namespace {
 
@@ -368,3 +370,121 @@ TEST(Model, FailedCallsNameTheValueAndChangeNothing) {
   EXPECT_ERROR_CONTAINS(peft.merge_and_unload(false, false, std::vector<std::string>{"nope"}), "unknown adapter 'nope'");
   expect_same_state(peft, net, x, before);
 }
+
+namespace {
+
+TEST(Model, BadAdapterNamesChangeNothing) {
+  torch::manual_seed(0);
+  fourierft::Linear layer(12, 10);
+  EXPECT_ERROR_CONTAINS(layer->update_layer("a.b", AdapterOptions().n_frequency(5)), "'a.b'", "'.'");
+  EXPECT_ERROR_CONTAINS(layer->update_layer("", AdapterOptions().n_frequency(5)), "non-empty");
+  EXPECT_TRUE(layer->active_adapters().empty());
+  EXPECT_TRUE(layer->adapter_names().empty());
+  layer->update_layer("ok", AdapterOptions().n_frequency(5));  // the next adapter is active and trains
+  EXPECT_EQ(layer->active_adapters(), std::vector<std::string>{"ok"});
+  EXPECT_TRUE(layer->spectrum("ok").requires_grad());
+
+  auto net = std::make_shared<torch::nn::Module>();
+  net->register_module("fc", fourierft::Linear(8, 8));
+  auto peft = fourierft::get_peft_model(net, FourierFTConfig().target_modules({"fc"}).n_frequency(4));
+  const auto before = peft.get_adapter_state_dict();
+  try {
+    peft.add_adapter("x.y", FourierFTConfig().target_modules({"fc"}).n_frequency(4));
+    ADD_FAILURE() << "a dotted adapter name was accepted";
+  } catch (const c10::ValueError& error) {
+    EXPECT_NE(std::string(error.what()).find("'x.y'"), std::string::npos);
+  }
+  EXPECT_EQ(peft.peft_config().size(), 1u);
+  EXPECT_EQ(peft.layer("fc").adapter_names(), std::vector<std::string>{"default"});
+}
+
+
+// README.md, "Which modules can be adapted": replace_module() only changes the registry; the parent's member still calls the
+// base layer. Injection must refuse such a wrapper loudly, and accept one the member points at.
+struct TrapImpl : torch::nn::Module {
+  torch::nn::Linear fc{nullptr};
+  TrapImpl() { fc = register_module("fc", torch::nn::Linear(8, 8)); }
+  torch::Tensor forward(const torch::Tensor& x) { return fc(x); }
+};
+TORCH_MODULE(Trap);
+
+struct WrappedImpl : torch::nn::Module {
+  fourierft::FourierFTLinear fc{nullptr};
+  WrappedImpl() { fc = register_module("fc", fourierft::FourierFTLinear(torch::nn::Linear(8, 8))); }
+  torch::Tensor forward(const torch::Tensor& x) { return fc(x); }
+};
+TORCH_MODULE(Wrapped);
+
+TEST(Model, ReplaceModuleTrapIsRefusedNotSilent) {
+  Trap trap;
+  trap->replace_module("fc", fourierft::FourierFTLinear(trap->fc));
+  EXPECT_ERROR_CONTAINS(fourierft::get_peft_model(trap.ptr(), FourierFTConfig().target_modules({"fc"}).n_frequency(4)),
+                        "'fc'", "replace_module", "never run");
+
+  Wrapped wrapped;
+  auto peft = fourierft::get_peft_model(wrapped.ptr(), FourierFTConfig().target_modules({"fc"}).n_frequency(4)
+                                                           .scaling(50.0));
+  const auto x = torch::randn({2, 8});
+  EXPECT_FALSE(torch::allclose(wrapped(x), wrapped->fc->base_layer(x)));  // the adapter runs
+}
+
+
+// Mixed-adapter batches in C++: each row equals that row run alone with its adapter active (PEFT's
+// adapter_names), for the name list and the index-tensor forms; unknown names and training mode refused.
+struct TwoLayerImpl : torch::nn::Module {
+  fourierft::Linear q{nullptr}, v{nullptr};
+  TwoLayerImpl() {
+    q = register_module("q", fourierft::Linear(16, 16));
+    v = register_module("v", fourierft::Linear(16, 12));
+  }
+  torch::Tensor forward(const torch::Tensor& x) { return v(torch::tanh(q(x))); }
+};
+TORCH_MODULE(TwoLayer);
+
+TEST(Model, MixedAdapterBatchRowsEqualEachRowAlone) {
+  torch::manual_seed(0);
+  TwoLayer net;
+  auto peft = fourierft::get_peft_model(net.ptr(), FourierFTConfig().target_modules({"q", "v"}).n_frequency(40).scaling(30.0));
+  peft.add_adapter("b", FourierFTConfig().target_modules({"q"}).n_frequency(30).scaling(30.0).random_loc_seed(3));
+  peft.add_adapter("c", FourierFTConfig().target_modules({"v"}).n_frequency(20).scaling(30.0).random_loc_seed(4));
+  const std::vector<std::string> names{"b", "__base__", "default", "c", "b"};
+  const auto x = torch::randn({5, 7, 16});
+  EXPECT_ERROR_CONTAINS((void)peft.mixed_batch(names), "eval()");
+  net->eval();
+  torch::NoGradGuard no_grad;
+  torch::Tensor mixed, mixed_by_index;
+  {
+    auto guard = peft.mixed_batch(names);
+    mixed = net(x);
+  }
+  {
+    auto guard = peft.mixed_batch(torch::tensor({1, -1, 0, 2, 1}, torch::kLong), {"default", "b", "c"});
+    mixed_by_index = net(x);
+  }
+  EXPECT_TRUE(torch::equal(mixed, mixed_by_index));
+  for (size_t row = 0; row < names.size(); ++row) {
+    torch::Tensor alone;
+    if (names[row] == "__base__") {
+      auto guard = peft.disable_adapter();
+      alone = net(x.slice(0, row, row + 1));
+    } else {
+      peft.set_adapter(names[row]);
+      alone = net(x.slice(0, row, row + 1));
+      peft.set_adapter("default");
+    }
+    EXPECT_LE(relative_error(mixed.slice(0, row, row + 1), alone), 1e-5) << "row " << row << " (" << names[row] << ")";
+  }
+  {
+    auto guard = peft.disable_adapter();  // the adapters really change the rows they are named for
+    EXPECT_FALSE(torch::allclose(mixed.slice(0, 0, 1), net(x.slice(0, 0, 1)), 1e-4, 1e-4));
+  }
+  EXPECT_ERROR_CONTAINS((void)peft.mixed_batch({"b", "nope"}), "non-existing adapter(s): nope");
+  EXPECT_ERROR_CONTAINS((void)peft.mixed_batch(torch::tensor({0, 3}, torch::kLong), {"b"}), "[-1, 1)", "[0, 3]");
+  {
+    auto guard = peft.mixed_batch(names);
+    EXPECT_ERROR_CONTAINS(net(torch::randn({4, 16})), "5 rows", "[4, 16]");
+  }
+  EXPECT_EQ(fourierft::current_mixed_batch(), nullptr);  // the guard is gone, forwards are normal again
+}
+
+}  // namespace

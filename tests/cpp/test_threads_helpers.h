@@ -1,20 +1,9 @@
-// Shared by test_robustness.cpp and test_threads.cpp (the latter is also built with AddressSanitizer).
+// Helpers of the thread stress tests (test_threads.cpp, also built under ThreadSanitizer and AddressSanitizer).
 #pragma once
 
 #include "test_helpers.h"
 
 namespace fourierft::testing {
-
-// base(x) + x @ delta_W^T with PEFT's formula in float64 (independent of our kernels).
-inline torch::Tensor reference_forward(fourierft::Linear& layer, const torch::Tensor& x, const std::string& name = "default") {
-  torch::NoGradGuard no_grad;
-  const auto& state = layer->adapter_state(name);
-  const auto delta = reference_delta_weight(layer->spectrum(name), state.indices, layer->out_features(),
-                                            layer->in_features(), state.scaling);
-  const auto xd = x.to(torch::kDouble);
-  return torch::nn::functional::linear(xd, layer->weight.to(torch::kDouble), layer->bias.to(torch::kDouble)) +
-         xd.matmul(delta.t());
-}
 
 inline fourierft::Linear frozen_layer(fourierft::LinearPath path) {
   torch::manual_seed(3);
