@@ -5,10 +5,9 @@
 // backward (CPU fused kernels and the ATen implementation registered for CUDA), the C++ FourierFTLayer and the
 // Python layer (through fourierft._C) all ask these functions, so they cannot disagree.
 //
-// Two sets of constants: the CPU's, fitted on the 2-core x86 VM of docs/benchmarks.md, and the CUDA GPU's, from
-// rates measured on an NVIDIA H200 by an earlier session (the measurements themselves are not in this repository;
-// docs/gpu.md says what is unmeasured) where a rate was measured, and from the data sheet where none was (said so
-// beside each). Other accelerators take the GPU's.
+// Two sets of constants: the CPU's, fitted on the 2-core x86 VM of docs/benchmarks.md, and the CUDA GPU's, per
+// operation rates of an NVIDIA H200, measured where docs/gpu.md says so and from the data sheet elsewhere (each
+// constant says which). Other accelerators take the GPU's.
 #include "internal.h"
 
 #include <fourierft/ops.h>
