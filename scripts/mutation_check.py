@@ -319,8 +319,10 @@ class Worker:
         answer = json.loads(line)
         if answer.get("timeout"):
             raise RuntimeError(f"{' '.join(tests)} ran past {timeout} s (output: {log})")
-        if answer["returncode"] in (3, 4):  # pytest's internal error, or the package copy not imported
-            raise RuntimeError(f"pytest could not run {' '.join(tests)}:\n{log.read_text()[-3000:]}")
+        if answer["returncode"] not in (0, 1):  # only failing tests catch a mutation: not a collection or usage
+            # error, no tests collected, pytest's internal error or the package copy not imported
+            raise RuntimeError(f"pytest could not run {' '.join(tests)} (exit {answer['returncode']}):\n"
+                               f"{log.read_text()[-3000:]}")
         return answer["returncode"] == 0
 
     def close(self) -> None:
@@ -376,6 +378,29 @@ def option_value(command: list[str], option: str) -> str:
     return command[command.index(option) + 1]
 
 
+def mutant_compile(commands: list[list[str]], build: pathlib.Path, source: pathlib.Path,
+                   mutated: pathlib.Path) -> list[str] | None:
+    """The recorded command that compiles ``source``, made to compile ``mutated`` instead; in a unity build, the one
+    that compiles the Unity/*.cxx file including it, made to compile a copy (beside ``mutated``) that includes
+    ``mutated``. None if no command compiles it."""
+    include = f'#include "{source}"'
+    for command in commands:
+        if "-c" not in command:
+            continue
+        compiled = option_value(command, "-c")
+        unity = (build / compiled).read_text() if "/Unity/" in compiled else ""
+        if compiled == str(source):
+            replacement = mutated
+        elif include in unity.splitlines():
+            replacement = mutated.parent / pathlib.Path(compiled).name
+            replacement.write_text(unity.replace(include, f'#include "{mutated}"'))
+        else:
+            continue
+        at = command.index("-c") + 1
+        return [*command[:at], str(replacement), *command[at + 1:]]
+    return None
+
+
 def build_mutant(mutation: Mutation, folder: pathlib.Path) -> pathlib.Path:
     """Builds what the mutated file is part of (the library, or a tool) into ``folder``; returns the file."""
     source = ROOT / mutation.file
@@ -388,19 +413,7 @@ def build_mutant(mutation: Mutation, folder: pathlib.Path) -> pathlib.Path:
     folder.mkdir(parents=True, exist_ok=True)
     mutated = folder / source.name
     mutated.write_text(apply(source.read_text(), mutation))
-    compile_ = next((c for c in commands if "-c" in c and option_value(c, "-c") == str(source)), None)
-    if compile_ is None:  # a unity build: the source is one #include of a Unity/*.cxx file; the mutant's copy of
-        # that file includes the mutated source instead
-        include = f'#include "{source}"'
-        for command in commands:
-            if "-c" in command and "/Unity/" in option_value(command, "-c"):
-                unity = build / option_value(command, "-c")
-                text = unity.read_text()
-                if include in text.splitlines():
-                    (folder / unity.name).write_text(text.replace(include, f'#include "{mutated}"'))
-                    compile_ = [*command[:command.index("-c") + 1], str(folder / unity.name),
-                                *command[command.index("-c") + 2:]]
-                    break
+    compile_ = mutant_compile(commands, build, source, mutated)
     links = [c for c in commands if "-o" in c and "-c" not in c and not option_value(c, "-o").endswith(".o")]
     link = links[-1] if links else None  # the target's own link comes after those of what it links
     if compile_ is None or link is None:
@@ -409,8 +422,6 @@ def build_mutant(mutation: Mutation, folder: pathlib.Path) -> pathlib.Path:
     compile_ = [arg for i, arg in enumerate(compile_)  # no dependency files written into the build folder
                 if arg != "-MD" and compile_[i - 1] not in ("-MT", "-MF") and arg not in ("-MT", "-MF")]
     compile_[compile_.index("-o") + 1] = str(folder / "mutant.o")
-    if option_value(compile_, "-c") == str(source):
-        compile_[compile_.index("-c") + 1] = str(mutated)
     compile_[1:1] = ["-iquote", str(source.parent)]  # its "..." includes, as from its own folder
     compile_.append("-O1")  # a third less compile time than Release's -O3; what the tests check does not change
     link = [str(folder / "mutant.o") if arg == obj else arg for arg in link]
@@ -433,10 +444,11 @@ def tool_target(mutation: Mutation) -> str:
 
 def check_cpp(mutation: Mutation, worker: Worker, folder: pathlib.Path) -> bool:
     built = build_mutant(mutation, folder)
+    tool = tool_target(mutation)
     survived = True
     env = {}
-    if tool_target(mutation):  # the tests run this build of the tool (test_merge_cli.py reads FOURIERFT_MERGE)
-        env[tool_target(mutation).replace("-", "_").upper()] = str(built)
+    if tool:  # the tests run this build of the tool (test_merge_cli.py reads FOURIERFT_MERGE)
+        env[tool.replace("-", "_").upper()] = str(built)
     if mutation.gtest:  # the GoogleTest binary's RUNPATH yields to LD_LIBRARY_PATH: it loads the mutant
         binary = ROOT / "build" / "tests" / "fourierft_tests"
         gtest_env = dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(
@@ -447,7 +459,7 @@ def check_cpp(mutation: Mutation, worker: Worker, folder: pathlib.Path) -> bool:
         survived &= run([str(binary), f"--gtest_filter={mutation.gtest}"], env=gtest_env)
     if mutation.pytest:
         # pip installs the library's soname links as copies: every libfourierft.so* file of the copy is one.
-        libraries = [] if tool_target(mutation) else [
+        libraries = [] if tool else [
             p for p in (worker.site / "fourierft" / "lib").glob("libfourierft.so*") if not p.is_symlink()]
         installed = {p: p.read_bytes() for p in libraries}
         try:

@@ -14,7 +14,7 @@ import re
 import peft
 
 __all__ = ["check_adapter_name", "validate_config", "check_unimplemented_fields", "check_config_file_fields",
-           "check_peft_version", "n_frequency_for", "IMPLEMENTED_FIELDS", "SUPPORTED_PEFT"]
+           "check_peft_version", "lowest_supported_peft", "n_frequency_for", "IMPLEMENTED_FIELDS", "SUPPORTED_PEFT"]
 
 
 def check_adapter_name(name, where: str) -> None:
@@ -46,6 +46,14 @@ SUPPORTED_PEFT = ">=0.21,<0.22"
 _NO_NEUTRAL = object()
 
 
+def lowest_supported_peft():
+    """The lower bound of SUPPORTED_PEFT, as a ``packaging.version.Version``."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    return min(Version(spec.version) for spec in SpecifierSet(SUPPORTED_PEFT) if spec.operator == ">=")
+
+
 def check_peft_version(version: str | None = None) -> None:
     """Called at ``import fourierft``: an older PEFT than SUPPORTED_PEFT is refused (its FourierFT layer has another
     signature and other loading rules: the results would be wrong, not an error); a newer one is used with a warning
@@ -54,10 +62,9 @@ def check_peft_version(version: str | None = None) -> None:
     from packaging.version import Version
 
     version = Version(version or peft.__version__)
-    supported = SpecifierSet(SUPPORTED_PEFT)
-    if version in supported:
+    if version in SpecifierSet(SUPPORTED_PEFT):
         return
-    lowest = min(Version(spec.version) for spec in supported if spec.operator == ">=")
+    lowest = lowest_supported_peft()
     if version < lowest:
         raise ImportError(f"fourierft reproduces PEFT {SUPPORTED_PEFT}'s FourierFT; the installed PEFT is {version}, "
                           f"whose FourierFT differs (layer signature, checkpoint loading). Install "

@@ -12,7 +12,7 @@ import peft
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from fourierft.config import SUPPORTED_PEFT
+from fourierft.config import SUPPORTED_PEFT, lowest_supported_peft
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 # The unit tests that compare with PEFT: the tuner and loaders, the generated semantics and target-matching tables
@@ -20,10 +20,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[3]
 PEFT_COMPARISONS = ["tests/python/test_model.py", "tests/python/test_semantics.py",
                     "tests/python/test_target_matching.py", "tests/python/test_bad_input.py",
                     "tests/python/test_layer.py"]
-
-
-def lowest_supported() -> Version:
-    return min(Version(spec.version) for spec in SpecifierSet(SUPPORTED_PEFT) if spec.operator == ">=")
 
 
 def test_the_range_is_the_package_requirement_and_the_pinned_peft_lies_in_it():
@@ -39,7 +35,7 @@ def test_peft_comparisons_pass_under_the_lowest_supported_peft():
     env = dict(os.environ, PYTHONPATH=str(sites[0]), HF_HUB_OFFLINE="1")
     version = subprocess.run([sys.executable, "-c", "import peft; print(peft.__version__)"], env=env, cwd=ROOT,
                              capture_output=True, text=True, check=True).stdout.strip()
-    assert Version(version) == lowest_supported() != Version(peft.__version__)
+    assert Version(version) == lowest_supported_peft() != Version(peft.__version__)
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *PEFT_COMPARISONS],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"under PEFT {version}:\n{done.stdout[-6000:]}\n{done.stderr[-3000:]}"
